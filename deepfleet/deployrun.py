@@ -1,0 +1,56 @@
+"""Running deploys through the pyinfra CLI (so they stay runnable by hand) and reading its results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import PROJECT_ROOT, SITE_DEPLOY
+
+
+class DeployError(RuntimeError):
+    """pyinfra failed; the message carries the end of its log."""
+
+
+@dataclass
+class DeployResult:
+    changed: int  # (operation, host) pairs that changed something
+    failed_hosts: list[str]
+    changed_operations: list[str] = field(default_factory=list)
+
+
+def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False, diff: bool = False,
+               limit: tuple[str, ...] = (), env: dict | None = None, echo: bool = True) -> DeployResult:
+    """Run `pyinfra --json -y INVENTORY DEPLOY`; pyinfra's log streams to stderr when `echo`."""
+    command = [sys.executable, "-m", "pyinfra", "--json", "-y", str(inventory), str(deploy)]
+    command += ["--dry"] * dry + ["--diff"] * diff
+    for pattern in limit:
+        command += ["--limit", pattern]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout_chunks: list[str] = []
+    reader = threading.Thread(target=lambda: stdout_chunks.append(process.stdout.read()), daemon=True)
+    reader.start()
+    log_tail: list[str] = []
+    for line in process.stderr:
+        if echo:
+            sys.stderr.write(line)
+        log_tail = (log_tail + [line])[-40:]
+    reader.join()
+    stdout = "".join(stdout_chunks)
+    if process.wait() != 0:
+        detail = "its log is above" if echo else "".join(log_tail)
+        raise DeployError(f"pyinfra exited {process.returncode}; {detail}")
+    payload = json.loads(stdout)
+    results = payload.get("results")
+    if results is None:  # a dry run: count planned changes
+        changed_ops = [op["name"] for op in payload["plan"] if op["hosts_with_change"]]
+        changed = sum(len(op["hosts_with_change"]) for op in payload["plan"])
+        return DeployResult(changed, [], changed_ops)
+    changed_ops = [op["name"] for op in results["operations"] if op["success"]]
+    return DeployResult(results["totals"]["success"], results["failed_hosts"], changed_ops)

@@ -1,0 +1,15 @@
+"""The embedded default: disposable local test hosts started by `deepfleet demo` (or the tests).
+
+Hosts, their SSH settings and per-host ports come from the hosts file that deepfleet writes
+when it starts them: `.deepfleet/demo/inventory.json`, or the file named by DEEPFLEET_HOSTS_FILE.
+"""
+
+import json
+import os
+from pathlib import Path
+
+_hosts_file = Path(os.environ.get("DEEPFLEET_HOSTS_FILE", Path(__file__).resolve().parent.parent / ".deepfleet/demo/inventory.json"))
+if not _hosts_file.exists():
+    raise SystemExit(f"{_hosts_file} does not exist: start the local host with `deepfleet demo` first")
+
+local = [tuple(entry) for entry in json.loads(_hosts_file.read_text())["hosts"]]

@@ -1,0 +1,43 @@
+"""The base role: OS packages the runtime needs, the service account, deepfleet's directories."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt, files, server
+
+from .defaults import DEFAULTS
+
+
+@deploy("deepfleet base", data_defaults=DEFAULTS)
+def base():
+    """Install base packages (only when missing), create the service user and directories."""
+    data = host.data
+    installed = host.get_fact(DebPackages) or {}
+    missing = [package for package in data.base_packages if package not in installed]
+    if missing:
+        apt.packages(name=f"Install {', '.join(missing)}", packages=missing, update=True)
+
+    server.group(name="Service group", group=data.deepfleet_group, system=True)
+    server.user(
+        name="Service user",
+        user=data.deepfleet_user,
+        group=data.deepfleet_group,
+        system=True,
+        home=data.deepfleet_state_dir,
+        shell="/usr/sbin/nologin",
+        create_home=False,
+    )
+    # root owns code, config and models; the service user can read them and write only its state.
+    directories = [
+        (data.deepfleet_home, "root", "0755"),
+        (f"{data.deepfleet_home}/models", "root", "0755"),
+        (f"{data.deepfleet_home}/wheelhouse", "root", "0755"),
+        (data.deepfleet_config_dir, "root", "0750"),
+        (f"{data.deepfleet_config_dir}/tls", "root", "0750"),
+        (data.deepfleet_state_dir, data.deepfleet_user, "0750"),
+    ]
+    for path, user, mode in directories:
+        files.directory(name=f"Directory {path}", path=path, user=user, group=data.deepfleet_group,
+                        mode=mode)

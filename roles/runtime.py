@@ -1,0 +1,138 @@
+"""The runtime role: install deepfleet-runtime from a pushed wheelhouse, configure, start, wait.
+
+The host never reaches a package index: wheels for its Python and platform are prepared on the
+control machine (deepfleet.wheelhouse) and installed with `pip --no-index`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from pyinfra import host
+from pyinfra.api import QuoteString, StringCommand, deploy, operation
+from pyinfra.facts.server import Arch, LinuxDistribution
+from pyinfra.operations import files
+
+from deepfleet.digests import sha256_file
+from deepfleet.wheelhouse import MANIFEST, TargetPlatform, Wheelhouse, build_wheelhouse
+
+from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
+from .defaults import DEFAULTS
+from .facts import HostPython, JsonFile
+from .model import remote_model_dir
+from .service import converge_service
+from .transfer import push_files
+
+INSTALL_MARKER = ".deepfleet-install.json"
+# Python and glibc of each supported distro's python3 package, for hosts that have no python3
+# yet (the base role installs it before the runtime is installed).
+DISTRO_PYTHON = {("debian", "12"): ("3.11", "2.36"), ("ubuntu", "22"): ("3.10", "2.35"),
+                 ("ubuntu", "24"): ("3.12", "2.39")}
+
+
+def runtime_yaml_context(settings: Mapping, model_dir: str) -> dict:
+    """Variables for templates/runtime.yaml.j2 from role settings."""
+    return {
+        "model_name": settings["model_name"],
+        "model_dir": model_dir,
+        "engine": settings["runtime_engine"],
+        "device": settings["runtime_device"],
+        "dtype": settings["runtime_dtype"],
+        "port": settings["runtime_port"],
+        "max_prompt_tokens": settings["runtime_max_prompt_tokens"],
+        "max_tokens": settings["runtime_max_tokens"],
+        "default_max_tokens": settings["runtime_default_max_tokens"],
+    }
+
+
+def unit_context(settings: Mapping, config_path: str) -> dict:
+    """Variables for the systemd unit templates from role settings."""
+    return {
+        "model_name": settings["model_name"],
+        "service_user": settings["deepfleet_user"],
+        "service_group": settings["deepfleet_group"],
+        "venv": f"{settings['deepfleet_home']}/venv",
+        "state_dir": settings["deepfleet_state_dir"],
+        "config_path": config_path,
+    }
+
+
+def target_platform() -> TargetPlatform:
+    """The host's Python and platform from facts (or from its distro when python3 is not there yet)."""
+    probe = host.get_fact(HostPython)
+    if probe:
+        return TargetPlatform(probe["python"], probe["machine"], probe["glibc"])
+    distro = host.get_fact(LinuxDistribution) or {}
+    key = ((distro.get("name") or "").lower(), str(distro.get("major")))
+    if key not in DISTRO_PYTHON:
+        raise RoleError(f"host {host.name} has no python3 and runs {distro.get('name')} "
+                        f"{distro.get('major')}, which deepfleet does not know; install python3 there")
+    python, glibc = DISTRO_PYTHON[key]
+    return TargetPlatform(python, host.get_fact(Arch), glibc)
+
+
+@operation()
+def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: list[str], install_id: str):
+    """
+    Install deepfleet-runtime into `venv` from pushed wheels, offline, unless it already holds them.
+
+    + venv: the virtualenv directory (created if missing)
+    + deps_dir: remote directory of dependency wheels
+    + runtime_wheel: remote path of the deepfleet-runtime wheel
+    + extras: engine extras, e.g. ["transformers"]
+    + install_id: identifies the wheel set; recorded in the venv so a re-run is a no-op
+    """
+    marker = f"{venv}/{INSTALL_MARKER}"
+    if (host.get_fact(JsonFile, path=marker) or {}).get("install_id") == install_id:
+        host.noop(f"{venv} already holds wheelhouse {install_id}")
+        return
+    pip = f"{venv}/bin/pip"
+    requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
+    yield StringCommand("test", "-x", f"{venv}/bin/python", "||", "python3", "-m", "venv", venv)
+    yield StringCommand(pip, "install", "--quiet", "--no-index", "--disable-pip-version-check",
+                        "--find-links", QuoteString(deps_dir), QuoteString(requirement))
+    # Same version number, new code: replace the runtime itself without touching its dependencies.
+    yield StringCommand(pip, "install", "--quiet", "--no-index", "--no-deps", "--force-reinstall",
+                        "--disable-pip-version-check", QuoteString(runtime_wheel))
+    yield StringCommand("printf", "'%s\\n'", QuoteString(json.dumps({"install_id": install_id})), ">",
+                        QuoteString(marker))
+
+
+@deploy("deepfleet runtime", data_defaults=DEFAULTS)
+def runtime():
+    """Install the runtime from the wheelhouse, render its config and unit, start it, wait for ready."""
+    data = host.data
+    cache = control_path(data.deepfleet_cache_dir, "deepfleet_cache_dir")
+    wheelhouse = build_wheelhouse(target_platform(), cache / "wheelhouse", PROJECT_ROOT / "runtime",
+                                  extras=tuple(data.runtime_wheel_extras))
+    deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
+    install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
+                                 venv=venv_dir(), deps_dir=deps_remote, runtime_wheel=wheel_remote,
+                                 extras=list(data.runtime_wheel_extras), install_id=wheelhouse.install_id)
+
+    settings = {key: data.get(key) for key in DEFAULTS}
+    config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
+    config = files.template(name="Runtime config", src=template("runtime.yaml.j2"), dest=config_path,
+                            user="root", group=data.deepfleet_group, mode="0640",
+                            **runtime_yaml_context(settings, remote_model_dir()))
+    unit = files.template(name="Runtime systemd unit", src=template("systemd/deepfleet-runtime.service.j2"),
+                          dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
+                          mode="0644", **unit_context(settings, config_path))
+    ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
+             f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}")
+    converge_service("deepfleet-runtime", unit, [install, config], ready)
+
+
+def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:
+    remote_root = f"{host.data.deepfleet_home}/wheelhouse"
+    deps_manifest = json.loads((wheelhouse.deps_dir / MANIFEST).read_text())
+    deps_remote = f"{remote_root}/deps-{wheelhouse.deps_digest}"
+    push_files(name=f"Runtime dependency wheels ({len(deps_manifest)})",
+               files={name: str(wheelhouse.deps_dir / name) for name in deps_manifest},
+               manifest=deps_manifest, dest_dir=deps_remote)
+    wheel = wheelhouse.runtime_wheel
+    runtime_remote = f"{remote_root}/runtime-{wheelhouse.runtime_digest}"
+    push_files(name="deepfleet-runtime wheel", files={wheel.name: str(wheel)},
+               manifest={wheel.name: sha256_file(wheel)}, dest_dir=runtime_remote)
+    return deps_remote, f"{runtime_remote}/{wheel.name}"
