@@ -74,16 +74,7 @@ def demo_up(log=print) -> dict:
     model_dir = ensure_tiny_model(cache_dir() / "models" / MODEL_NAME, log)
     pki.init_ca(paths.pki, common_name="deepfleet demo CA")
     api_key = _demo_api_key(paths)
-    extra = {
-        "model_name": MODEL_NAME,
-        "model_source": str(model_dir),
-        "deepfleet_cache_dir": str(cache_dir()),
-        "gateway_pki_dir": str(paths.pki),
-        "gateway_api_keyring": str(paths.keyring),
-        "gateway_listen_address": "127.0.0.1",
-    }
-    write_atomic(paths.inventory, json.dumps({"hosts": fleet.inventory_hosts(extra)}, indent=1) + "\n",
-                 mode=0o600)
+    write_local_inventory(paths.inventory, fleet, model_dir, paths.pki, paths.keyring)
     log(f"deploying deploys/site.py to the local host with {LOCAL_INVENTORY.relative_to(LOCAL_INVENTORY.parents[1])}")
     result = run_deploy(LOCAL_INVENTORY, env={"DEEPFLEET_HOSTS_FILE": str(paths.inventory)})
     host = fleet.hosts[0]
@@ -99,6 +90,21 @@ def demo_up(log=print) -> dict:
             "connection_file": str(paths.connection), "model": MODEL_NAME, "changes": result.changed,
             "changed_operations": result.changed_operations, "answer": answer,
             "seconds": round(time.monotonic() - started, 1)}
+
+
+def write_local_inventory(path: Path, fleet: testhosts.TestFleet, model_dir: Path, pki_dir: Path,
+                          keyring: Path, **overrides) -> None:
+    """The hosts file inventories/local.py reads: the fleet's hosts with the demo's settings."""
+    extra = {
+        "model_name": MODEL_NAME,
+        "model_source": str(model_dir),
+        "deepfleet_cache_dir": str(cache_dir()),
+        "gateway_pki_dir": str(pki_dir),
+        "gateway_api_keyring": str(keyring),
+        "gateway_listen_address": "127.0.0.1",
+        **overrides,
+    }
+    write_atomic(path, json.dumps({"hosts": fleet.inventory_hosts(extra)}, indent=1) + "\n", mode=0o600)
 
 
 def demo_down(log=print) -> None:

@@ -22,13 +22,19 @@ class DeployResult:
     changed: int  # (operation, host) pairs that changed something
     failed_hosts: list[str]
     changed_operations: list[str] = field(default_factory=list)
+    log: str = ""  # pyinfra's whole log (stderr)
 
 
 def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False, diff: bool = False,
-               limit: tuple[str, ...] = (), env: dict | None = None, echo: bool = True) -> DeployResult:
-    """Run `pyinfra --json -y INVENTORY DEPLOY`; pyinfra's log streams to stderr when `echo`."""
-    command = [sys.executable, "-m", "pyinfra", "--json", "-y", str(inventory), str(deploy)]
-    command += ["--dry"] * dry + ["--diff"] * diff
+               limit: tuple[str, ...] = (), verbosity: int = 0, env: dict | None = None,
+               echo: bool = True) -> DeployResult:
+    """Run `pyinfra --json INVENTORY DEPLOY`; pyinfra's log streams to stderr when `echo`.
+
+    A dry run leaves out -y, because with -y pyinfra skips change detection (and the diffs).
+    """
+    command = [sys.executable, "-m", "pyinfra", "--json", str(inventory), str(deploy)]
+    command += ["--dry"] if dry else ["-y"]
+    command += ["--diff"] * diff + (["-" + "v" * verbosity] if verbosity else [])
     for pattern in limit:
         command += ["--limit", pattern]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
@@ -36,21 +42,21 @@ def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False
     stdout_chunks: list[str] = []
     reader = threading.Thread(target=lambda: stdout_chunks.append(process.stdout.read()), daemon=True)
     reader.start()
-    log_tail: list[str] = []
+    log: list[str] = []
     for line in process.stderr:
         if echo:
             sys.stderr.write(line)
-        log_tail = (log_tail + [line])[-40:]
+        log.append(line)
     reader.join()
     stdout = "".join(stdout_chunks)
     if process.wait() != 0:
-        detail = "its log is above" if echo else "".join(log_tail)
+        detail = "its log is above" if echo else "".join(log[-40:])
         raise DeployError(f"pyinfra exited {process.returncode}; {detail}")
     payload = json.loads(stdout)
     results = payload.get("results")
     if results is None:  # a dry run: count planned changes
         changed_ops = [op["name"] for op in payload["plan"] if op["hosts_with_change"]]
         changed = sum(len(op["hosts_with_change"]) for op in payload["plan"])
-        return DeployResult(changed, [], changed_ops)
+        return DeployResult(changed, [], changed_ops, "".join(log))
     changed_ops = [op["name"] for op in results["operations"] if op["success"]]
-    return DeployResult(results["totals"]["success"], results["failed_hosts"], changed_ops)
+    return DeployResult(results["totals"]["success"], results["failed_hosts"], changed_ops, "".join(log))

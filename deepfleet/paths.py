@@ -16,5 +16,6 @@ def state_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Rebuildable things (test host image debs, wheelhouses, the tiny model, hash caches)."""
-    return state_dir() / "cache"
+    """Rebuildable things (test host image debs, wheelhouses, the tiny model, hash caches):
+    $DEEPFLEET_CACHE, else <state>/cache."""
+    return Path(os.environ.get("DEEPFLEET_CACHE") or state_dir() / "cache").resolve()

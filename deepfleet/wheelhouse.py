@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -71,7 +72,8 @@ class Wheelhouse:
 
 
 def build_wheelhouse(target: TargetPlatform, cache_dir: Path, runtime_src: Path,
-                     extras: tuple[str, ...] = ("transformers",), log=print) -> Wheelhouse:
+                     extras: tuple[str, ...] = ("transformers",), log=logging.getLogger(__name__).info
+                     ) -> Wheelhouse:
     """The wheelhouse for `target`, from the cache when nothing that defines it changed."""
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
 from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import files
@@ -105,7 +105,7 @@ def runtime():
     data = host.data
     cache = control_path(data.deepfleet_cache_dir, "deepfleet_cache_dir")
     wheelhouse = build_wheelhouse(target_platform(), cache / "wheelhouse", PROJECT_ROOT / "runtime",
-                                  extras=tuple(data.runtime_wheel_extras))
+                                  extras=tuple(data.runtime_wheel_extras), log=logger.info)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
                                  venv=venv_dir(), deps_dir=deps_remote, runtime_wheel=wheel_remote,

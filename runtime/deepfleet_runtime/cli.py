@@ -76,10 +76,12 @@ def _tiny_model(args) -> int:
 
 
 def _wait_ready(args) -> int:
+    import ssl
+
     import httpx
 
     deadline = time.monotonic() + args.timeout
-    verify = str(args.cafile) if args.cafile else True
+    verify = ssl.create_default_context(cafile=str(args.cafile)) if args.cafile else True
     last = "no answer yet"
     while time.monotonic() < deadline:
         try:

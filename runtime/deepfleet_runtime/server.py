@@ -78,7 +78,9 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
-        if load_in_background:
+        if engine.ready:
+            pass
+        elif load_in_background:
             threading.Thread(target=load, name="model-load", daemon=True).start()
         else:
             load()

@@ -8,8 +8,9 @@ from pathlib import Path
 import uvicorn
 
 
-def serve(app, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
-    """Serve `app` until stopped; with a certificate, only TLS 1.3 handshakes succeed."""
+def build_server(app, host: str, port: int, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> uvicorn.Server:
+    """A uvicorn server for `app`; with a certificate, only TLS 1.3 handshakes succeed."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -23,4 +24,9 @@ def serve(app, host: str, port: int, tls_cert: Path | None = None, tls_key: Path
     config.load()
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
-    uvicorn.Server(config).run()
+    return uvicorn.Server(config)
+
+
+def serve(app, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    """Serve `app` until stopped (SIGTERM/SIGINT)."""
+    build_server(app, host, port, tls_cert, tls_key).run()

@@ -1,0 +1,50 @@
+# deepfleet: the two set-up commands of the README.
+#   make demo   deploy to one disposable local host and print a real answer
+#   make test   run the test suite (unit + real test hosts over SSH)
+# Both create .venv and, on Debian/Ubuntu as root, install and start a Docker engine if none runs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo down test setup host-tools
+
+demo: setup host-tools
+	$(BIN)/deepfleet demo
+
+down: setup
+	$(BIN)/deepfleet demo --down
+
+test: setup host-tools
+	$(BIN)/python -m pytest
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml runtime/constraints.txt
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	  else echo "deepfleet: $(PYTHON) cannot create virtualenvs; install python3-venv (Python >= 3.11)"; exit 1; fi; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint runtime/constraints.txt -e 'runtime[transformers]' -e '.[test]'
+	touch $@
+
+# The test hosts are containers built with debootstrap: they need a Docker engine and debootstrap.
+host-tools:
+	@missing=""; command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing debian-archive-keyring >/dev/null; \
+	  else echo "deepfleet: please install$$missing (Debian/Ubuntu: apt-get install$$missing), then retry"; exit 1; fi; \
+	fi; \
+	if ! docker info >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "deepfleet: the Docker engine is not running; start it (sudo systemctl start docker) and retry"; exit 1; fi; \
+	  echo "==> starting the Docker engine"; \
+	  systemctl start docker 2>/dev/null || (nohup dockerd >/var/log/dockerd.log 2>&1 &); \
+	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done; \
+	  docker info >/dev/null 2>&1 || { echo "deepfleet: dockerd did not start; see /var/log/dockerd.log"; exit 1; }; \
+	fi

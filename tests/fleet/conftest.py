@@ -1,0 +1,64 @@
+"""A real test host (Debian 12, systemd, sshd) with the site deployed to it over SSH."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deepfleet import testhosts
+from deepfleet.apikeys import create_key
+from deepfleet.demo import PORT_SETTINGS, write_local_inventory
+from deepfleet.deployrun import DeployResult, run_deploy
+from deepfleet.paths import LOCAL_INVENTORY, cache_dir
+from deepfleet.pki import init_ca
+
+pytestmark = pytest.mark.fleet
+
+
+@dataclass
+class Site:
+    fleet: testhosts.TestFleet
+    inventory: Path
+    ca_cert: Path
+    api_key: str
+    first_deploy: DeployResult
+
+    @property
+    def host(self) -> testhosts.TestHost:
+        return self.fleet.hosts[0]
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.host.ports['gateway_port']}/v1"
+
+    def deploy(self, inventory: Path | None = None, **kwargs) -> DeployResult:
+        env = {"DEEPFLEET_HOSTS_FILE": str(inventory or self.inventory)}
+        return run_deploy(LOCAL_INVENTORY, env=env, echo=False, **kwargs)
+
+    def with_overrides(self, path: Path, **overrides) -> Path:
+        """A copy of the inventory with some host data changed."""
+        hosts = json.loads(self.inventory.read_text())["hosts"]
+        for _, data in hosts:
+            data.update(overrides)
+        path.write_text(json.dumps({"hosts": hosts}))
+        return path
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("site")
+    image = testhosts.ensure_image(cache_dir() / "testhost")
+    fleet = testhosts.TestFleet(root / "hosts")
+    try:
+        fleet.start(1, image, PORT_SETTINGS)
+        ca, _ = init_ca(root / "pki")
+        key = create_key(root / "keys.json", "tests")
+        write_local_inventory(root / "inventory.json", fleet, tiny_model_dir, root / "pki", root / "keys.json")
+        site = Site(fleet, root / "inventory.json", ca.cert, key, None)
+        site.first_deploy = site.deploy()
+        yield site
+    finally:
+        fleet.destroy()

@@ -1,0 +1,65 @@
+"""The internal CA and host certificates."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+from cryptography import x509
+
+from deepfleet.pki import PkiError, ensure_server_cert, init_ca
+
+
+def _sans(path):
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted([str(v) for v in ext.get_values_for_type(x509.DNSName)]
+                  + [str(v) for v in ext.get_values_for_type(x509.IPAddress)])
+
+
+def test_ca_is_created_once_with_a_private_key(tmp_path):
+    paths, created = init_ca(tmp_path / "pki")
+    assert created
+    assert stat.S_IMODE(paths.key.stat().st_mode) == 0o600
+    before = paths.cert.read_bytes()
+    _, created_again = init_ca(tmp_path / "pki")
+    assert not created_again
+    assert paths.cert.read_bytes() == before
+
+
+def test_half_a_ca_is_refused(tmp_path):
+    paths, _ = init_ca(tmp_path / "pki")
+    paths.key.unlink()
+    with pytest.raises(PkiError, match="half of a CA"):
+        init_ca(tmp_path / "pki")
+
+
+def test_server_cert_needs_a_ca(tmp_path):
+    with pytest.raises(PkiError, match="deepfleet pki init"):
+        ensure_server_cert(tmp_path / "none", "h1", ["h1"])
+
+
+def test_server_cert_is_kept_until_its_names_change(tmp_path):
+    ca, _ = init_ca(tmp_path / "pki")
+    pair, issued = ensure_server_cert(tmp_path / "pki", "h1", ["h1", "10.0.0.5"])
+    assert issued
+    assert _sans(pair.cert) == ["10.0.0.5", "h1"]
+    assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert.read_bytes()))
+
+    _, issued = ensure_server_cert(tmp_path / "pki", "h1", ["10.0.0.5", "h1"])
+    assert not issued
+    _, issued = ensure_server_cert(tmp_path / "pki", "h1", ["h1", "h1.internal"])
+    assert issued
+    assert _sans(pair.cert) == ["h1", "h1.internal"]
+
+
+def test_server_cert_is_reissued_for_a_new_ca(tmp_path):
+    init_ca(tmp_path / "pki")
+    ensure_server_cert(tmp_path / "pki", "h1", ["h1"])
+    for name in ("ca.crt", "ca.key"):
+        (tmp_path / "pki" / name).unlink()
+    init_ca(tmp_path / "pki")
+    _, issued = ensure_server_cert(tmp_path / "pki", "h1", ["h1"])
+    assert issued

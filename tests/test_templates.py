@@ -1,0 +1,73 @@
+"""Templates rendered exactly as the roles render them, then read back by the runtime's own loaders."""
+
+from __future__ import annotations
+
+import configparser
+
+import yaml
+from pyinfra.api.util import get_template
+
+from deepfleet_runtime.configfile import from_mapping
+from deepfleet_runtime.config import RuntimeConfig
+from deepfleet_runtime.gateway.config import GatewayConfig
+from roles.common import TEMPLATES
+from roles.defaults import DEFAULTS
+from roles.gateway import gateway_yaml_context, server_names
+from roles.runtime import runtime_yaml_context, unit_context
+
+
+def _render(name, **context):
+    return get_template(str(TEMPLATES / name)).render(**context)
+
+
+def _unit(text):
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(text)
+    return parser
+
+
+def test_runtime_yaml_from_defaults_is_a_valid_runtime_config():
+    text = _render("runtime.yaml.j2", **runtime_yaml_context(DEFAULTS, "/opt/deepfleet/models/m@abc"))
+    config = from_mapping(RuntimeConfig, yaml.safe_load(text), "runtime.yaml")
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == DEFAULTS["runtime_port"]
+    assert str(config.model.path) == "/opt/deepfleet/models/m@abc"
+    assert config.model.name == DEFAULTS["model_name"]
+
+
+def test_runtime_yaml_follows_inventory_overrides():
+    settings = {**DEFAULTS, "runtime_port": 9123, "runtime_max_tokens": 77, "model_name": 'odd "name": x',
+                "runtime_dtype": "bfloat16"}
+    config = from_mapping(RuntimeConfig, yaml.safe_load(_render("runtime.yaml.j2", **runtime_yaml_context(settings, "/m"))),
+                          "runtime.yaml")
+    assert (config.server.port, config.limits.max_tokens, config.model.name, config.dtype) == (
+        9123, 77, 'odd "name": x', "bfloat16")
+
+
+def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
+    settings = {**DEFAULTS, "runtime_port": 9123, "gateway_port": 443, "deepfleet_config_dir": "/etc/df"}
+    config = from_mapping(GatewayConfig, yaml.safe_load(_render("gateway.yaml.j2", **gateway_yaml_context(settings))),
+                          "gateway.yaml")
+    assert config.upstream.url == "http://127.0.0.1:9123"
+    assert config.listen.port == 443
+    assert str(config.tls.key) == "/etc/df/tls/server.key"
+    assert str(config.api_keys_file) == "/etc/df/api_keys.json"
+
+
+def test_units_run_the_runtime_as_the_service_user_with_hardening():
+    settings = {**DEFAULTS, "deepfleet_user": "svc", "deepfleet_home": "/srv/df"}
+    for name, command in (("deepfleet-runtime", "serve"), ("deepfleet-gateway", "gateway")):
+        unit = _unit(_render(f"systemd/{name}.service.j2", **unit_context(settings, "/etc/x.yaml")))
+        service = unit["Service"]
+        assert service["User"] == "svc"
+        assert service["ExecStart"] == f"/srv/df/venv/bin/deepfleet-runtime {command} --config /etc/x.yaml"
+        assert service["NoNewPrivileges"] == "yes"
+        assert service["ProtectSystem"] == "strict"
+        assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_certificate_names_cover_the_host_its_address_and_extra_names():
+    settings = {**DEFAULTS, "gateway_server_names": ["llm.hospital.internal"], "ssh_hostname": "10.1.2.3"}
+    assert server_names(settings, "gpu1") == sorted(
+        ["gpu1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
