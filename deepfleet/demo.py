@@ -112,8 +112,9 @@ def demo_down(log=print) -> None:
     paths = demo_paths()
     fleet = testhosts.TestFleet.load(paths.hosts)
     if fleet:
+        containers = ", ".join(host.container for host in fleet.hosts)
         fleet.destroy()
-        log(f"removed {', '.join(h.container for h in fleet.hosts) or 'the demo host'}")
+        log(f"removed the demo host ({containers})")
     shutil.rmtree(paths.root, ignore_errors=True)
     log(f"removed {paths.root} (caches in {cache_dir()} and the test host image are kept)")
 
