@@ -32,13 +32,18 @@ KNOWN_DEVICES = {
 SMI_FIELDS = ("index", "name", "memory.total", "driver_version", "compute_cap", "pci.bus_id")
 
 
+def pci_scan_command(devices_dir: str = "/sys/bus/pci/devices") -> str:
+    """Shell that prints `<slot> <class> <device id>` for each NVIDIA PCI function under `devices_dir`."""
+    return (f'for d in {devices_dir}/*; do '
+            f'[ "$(cat "$d/vendor" 2>/dev/null)" = {NVIDIA_VENDOR} ] && '
+            'echo "${d##*/} $(cat "$d/class") $(cat "$d/device")"; done; true')
+
+
 class NvidiaPciDevices(FactBase):
     """NVIDIA GPUs on the PCI bus (works before any driver is installed); [] when there are none."""
 
     def command(self) -> str:
-        return ('for d in /sys/bus/pci/devices/*; do '
-                f'[ "$(cat "$d/vendor" 2>/dev/null)" = {NVIDIA_VENDOR} ] && '
-                'echo "${d##*/} $(cat "$d/class") $(cat "$d/device")"; done; true')
+        return pci_scan_command()
 
     @staticmethod
     def default() -> list:

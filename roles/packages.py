@@ -4,7 +4,7 @@ A role describes a repository once (`PackageRepo`: its signing key's URL, its ap
 base URL, all built from the role's one base-URL setting); `add_repo` writes it the way the
 host's package manager wants it: apt gets a keyring in /etc/apt/keyrings and a `signed-by` line,
 dnf gets a .repo file with `gpgkey=`. `install_packages` installs only what is missing and
-refreshes apt's lists only after a repository changed.
+refreshes apt's lists only when a repository changed or a package is missing.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, dnf, files, server
-from pyinfra.operations.util import any_changed
 
 from .hostos import HostOS
 
@@ -99,12 +99,30 @@ def pinned(name: str, version: str, os: HostOS) -> str:
     return f"{name}={version}" if os.family == "debian" else f"{name}-{version}"
 
 
+def missing_packages(packages: list[str], installed: dict) -> list[str]:
+    """The apt `name[=version]` entries not installed (at that version)."""
+    missing = []
+    for package in packages:
+        name, _, version = package.partition("=")
+        versions = installed.get(name) or []
+        if not versions or (version and version not in versions):
+            missing.append(package)
+    return missing
+
+
 def install_packages(title: str, packages: list[str], os: HostOS,
                      repo_changes: list[OperationMeta] = (), no_recommends: bool = True) -> OperationMeta:
-    """Install `packages` (apt `name=version` / dnf `name-version` pins allowed) where missing."""
+    """Install `packages` (pins as written by `pinned`) where missing.
+
+    apt's lists are refreshed first, but only when a repository just changed or a package is
+    missing (decided when the deploy runs), so a converged host runs no `apt-get update`.
+    """
     if os.family == "debian":
-        if repo_changes:
-            server.shell(name=f"{title}: refresh apt lists after a repository change",
-                         commands=["apt-get update -qq"], _if=any_changed(*repo_changes))
+        def refresh_needed() -> bool:
+            return any(op.did_change() for op in repo_changes) or bool(
+                missing_packages(packages, host.get_fact(DebPackages) or {}))
+
+        server.shell(name=f"{title}: refresh apt lists (after a repository change, or for missing packages)",
+                     commands=["apt-get update -qq"], _if=refresh_needed)
         return apt.packages(name=f"{title}: packages", packages=packages, no_recommends=no_recommends)
     return dnf.packages(name=f"{title}: packages", packages=packages)

@@ -9,6 +9,8 @@ error naming it: the plan never invents host state.
 
 `plan()` runs deploy functions or deploy files exactly as pyinfra's prepare stage does, then lists
 every operation in order with the commands it would run, file uploads with their content.
+`expect_plan()` compares a plan with its reviewed copy in tests/roles/plans/ (the exact commands
+and files a role produces for one case); DEEPFLEET_WRITE_PLANS=1 rewrites the copies, for review.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import runpy
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,9 +34,9 @@ from pyinfra.api.host import Host
 from pyinfra.api.inventory import Inventory
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
-from pyinfra_cli.inventory import make_inventory_from_files
 
 HOSTS = Path(__file__).resolve().parent / "hosts"
+PLANS = Path(__file__).resolve().parent / "plans"
 
 
 class MissingFact(LookupError):
@@ -70,13 +73,11 @@ def with_facts(facts: dict, **changes) -> dict:
 def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, inventory: Path | None = None,
          host_name: str = "h1") -> list[PlannedOp]:
     """The operations `deploy` (a @deploy function or a deploy file) would run on one host."""
-    state = State()
     if inventory is not None:
-        with ctx_state.use(state):  # inventory and group data files are read in a state's context
-            inv = make_inventory_from_files(str(inventory), override_data=data)
+        inv = inventory_file(inventory, data)
     else:
         inv = Inventory(([(host_name, dict(data or {}))], {}))
-    state.init(inv, Config())
+    state = State(inv, Config())
     state.set_stage(StateStage.Prepare)
     notes: dict[str, list[str]] = defaultdict(list)
 
@@ -110,17 +111,43 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
     return planned
 
 
+def inventory_file(path: Path, override_data: dict | None = None) -> Inventory:
+    """An inventory file's groups, hosts and group_data/<group>.py, read the way pyinfra's CLI reads
+    them (pyinfra_cli itself is not imported: it monkey-patches the whole test process for gevent)."""
+    groups, hosts = {}, []
+    for group, members in runpy.run_path(str(path)).items():
+        if group.startswith("_") or not isinstance(members, list):
+            continue
+        entries = [member if isinstance(member, tuple) else (member, {}) for member in members]
+        hosts += entries
+        data_file = path.parent / "group_data" / f"{group}.py"
+        data = runpy.run_path(str(data_file)) if data_file.exists() else {}
+        groups[group] = ([name for name, _ in entries], {k: v for k, v in data.items() if not k.startswith("__")})
+    return Inventory((hosts, {}), override_data=override_data, **groups)
+
+
 def changed(ops: list[PlannedOp]) -> list[str]:
     """Names of the operations that would (or could) change the host."""
     return [op.name for op in ops if op.change != "no"]
 
 
 def find(ops: list[PlannedOp], name: str) -> PlannedOp:
-    """The one planned operation whose name ends with `name`."""
-    matches = [op for op in ops if op.name.endswith(name)]
+    """The one planned operation whose name contains `name`."""
+    matches = [op for op in ops if name in op.name]
     if len(matches) != 1:
-        raise AssertionError(f"{len(matches)} operations end with {name!r}: {[op.name for op in ops]}")
+        raise AssertionError(f"{len(matches)} operations are named like {name!r}: {[op.name for op in ops]}")
     return matches[0]
+
+
+def expect_plan(ops: list[PlannedOp], name: str) -> None:
+    """Assert `ops` equal the reviewed plan tests/roles/plans/<name>.json."""
+    path = PLANS / f"{name}.json"
+    actual = [{"name": op.name, "change": op.change, "commands": op.commands, "notes": op.notes} for op in ops]
+    if os.environ.get("DEEPFLEET_WRITE_PLANS"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(actual, indent=1) + "\n")
+    expected = json.loads(path.read_text()) if path.exists() else None
+    assert actual == expected, f"the plan differs from {path}; review the change, DEEPFLEET_WRITE_PLANS=1 rewrites it"
 
 
 def _answer(facts: dict, cls, args, kwargs):
