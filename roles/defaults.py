@@ -91,5 +91,6 @@ DEFAULTS = {
     "runtime_image_base_cpu_os": "debian-12",
     "runtime_container_gpus": "all",  # docker run --gpus (NVIDIA hosts only), e.g. "device=0,1"
     "runtime_container_shm_size": "16g",
+    "runtime_container_memlock": "-1:-1",  # docker run --ulimit memlock (soft:hard bytes; -1: unlimited)
     "runtime_container_restart": "unless-stopped",  # docker's restart policy
 }

@@ -39,6 +39,9 @@ CONTAINER = "deepfleet-runtime"
 IMAGE_REPOSITORY = "deepfleet-runtime"
 IMAGE_VENV = "/opt/deepfleet/venv"  # inside the image
 SPEC_LABEL = "deepfleet.spec"
+# The classic builder leaves the Dockerfile's wheel-installing stage as a dangling image; it carries
+# this label, so exactly those (and nothing else of the host's) are pruned after a build.
+PRUNE_BUILD_STAGES = ["docker", "image", "prune", "--force", "--filter", "label=deepfleet.stage=runtime-build"]
 
 
 def dockerfile(settings: Mapping, base_image: str, gpu: bool, wheelhouse: Wheelhouse, config_path: str) -> str:
@@ -80,20 +83,26 @@ def tarball_image(path: Path) -> str:
     return tags[0]
 
 
-def container_args(settings: Mapping, image: str, config_path: str, model_dir: str, gpu: bool) -> list[str]:
+def container_args(settings: Mapping, image: str, config_path: str, model_dir: str, gpu: bool,
+                   name: str = CONTAINER) -> list[str]:
     """`docker run` arguments (after `run`, before the user) for the runtime container."""
     state_dir = settings["deepfleet_state_dir"]
     args = [
-        "--detach", "--name", CONTAINER, "--restart", settings["runtime_container_restart"],
+        "--detach", "--name", name, "--restart", settings["runtime_container_restart"],
         "--network", "host", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges", "--shm-size", settings["runtime_container_shm_size"],
-        "--ulimit", "memlock=-1:-1", "--ulimit", "stack=67108864:67108864",
+        "--ulimit", f"memlock={settings['runtime_container_memlock']}", "--ulimit", "stack=67108864:67108864",
         "--volume", f"{config_path}:{config_path}:ro", "--volume", f"{model_dir}:{model_dir}:ro",
         "--volume", f"{state_dir}:{state_dir}",
     ]
     if gpu and settings["runtime_container_gpus"]:
         args += ["--gpus", settings["runtime_container_gpus"]]
     return [*args, image, "serve", "--config", config_path]
+
+
+def build_command(tag: str, context_dir: str) -> list[str]:
+    """`docker build` of a runtime image context (the classic builder or BuildKit alike)."""
+    return ["docker", "build", "--quiet", "--tag", tag, context_dir]
 
 
 def spec_digest(args: list[str], user: str) -> str:
@@ -111,7 +120,8 @@ def build_image(context_dir: str, tag: str):
     if host.get_fact(DockerImage, object_id=tag):
         host.noop(f"image {tag} exists")
         return
-    yield StringCommand("docker", "build", "--quiet", "--tag", QuoteString(tag), QuoteString(context_dir))
+    yield StringCommand(*[QuoteString(arg) for arg in build_command(tag, context_dir)])
+    yield StringCommand(*PRUNE_BUILD_STAGES)
 
 
 @operation()
