@@ -25,7 +25,13 @@ SUITE, COMPONENT, ARCH = "bookworm", "stable", "amd64"
 _NO_EXTRAS = ["--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances"]
 
 
+TOOLS = {"apt-get": "apt", "apt-cache": "apt", "dpkg-scanpackages": "dpkg-dev", "gpg": "gnupg"}
+
+
 def _run(command: list[str], **kwargs) -> str:
+    if not shutil.which(command[0]):
+        raise RuntimeError(f"{command[0]} is not installed; `apt-get install {TOOLS.get(command[0], command[0])}` "
+                           "(the signed test repository needs apt, dpkg-dev and gnupg)")
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])} failed: {result.stderr.strip()[-1500:]}")

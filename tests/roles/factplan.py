@@ -55,7 +55,8 @@ class PlannedOp:
 
     def uploads(self) -> dict[str, str]:
         """{remote path: content (text) or local file name}."""
-        return {c["upload"]: c.get("content", c.get("from")) for c in self.commands if isinstance(c, dict)}
+        return {c["upload"]: c.get("content", c.get("from")) for c in self.commands
+                if isinstance(c, dict) and "upload" in c}
 
 
 def load_case(name: str) -> dict:
@@ -147,7 +148,7 @@ def expect_plan(ops: list[PlannedOp], name: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(actual, indent=1) + "\n")
     expected = json.loads(path.read_text()) if path.exists() else None
-    assert actual == expected, f"the plan differs from {path}; review the change, DEEPFLEET_WRITE_PLANS=1 rewrites it"
+    assert actual == expected, f"the plan differs from {path}; review, then DEEPFLEET_WRITE_PLANS=1 rewrites it"
 
 
 def _answer(facts: dict, cls, args, kwargs):

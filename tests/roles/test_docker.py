@@ -69,14 +69,6 @@ def test_architecture_comes_from_facts():
                            "https://download.docker.com/linux/debian bookworm stable\n")
 
 
-def test_a_mirror_is_one_setting_for_every_docker_url():
-    ops = plan(load_case("rocky9-8xh100"), docker, data={"docker_repo_base_url": "https://mirror.local/docker/"})
-    repo = find(ops, "dnf repository").uploads()["/etc/yum.repos.d/deepfleet-docker.repo"]
-    assert "baseurl=https://mirror.local/docker/centos/$releasever/$basearch/stable\n" in repo
-    assert "gpgkey=https://mirror.local/docker/centos/gpg\n" in repo
-    assert "download.docker.com" not in repr([op.commands for op in ops])
-
-
 def test_distro_docker_on_debian_and_refused_on_rocky():
     ops = plan(load_case("debian12-nogpu"), docker, data={"docker_enabled": True, "docker_source": "distro"})
     assert not [op for op in ops if "Docker CE repository" in op.name]

@@ -17,16 +17,6 @@ def test_plan_is_the_reviewed_plan(case):
     expect_plan(plan(load_case(case), nvidia_container_toolkit), f"nvidia_container_toolkit/{case}")
 
 
-def test_a_mirror_is_one_setting_for_every_toolkit_url():
-    ops = plan(load_case("ubuntu2204-2xa100"), nvidia_container_toolkit,
-               data={"nvidia_container_toolkit_repo_base_url": "file:///srv/offline/libnvidia-container"})
-    key = " ".join(find(ops, "signing key").shell())
-    source = find(ops, "apt source").uploads()["/etc/apt/sources.list.d/deepfleet-nvidia-container-toolkit.list"]
-    assert "file:///srv/offline/libnvidia-container/gpgkey" in key
-    assert "] file:///srv/offline/libnvidia-container/stable/deb/amd64 /\n" in source
-    assert "nvidia.github.io" not in repr([op.commands for op in ops])
-
-
 def test_packages_are_pinned_the_way_each_package_manager_writes_it():
     apt = find(plan(load_case("ubuntu2204-2xa100"), nvidia_container_toolkit), ": packages").shell()[-1]
     dnf = find(plan(load_case("rocky9-8xh100"), nvidia_container_toolkit), ": packages").shell()[-1]
