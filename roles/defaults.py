@@ -16,7 +16,7 @@ DEFAULTS = {
     "deepfleet_cache_dir": ".deepfleet/cache",  # control: wheelhouses and manifests
 
     # === GPU host platform: NVIDIA driver, CUDA, Docker, NVIDIA container toolkit ==================
-    # Roles/nvidia_driver.py, cuda.py, docker.py, nvidia_container_toolkit.py (run by deploys/site.py
+    # roles/nvidia_driver.py, cuda.py, docker.py, nvidia_container_toolkit.py (run by deploys/site.py
     # after base). Every URL of a repository is derived from its ONE *_repo_base_url setting: point
     # it at a mirror or an offline repository and the key, the package lists and the packages follow.
     # The NVIDIA roles skip themselves, with a message, on hosts without an NVIDIA PCI device.

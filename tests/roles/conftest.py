@@ -32,7 +32,7 @@ class SmallWheelhouse:
         deps = cache_dir / f"deps-{tag}"
         deps.mkdir(parents=True, exist_ok=True)
         manifest = {}
-        for name in (f"starlette-1.10.0-py3-none-any.whl", f"engine_deps-{tag}.whl"):
+        for name in ("starlette-1.10.0-py3-none-any.whl", f"engine_deps-{tag}.whl"):
             (deps / name).write_text(name)
             manifest[name] = hashlib.sha256(name.encode()).hexdigest()
         (deps / MANIFEST).write_text(json.dumps(manifest))
