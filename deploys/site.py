@@ -3,15 +3,17 @@
     pyinfra inventories/<yours>.py deploys/site.py --dry --diff   # see every change first
     pyinfra inventories/<yours>.py deploys/site.py -y             # apply
 
-Every setting the roles read is listed, with its default, in roles/defaults.py.
+In order: the host platform (base, then NVIDIA driver, CUDA, Docker, NVIDIA container toolkit:
+roles/platform.py; the GPU roles skip themselves, saying why, where they do not apply), the
+model, the runtime, the gateway. Every setting the roles read is in roles/defaults.py.
 """
 
-from roles.base import base
 from roles.gateway import gateway
 from roles.model import model
+from roles.platform import host_platform
 from roles.runtime import runtime
 
-base()
+host_platform()
 model()
 runtime()
 gateway()

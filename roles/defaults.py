@@ -15,6 +15,49 @@ DEFAULTS = {
     "base_packages": ["python3", "python3-venv", "ca-certificates"],
     "deepfleet_cache_dir": ".deepfleet/cache",  # control: wheelhouses and manifests
 
+    # === GPU host platform: NVIDIA driver, CUDA, Docker, NVIDIA container toolkit ==================
+    # roles/nvidia_driver.py, cuda.py, docker.py, nvidia_container_toolkit.py (run by deploys/site.py
+    # after base). Every URL of a repository is derived from its ONE *_repo_base_url setting: point
+    # it at a mirror or an offline repository and the key, the package lists and the packages follow.
+    # The NVIDIA roles skip themselves, with a message, on hosts without an NVIDIA PCI device.
+
+    # --- nvidia_driver ---------------------------------------------------------------------------
+    "nvidia_driver_branch": "570",  # pinned driver branch (major version); verify checks it
+    "nvidia_driver_source": "cuda_repo",  # cuda_repo: NVIDIA's CUDA repository (every OS) |
+    #   distro: Ubuntu's nvidia-headless-<branch>-server, or Debian 12's non-free nvidia-driver
+    "nvidia_driver_open_kernel_modules": True,  # NVIDIA's open modules (Turing and newer); False: proprietary
+    "nvidia_driver_persistenced": True,  # keep GPUs initialised between jobs (nvidia-persistenced)
+    "nvidia_driver_reboot": True,  # reboot when a new module cannot be loaded; False: fail and say so
+    "nvidia_driver_reboot_timeout_s": 900,
+    "nvidia_driver_debian_mirror_url": "http://deb.debian.org/debian",  # Debian + distro source: non-free
+
+    # --- cuda: the toolkit (NVIDIA's CUDA repository also carries the driver) ----------------------
+    "cuda_repo_base_url": "https://developer.download.nvidia.com/compute/cuda/repos",
+    "cuda_toolkit_install": True,  # False: driver only (containers bring their own CUDA runtime)
+    "cuda_version": "12.8",  # cuda-toolkit-12-8 in /usr/local/cuda-12.8, on PATH via /etc/profile.d
+    "cuda_source": "cuda_repo",  # cuda_repo | distro (the OS's nvidia-cuda-toolkit, its own version)
+
+    # --- docker ------------------------------------------------------------------------------------
+    "docker_enabled": "auto",  # auto: on hosts with runtime_mode docker or an NVIDIA GPU | True | False
+    "docker_source": "docker_ce",  # docker_ce: Docker's repository | distro: the OS's docker.io
+    "docker_repo_base_url": "https://download.docker.com/linux",
+    "docker_ce_packages": ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin"],
+    "docker_log_max_size": "100m",  # daemon.json: json-file log rotation per container
+    "docker_log_max_file": 3,
+    "docker_default_shm_size": "1G",
+    "docker_live_restore": True,  # containers keep running while dockerd restarts
+    "docker_registry_mirrors": [],  # e.g. ["https://registry.hospital.internal"] (Docker Hub mirror)
+    "docker_data_root": None,  # e.g. "/data/docker" on hosts with a big data disk
+
+    # --- nvidia_container_toolkit ------------------------------------------------------------------
+    "nvidia_container_toolkit_repo_base_url": "https://nvidia.github.io/libnvidia-container",
+    "nvidia_container_toolkit_version": "1.17.8",  # pinned; None installs the newest
+    "nvidia_container_toolkit_default_runtime": False,  # True: every container gets the nvidia runtime
+    "nvidia_container_toolkit_test_image": "nvidia/cuda:12.8.1-base-ubuntu24.04",  # smoke test
+
+    # --- verify (deploys/verify.py): what a provisioned host must show --------------------------------
+    "verify_gpu_count": None,  # GPUs nvidia-smi and a CUDA container must see (None: the PCI count)
+
     # --- model: what is served and where it lands ------------------------------------------------
     "model_name": "tiny-deepseek-v3",  # the name clients pass as "model"
     "model_source": None,  # control: directory with config.json, weights, tokenizer (required)
@@ -36,4 +79,18 @@ DEFAULTS = {
     "gateway_server_names": [],  # extra DNS names / IPs in the certificate (host name always in)
     "gateway_pki_dir": ".deepfleet/pki",  # control: the CA (`deepfleet pki init`) and host certs
     "gateway_api_keyring": ".deepfleet/api-keys.json",  # control: key ids + hashes, never keys
+
+    # === runtime, Docker mode (roles/runtime.py, roles/runtime_container.py) =========================
+    "runtime_mode": "systemd",  # systemd: venv + unit on the host | docker: the engine in a container
+    "runtime_image_source": "build",  # build: on the host from templates/Dockerfile.runtime.j2 |
+    #   tarball: `docker load` of runtime_image_tarball (for hosts that reach no registry)
+    "runtime_image_tarball": None,  # control: a `docker save` tarball of a runtime image
+    "runtime_image_base_gpu": "nvidia/cuda:12.8.1-runtime-ubuntu24.04",  # base on NVIDIA hosts
+    "runtime_image_base_gpu_os": "ubuntu-24.04",  # its OS: decides the Python the wheels are for
+    "runtime_image_base_cpu": "debian:12-slim",  # base on hosts without an NVIDIA GPU
+    "runtime_image_base_cpu_os": "debian-12",
+    "runtime_container_gpus": "all",  # docker run --gpus (NVIDIA hosts only), e.g. "device=0,1"
+    "runtime_container_shm_size": "16g",
+    "runtime_container_memlock": "-1:-1",  # docker run --ulimit memlock (soft:hard bytes; -1: unlimited)
+    "runtime_container_restart": "unless-stopped",  # docker's restart policy
 }

@@ -2,6 +2,10 @@
 
 The host never reaches a package index: wheels for its Python and platform are prepared on the
 control machine (deepfleet.wheelhouse) and installed with `pip --no-index`.
+
+`runtime_mode: systemd` (default) runs the engine from that venv under a hardened unit;
+`runtime_mode: docker` runs it in a container (roles/runtime_container.py) and the host's venv
+gets only the light package (gateway, wait-ready), without the engine's extras.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from deepfleet.wheelhouse import MANIFEST, TargetPlatform, Wheelhouse, build_whe
 from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
+from .gpu_facts import has_nvidia_gpu
 from .model import remote_model_dir
+from .runtime_container import remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .transfer import push_files
 
@@ -72,6 +78,17 @@ def target_platform() -> TargetPlatform:
     return TargetPlatform(python, host.get_fact(Arch), glibc)
 
 
+def image_platform(base_os: str) -> TargetPlatform:
+    """The Python and platform inside a runtime image whose base runs `base_os` ("ubuntu-24.04")."""
+    name, _, version = base_os.partition("-")
+    key = (name.lower(), version.split(".")[0])
+    if key not in DISTRO_PYTHON:
+        known = ", ".join(f"{n}-{v}" for n, v in DISTRO_PYTHON)
+        raise RoleError(f"runtime image base OS {base_os!r} is not one deepfleet knows the Python of ({known})")
+    python, glibc = DISTRO_PYTHON[key]
+    return TargetPlatform(python, host.get_fact(Arch), glibc)
+
+
 @operation()
 def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: list[str], install_id: str):
     """
@@ -101,26 +118,43 @@ def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: lis
 
 @deploy("deepfleet runtime", data_defaults=DEFAULTS)
 def runtime():
-    """Install the runtime from the wheelhouse, render its config and unit, start it, wait for ready."""
+    """Install the runtime from the wheelhouse, render its config, run it (systemd unit or container), wait."""
     data = host.data
+    settings = {key: data.get(key) for key in DEFAULTS}
+    mode = data.runtime_mode
+    if mode not in ("systemd", "docker"):
+        raise RoleError(f"runtime_mode is {mode!r}; use 'systemd' or 'docker'")
     cache = control_path(data.deepfleet_cache_dir, "deepfleet_cache_dir")
+    # In Docker mode the engine's extras go into the image; the host keeps the light package.
+    extras = tuple(data.runtime_wheel_extras) if mode == "systemd" else ()
     wheelhouse = build_wheelhouse(target_platform(), cache / "wheelhouse", PROJECT_ROOT / "runtime",
-                                  extras=tuple(data.runtime_wheel_extras), log=logger.info)
+                                  extras=extras, log=logger.info)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
                                  venv=venv_dir(), deps_dir=deps_remote, runtime_wheel=wheel_remote,
-                                 extras=list(data.runtime_wheel_extras), install_id=wheelhouse.install_id)
+                                 extras=list(extras), install_id=wheelhouse.install_id)
 
-    settings = {key: data.get(key) for key in DEFAULTS}
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
     config = files.template(name="Runtime config", src=template("runtime.yaml.j2"), dest=config_path,
                             user="root", group=data.deepfleet_group, mode="0640",
                             **runtime_yaml_context(settings, remote_model_dir()))
+    ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
+             f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}")
+    if mode == "docker":
+        gpu = has_nvidia_gpu()
+        image_wheels = None
+        if data.runtime_image_source == "build":
+            base_os = data.runtime_image_base_gpu_os if gpu else data.runtime_image_base_cpu_os
+            image_wheels = build_wheelhouse(image_platform(base_os), cache / "wheelhouse", PROJECT_ROOT / "runtime",
+                                            extras=tuple(data.runtime_wheel_extras), log=logger.info)
+        image = runtime_image(settings, gpu, image_wheels, config_path)
+        runtime_in_container(settings, gpu, image, config, config_path, remote_model_dir(), ready)
+        return
+
+    remove_container(name="Remove the runtime container (systemd mode)", container="deepfleet-runtime")
     unit = files.template(name="Runtime systemd unit", src=template("systemd/deepfleet-runtime.service.j2"),
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
                           mode="0644", **unit_context(settings, config_path))
-    ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
-             f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}")
     converge_service("deepfleet-runtime", unit, [install, config], ready)
 
 

@@ -1,0 +1,67 @@
+"""The cuda role: a pinned CUDA toolkit from NVIDIA's CUDA repository, on PATH for every login shell.
+
+NVIDIA's CUDA repository (`cuda_repo_base_url`) carries the driver too, so `cuda_repo()` is shared
+with roles/nvidia_driver.py; the repository is added by whichever of the two roles installs from
+it first. Containers bring their own CUDA runtime: set `cuda_toolkit_install: False` for hosts
+that only run the Docker-mode runtime.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from .common import RoleError, template
+from .defaults import DEFAULTS
+from .gpu_facts import has_nvidia_gpu
+from .hostos import HostOS, host_os
+from .packages import PackageRepo, add_repo, install_packages
+from .skip import skip_role
+
+# The key cuda-keyring installs, by repository family. Fetched from the base URL (not installed
+# with the cuda-keyring .deb, whose sources file would point back at NVIDIA's servers).
+_CUDA_REPO_KEYS = {"debian": "3bf863cc.pub", "rhel": "D42D0685.pub"}
+
+
+def cuda_repo(os: HostOS, base_url: str) -> PackageRepo:
+    """NVIDIA's CUDA repository for this OS and architecture, under `base_url`."""
+    root = f"{base_url.rstrip('/')}/{os.nvidia_distro}/{os.nvidia_arch}"
+    return PackageRepo(name="cuda", title="NVIDIA CUDA repository", key_url=f"{root}/{_CUDA_REPO_KEYS[os.family]}",
+                       apt_source=f"{root}/ /", dnf_baseurl=root)
+
+
+def cuda_home(version: str) -> str:
+    return f"/usr/local/cuda-{version}"
+
+
+@deploy("CUDA toolkit", data_defaults=DEFAULTS)
+def cuda():
+    """Install the pinned CUDA toolkit and put it on PATH; skipped on hosts without an NVIDIA GPU."""
+    data = host.data
+    if not has_nvidia_gpu():
+        skip_role("CUDA toolkit", "no NVIDIA device on the PCI bus")
+        return
+    if not data.cuda_toolkit_install:
+        skip_role("CUDA toolkit", "cuda_toolkit_install is false (containers bring their own CUDA)")
+        return
+    os = host_os()
+    if data.cuda_source == "distro":
+        if os.family != "debian":
+            raise RoleError(f"cuda_source 'distro' is not available on {os.label}; use 'cuda_repo'")
+        install_packages("CUDA toolkit (the OS's own)", ["nvidia-cuda-toolkit"], os)
+        return
+    if data.cuda_source != "cuda_repo":
+        raise RoleError(f"cuda_source is {data.cuda_source!r}; use 'cuda_repo' or 'distro'")
+    version = str(data.cuda_version)
+    if not re.fullmatch(r"\d+\.\d+", version):
+        raise RoleError(f"cuda_version is {version!r}; give major.minor, e.g. '12.8'")
+    # The driver role adds the repository when it installs from it.
+    repo_changes = [] if data.nvidia_driver_source == "cuda_repo" else add_repo(
+        cuda_repo(os, data.cuda_repo_base_url), os)
+    install_packages(f"CUDA toolkit {version}", [f"cuda-toolkit-{version.replace('.', '-')}"], os, repo_changes)
+    files.template(name=f"CUDA {version} on PATH for login shells", src=template("cuda-profile.sh.j2"),
+                   dest="/etc/profile.d/deepfleet-cuda.sh", user="root", group="root", mode="0644",
+                   version=version, cuda_home=cuda_home(version))

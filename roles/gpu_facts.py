@@ -1,0 +1,146 @@
+"""Facts about a host's NVIDIA GPUs: present before any driver (sysfs), and per GPU once one runs.
+
+    NvidiaPciDevices   PCI functions of vendor 0x10de with a display/3D class, read from sysfs
+                       (no pciutils, no driver needed): [{"slot", "device_id", "model", "memory_gb"}]
+    NvidiaSmi          nvidia-smi's view: {"gpus": [{index, name, memory_mib, driver_version,
+                       compute_capability, pci_bus_id}], "driver_version", "cuda_version", "error"}
+    NvidiaModuleState  {"loaded": version in /sys/module/nvidia, "installed": modinfo's version}
+    GpuContainerTest   `docker run --gpus all IMAGE nvidia-smi -L`: {"exit_code", "gpus", "output"}
+
+`gpu_spec()` turns either view into the capacity planner's notation ("2xA100-80GB").
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shlex
+from collections import Counter
+
+from pyinfra import host
+from pyinfra.api import FactBase
+
+NVIDIA_VENDOR = "0x10de"
+GPU_CLASSES = ("0x0300", "0x0302")  # VGA controller, 3D controller (data-centre GPUs)
+# PCI device id -> (model, memory in GB), so a host can be planned before its driver exists.
+# Best effort: once the driver runs, nvidia-smi's answer is used instead.
+KNOWN_DEVICES = {
+    "0x20b0": ("A100", 40), "0x20f1": ("A100", 40), "0x20b2": ("A100", 80), "0x20b5": ("A100", 80),
+    "0x2330": ("H100", 80), "0x2331": ("H100", 80), "0x2335": ("H200", 141),
+    "0x2684": ("RTX4090", 24), "0x26b9": ("L40S", 48), "0x27b8": ("L4", 24), "0x1eb8": ("T4", 16),
+}
+SMI_FIELDS = ("index", "name", "memory.total", "driver_version", "compute_cap", "pci.bus_id")
+
+
+def pci_scan_command(devices_dir: str = "/sys/bus/pci/devices") -> str:
+    """Shell that prints `<slot> <class> <device id>` for each NVIDIA PCI function under `devices_dir`."""
+    return (f'for d in {devices_dir}/*; do '
+            f'[ "$(cat "$d/vendor" 2>/dev/null)" = {NVIDIA_VENDOR} ] && '
+            'echo "${d##*/} $(cat "$d/class") $(cat "$d/device")"; done; true')
+
+
+class NvidiaPciDevices(FactBase):
+    """NVIDIA GPUs on the PCI bus (works before any driver is installed); [] when there are none."""
+
+    def command(self) -> str:
+        return pci_scan_command()
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def process(self, output):
+        devices = []
+        for line in output:
+            slot, pci_class, device_id = line.split()
+            if not pci_class.startswith(GPU_CLASSES):
+                continue  # the GPU's audio function, NVSwitches, bridges
+            model, memory_gb = KNOWN_DEVICES.get(device_id, (f"NVIDIA-{device_id}", None))
+            devices.append({"slot": slot, "device_id": device_id, "model": model, "memory_gb": memory_gb})
+        return devices
+
+
+class NvidiaSmi(FactBase):
+    """Per-GPU facts from nvidia-smi; None when nvidia-smi is not installed. When the driver does
+    not answer (module not loaded), "gpus" is empty and "error" says what nvidia-smi said."""
+
+    def requires_command(self) -> str:
+        return "nvidia-smi"
+
+    def command(self) -> str:
+        return (f"nvidia-smi --query-gpu={','.join(SMI_FIELDS)} --format=csv,noheader,nounits 2>&1; "
+                "nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' || true")
+
+    def process(self, output):
+        gpus, cuda_version, errors = [], None, []
+        for line in output:
+            if line.startswith("CUDA Version:"):
+                cuda_version = line.split(":", 1)[1].strip()
+                continue
+            row = [cell.strip() for cell in next(csv.reader([line]))]
+            if len(row) == len(SMI_FIELDS) and row[0].isdigit():
+                gpus.append({"index": int(row[0]), "name": row[1], "memory_mib": int(float(row[2])),
+                             "driver_version": row[3], "compute_capability": row[4], "pci_bus_id": row[5]})
+            elif line.strip():
+                errors.append(line.strip())
+        return {"gpus": gpus, "driver_version": gpus[0]["driver_version"] if gpus else None,
+                "cuda_version": cuda_version, "error": " ".join(errors) or None}
+
+
+class NvidiaModuleState(FactBase):
+    """{"loaded": version of the running nvidia module or None, "installed": modinfo's or None}."""
+
+    def command(self) -> str:
+        return ('echo "loaded=$(cat /sys/module/nvidia/version 2>/dev/null)"; '
+                'echo "installed=$(/sbin/modinfo -F version nvidia 2>/dev/null)"')
+
+    def process(self, output):
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        return {key: values.get(key) or None for key in ("loaded", "installed")}
+
+
+class GpuContainerTest(FactBase):
+    """GPUs a CUDA container sees: `docker run --rm --gpus all IMAGE nvidia-smi -L`."""
+
+    def requires_command(self, image: str) -> str:
+        return "docker"
+
+    def command(self, image: str) -> str:
+        return f"docker run --rm --gpus all {shlex.quote(image)} nvidia-smi -L 2>&1; echo \"exit_code=$?\""
+
+    def process(self, output):
+        exit_code = int(output[-1].split("=", 1)[1]) if output and output[-1].startswith("exit_code=") else None
+        lines = output[:-1] if exit_code is not None else output
+        return {"exit_code": exit_code, "gpus": [line for line in lines if re.match(r"GPU \d+:", line)],
+                "output": "\n".join(lines)}
+
+
+def nvidia_devices() -> list[dict]:
+    """The current host's NVIDIA GPUs on the PCI bus."""
+    return host.get_fact(NvidiaPciDevices) or []
+
+
+def has_nvidia_gpu() -> bool:
+    return bool(nvidia_devices())
+
+
+def model_name(smi_name: str) -> str:
+    """nvidia-smi's name in the planner's short form: "NVIDIA A100-SXM4-80GB" -> "A100"."""
+    words = [w for w in re.split(r"[\s-]+", smi_name) if w not in ("NVIDIA", "GeForce", "Tesla", "")]
+    if len(words) > 1 and words[0] in ("RTX", "GTX", "TITAN", "Quadro"):
+        return words[0] + words[1]
+    return words[0] if words else smi_name
+
+
+def gpu_spec(smi: dict | None, pci_devices: list[dict]) -> str | None:
+    """The host's GPUs in the capacity planner's notation, e.g. "2xA100-80GB" (None: no GPU).
+
+    nvidia-smi's view wins when the driver answers; before that the PCI ids are used.
+    """
+    if smi and smi.get("gpus"):
+        kinds = [f"{model_name(gpu['name'])}-{round(gpu['memory_mib'] / 1024)}GB" for gpu in smi["gpus"]]
+    else:
+        kinds = [f"{d['model']}-{d['memory_gb']}GB" if d["memory_gb"] else d["model"] for d in pci_devices]
+    if not kinds:
+        return None
+    return "+".join(f"{count}x{kind}" for kind, count in Counter(kinds).items())

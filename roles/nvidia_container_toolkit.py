@@ -1,0 +1,84 @@
+"""The nvidia_container_toolkit role: NVIDIA's container toolkit, so `docker run --gpus` works.
+
+Repository (signed-by keyring) under `nvidia_container_toolkit_repo_base_url`, the pinned
+packages, then the docker runtime: where deepfleet renders daemon.json (roles/docker.py) it
+already declares the nvidia runtime; where Docker is managed outside deepfleet
+(`docker_enabled: false`), `nvidia-ctk runtime configure` adds it and docker restarts only if
+that changed the file. A CUDA container listing the GPUs (`nvidia-smi -L`) checks the result
+whenever the toolkit changed.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.operations import server
+from pyinfra.operations.util import any_changed
+
+from .defaults import DEFAULTS
+from .docker import DAEMON_JSON, docker_wanted
+from .facts import JsonFile
+from .gpu_facts import has_nvidia_gpu
+from .hostos import HostOS, host_os
+from .packages import PackageRepo, add_repo, install_packages, pinned
+from .skip import skip_role
+
+# Installed together at one version, as NVIDIA's install guide pins them.
+TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
+                    "libnvidia-container1")
+
+
+def toolkit_repo(os: HostOS, base_url: str) -> PackageRepo:
+    """NVIDIA's libnvidia-container repository under `base_url`."""
+    base = base_url.rstrip("/")
+    return PackageRepo(name="nvidia-container-toolkit", title="NVIDIA container toolkit repository",
+                       key_url=f"{base}/gpgkey", apt_source=f"{base}/stable/deb/{os.deb_arch} /",
+                       dnf_baseurl=f"{base}/stable/rpm/$basearch",
+                       dnf_options={"gpgcheck": "0", "repo_gpgcheck": "1"})
+
+
+def toolkit_packages(version: str | None, os: HostOS) -> list[str]:
+    """The toolkit's packages, pinned to `version` (NVIDIA's package release is always -1)."""
+    return [pinned(name, f"{version}-1", os) if version else name for name in TOOLKIT_PACKAGES]
+
+
+@operation()
+def register_docker_runtime(daemon_json: str, default_runtime: bool):
+    """
+    `nvidia-ctk runtime configure --runtime=docker` unless `daemon_json` already declares it.
+
+    + daemon_json: Docker's daemon config file
+    + default_runtime: also make nvidia the default runtime
+    """
+    config = host.get_fact(JsonFile, path=daemon_json) or {}
+    declared = "nvidia" in (config.get("runtimes") or {})
+    if declared and (config.get("default-runtime") == "nvidia") == bool(default_runtime):
+        host.noop(f"{daemon_json} declares the nvidia runtime")
+        return
+    yield StringCommand("nvidia-ctk", "runtime", "configure", "--runtime=docker", f"--config={daemon_json}",
+                        *(["--set-as-default"] if default_runtime else []))
+
+
+@deploy("NVIDIA container toolkit", data_defaults=DEFAULTS)
+def nvidia_container_toolkit():
+    """Install the toolkit, register the nvidia runtime with Docker, smoke-test a CUDA container."""
+    data = host.data
+    if not has_nvidia_gpu():
+        skip_role("NVIDIA container toolkit", "no NVIDIA device on the PCI bus")
+        return
+    os = host_os()
+    repo_changes = add_repo(toolkit_repo(os, data.nvidia_container_toolkit_repo_base_url), os)
+    install = install_packages("NVIDIA container toolkit", toolkit_packages(data.nvidia_container_toolkit_version, os),
+                               os, repo_changes)
+    changes = [install]
+    settings = {key: data.get(key) for key in DEFAULTS}
+    if not docker_wanted(settings, gpu=True)[0]:
+        registered = register_docker_runtime(name="Register the nvidia runtime with Docker (nvidia-ctk)",
+                                             daemon_json=DAEMON_JSON,
+                                             default_runtime=data.nvidia_container_toolkit_default_runtime)
+        server.shell(name="Restart docker for the nvidia runtime", commands=["systemctl restart docker"],
+                     _if=registered.did_change)
+        changes.append(registered)
+    server.shell(name="Smoke test: a CUDA container lists the GPUs",
+                 commands=[f"docker run --rm --gpus all {data.nvidia_container_toolkit_test_image} nvidia-smi -L"],
+                 _if=any_changed(*changes))

@@ -1,0 +1,151 @@
+"""The nvidia_driver role: a pinned driver branch, loaded, persistent; skipped on hosts without a GPU.
+
+Per host: kernel headers for the running kernel; the driver from NVIDIA's CUDA repository (every
+OS; open or proprietary kernel modules) or from the OS (Ubuntu's nvidia-headless-<branch>-server,
+Debian 12's non-free nvidia-driver); nouveau blacklisted and the initramfs rebuilt when that
+changed; the module loaded, and the host rebooted only when the new module cannot be loaded
+(an older one is running, or nouveau holds the GPU), then waited for; nvidia-persistenced on.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from pyinfra import host
+from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.facts.rpm import RpmPackages
+from pyinfra.facts.server import KernelVersion
+from pyinfra.operations import files, server, systemd
+
+from .common import RoleError
+from .cuda import cuda_repo
+from .defaults import DEFAULTS
+from .gpu_facts import NvidiaModuleState, has_nvidia_gpu, nvidia_devices
+from .hostos import HostOS, host_os
+from .packages import PackageRepo, add_repo, install_packages
+from .skip import skip_role
+
+NOUVEAU_BLACKLIST = "# Written by deepfleet (roles/nvidia_driver.py)\nblacklist nouveau\noptions nouveau modeset=0\n"
+REBUILD_INITRAMFS = {"debian": "update-initramfs -u", "rhel": "dracut --force"}
+# Debian ships one driver branch per release in non-free.
+DEBIAN_DRIVER_BRANCH = {"12": "535"}
+
+
+@dataclass(frozen=True)
+class DriverPackages:
+    """Where this host's driver comes from and what to install."""
+
+    repo: PackageRepo | None  # a repository to add first (None: the OS's configured ones)
+    packages: list[str]  # kernel headers and driver packages
+    dnf_module: str | None = None  # RHEL family: the nvidia-driver module stream to install
+
+
+def driver_packages(os: HostOS, kernel: str, settings) -> DriverPackages:
+    """The repository and packages of the pinned driver for this OS (the one OS dispatch of this role)."""
+    branch = str(settings["nvidia_driver_branch"])
+    open_modules = settings["nvidia_driver_open_kernel_modules"]
+    source = settings["nvidia_driver_source"]
+    if source not in ("cuda_repo", "distro"):
+        raise RoleError(f"nvidia_driver_source is {source!r}; use 'cuda_repo' or 'distro'")
+    if os.family == "rhel":
+        if source == "distro":
+            raise RoleError(f"{os.label} ships no NVIDIA driver; set nvidia_driver_source to 'cuda_repo'")
+        headers = ["kernel-devel-matched", "kernel-headers"] + (["epel-release"] if os.id != "rhel" else [])
+        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"]), headers,
+                              f"nvidia-driver:{branch}-{'open' if open_modules else 'dkms'}")
+    headers = [f"linux-headers-{kernel}"]
+    if source == "cuda_repo":
+        kernel_modules = {"ubuntu": f"nvidia-driver-{branch}-open", "debian": "nvidia-kernel-open-dkms"}
+        driver = ([kernel_modules[os.id]] if open_modules else []) + [f"cuda-drivers-{branch}"]
+        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"]), headers + driver)
+    if os.id == "ubuntu":
+        flavour = "-open" if open_modules else ""
+        return DriverPackages(None, headers + [f"nvidia-headless-{branch}-server{flavour}",
+                                               f"nvidia-utils-{branch}-server"])
+    packaged = DEBIAN_DRIVER_BRANCH[os.major]
+    if branch != packaged:
+        raise RoleError(f"Debian {os.major}'s non-free driver is branch {packaged}, not {branch}: set "
+                        f"nvidia_driver_branch to {packaged}, or nvidia_driver_source to 'cuda_repo'")
+    mirror = settings["nvidia_driver_debian_mirror_url"].rstrip("/")
+    nonfree = PackageRepo(name="debian-non-free", title="Debian non-free (NVIDIA driver)",
+                          key_url="", apt_source=f"{mirror} {os.codename} non-free non-free-firmware",
+                          keyring="/usr/share/keyrings/debian-archive-keyring.gpg")
+    modules = ["nvidia-open-kernel-dkms"] if open_modules else []
+    return DriverPackages(nonfree, headers + modules + ["nvidia-driver", "nvidia-smi", "firmware-misc-nonfree"])
+
+
+def module_needs_reboot() -> bool:
+    """True when a driver is installed whose module is not the one running (checked at run time)."""
+    module = host.get_fact(NvidiaModuleState)
+    return bool(module["installed"]) and module["loaded"] != module["installed"]
+
+
+@operation()
+def load_nvidia_module():
+    """
+    Load the installed nvidia module when none is loaded. A different running version cannot be
+    replaced in place: that is left to the reboot that follows (see `module_needs_reboot`).
+    """
+    module = host.get_fact(NvidiaModuleState)
+    if module["loaded"] and module["loaded"] == module["installed"]:
+        host.noop(f"nvidia module {module['loaded']} is loaded")
+        return
+    if module["loaded"]:
+        host.noop(f"nvidia {module['loaded']} is running, {module['installed']} is installed: needs a reboot")
+        return
+    yield StringCommand("modprobe", "nvidia", "||", "echo",
+                        "'the nvidia module cannot be loaded now; the next step reboots the host'")
+
+
+@operation()
+def dnf_module_install(module: str, package: str, version_prefix: str):
+    """
+    `dnf module install MODULE` unless `package` is installed at a version starting with `version_prefix`.
+
+    + module: e.g. "nvidia-driver:570-open"
+    + package: the package that shows the module is installed, e.g. "nvidia-driver"
+    + version_prefix: e.g. "570."
+    """
+    versions = (host.get_fact(RpmPackages) or {}).get(package) or []
+    if any(str(version).startswith(version_prefix) for version in versions):
+        host.noop(f"{package} {', '.join(sorted(versions))} is installed")
+        return
+    yield StringCommand("dnf", "-y", "module", "install", module)
+
+
+@deploy("NVIDIA driver", data_defaults=DEFAULTS)
+def nvidia_driver():
+    """Install and load the pinned driver branch; skipped (with a message) on hosts without an NVIDIA GPU."""
+    data = host.data
+    if not has_nvidia_gpu():
+        skip_role("NVIDIA driver", "no NVIDIA device on the PCI bus (sysfs vendor 0x10de)")
+        return
+    os = host_os()
+    settings = {key: data.get(key) for key in DEFAULTS}
+    plan = driver_packages(os, host.get_fact(KernelVersion), settings)
+    repo_changes = add_repo(plan.repo, os) if plan.repo else []
+    gpus = ", ".join(sorted({device["model"] for device in nvidia_devices()}))
+    install_packages(f"NVIDIA driver {data.nvidia_driver_branch} for {gpus}", plan.packages, os, repo_changes,
+                     no_recommends=False)
+    if plan.dnf_module:
+        dnf_module_install(name=f"NVIDIA driver module {plan.dnf_module}", module=plan.dnf_module,
+                           package="nvidia-driver", version_prefix=f"{data.nvidia_driver_branch}.")
+
+    blacklist = files.put(name="Blacklist nouveau", src=io.StringIO(NOUVEAU_BLACKLIST),
+                          dest="/etc/modprobe.d/deepfleet-blacklist-nouveau.conf", user="root", group="root",
+                          mode="0644")
+    server.shell(name="Rebuild the initramfs without nouveau", commands=[REBUILD_INITRAMFS[os.family]],
+                 _if=blacklist.did_change)
+    load_nvidia_module(name="Load the NVIDIA kernel module")
+    if data.nvidia_driver_reboot:
+        server.reboot(name="Reboot to load the new NVIDIA kernel module (only if it could not be loaded)",
+                      delay=30, reboot_timeout=data.nvidia_driver_reboot_timeout_s, _if=module_needs_reboot)
+    else:
+        server.shell(name="Stop: the new NVIDIA kernel module needs a reboot (nvidia_driver_reboot is false)",
+                     commands=["echo 'the NVIDIA driver is installed but its module needs a reboot; reboot "
+                               "the host or set nvidia_driver_reboot: true' >&2; exit 1"],
+                     _if=module_needs_reboot)
+    if data.nvidia_driver_persistenced:
+        systemd.service(name="nvidia-persistenced", service="nvidia-persistenced.service", running=True,
+                        enabled=True)

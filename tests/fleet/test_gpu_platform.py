@@ -1,0 +1,176 @@
+"""The host platform (deploys/platform.py) on a real Debian 12 test host without a GPU, over SSH.
+
+What runs for real here: the GPU facts, the NVIDIA roles' clean skip, and the docker role against
+a signed apt repository on 127.0.0.1 laid out like Docker's (aptrepo.py): keyring fetched from
+the base URL, signed-by source line, `apt-get update` that verifies the signature, packages,
+daemon.json, enable/start, restart only when daemon.json changed, zero changes on a re-run, and
+`--dry --diff` of one daemon.json setting.
+
+Two stand-ins, because of what this machine cannot have: the repository carries Debian's
+docker.io (Docker CE's own packages are not reachable here), so the test sets
+`docker_ce_packages: ["docker.io"]`; and dockerd cannot run inside a test host (no nested
+engine: ../shared/notes/test-hosts.md), so a systemd drop-in makes docker.service run
+`sleep infinity` instead: the role starts, enables and restarts the real unit, and the test
+reads its invocation id to see exactly when it was restarted. The host's own Debian sources are
+switched off first, so every package comes from the local repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepfleet import testhosts
+from deepfleet.atomicfile import write_atomic
+from deepfleet.deployrun import run_deploy
+from deepfleet.paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir
+from roles.gpu_facts import NvidiaPciDevices, pci_scan_command
+
+from .aptrepo import RepoServer, SigningKey, build_repo, closure, download
+
+pytestmark = pytest.mark.fleet
+PLATFORM_DEPLOY = PROJECT_ROOT / "deploys" / "platform.py"
+STAND_IN = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=simple\nExecStart=\nExecStart=/bin/sleep infinity\n"
+DAEMON_JSON_DEFAULT = ('{\n  "log-driver": "json-file",\n  "log-opts": {\n    "max-size": "100m",\n'
+                       '    "max-file": "3"\n  },\n  "default-shm-size": "1G",\n  "live-restore": true\n}\n')
+
+
+class PlatformHost:
+    def __init__(self, fleet: testhosts.TestFleet, hosts_file: Path, repo_url: str, repo_base: Path):
+        self.fleet, self.hosts_file, self.repo_url, self.repo_base = fleet, hosts_file, repo_url, repo_base
+        self.first_deploy = None
+
+    @property
+    def container(self) -> str:
+        return self.fleet.hosts[0].container
+
+    def write_inventory(self, path: Path, **overrides) -> Path:
+        data = {"docker_enabled": True, "docker_repo_base_url": f"{self.repo_url}/linux",
+                "docker_ce_packages": ["docker.io"], **overrides}
+        write_atomic(path, json.dumps({"hosts": self.fleet.inventory_hosts(data)}) + "\n", mode=0o600)
+        return path
+
+    def deploy(self, hosts_file: Path | None = None, deploy: Path = PLATFORM_DEPLOY, **kwargs):
+        return run_deploy(LOCAL_INVENTORY, deploy, env={"DEEPFLEET_HOSTS_FILE": str(hosts_file or self.hosts_file)},
+                          echo=False, **kwargs)
+
+    def sh(self, command: str) -> str:
+        return subprocess.run(["docker", "exec", self.container, "sh", "-c", command], capture_output=True,
+                              text=True, check=True).stdout
+
+    def docker_invocation(self) -> str:
+        return self.sh("systemctl show -p InvocationID --value docker.service").strip()
+
+
+@pytest.fixture(scope="module")
+def platform_host(tmp_path_factory):
+    root = tmp_path_factory.mktemp("platform")
+    image = testhosts.ensure_image(cache_dir() / "testhost")
+    debs = download(closure(["docker.io"], image), cache_dir() / "aptrepo" / "debs")
+    key = SigningKey(root / "gnupg")
+    fleet = testhosts.TestFleet(root / "hosts")
+    try:
+        repo_base = build_repo(root / "repo", debs, key)
+        with RepoServer(root / "repo") as server:
+            fleet.start(1, image, name_prefix="p")
+            host = PlatformHost(fleet, root / "inventory.json", server.url, repo_base)
+            host.sh("mkdir -p /etc/systemd/system/docker.service.d && "
+                    f"printf '{STAND_IN}' > /etc/systemd/system/docker.service.d/deepfleet-test-stand-in.conf && "
+                    "mkdir -p /etc/apt/disabled-by-test && mv /etc/apt/sources.list /etc/apt/disabled-by-test/ && "
+                    "(mv /etc/apt/sources.list.d/* /etc/apt/disabled-by-test/ 2>/dev/null || true)")
+            host.write_inventory(host.hosts_file)
+            host.first_deploy = host.deploy()
+            yield host
+    finally:
+        fleet.destroy()
+        key.close()
+
+
+def test_docker_comes_from_the_signed_local_repository(platform_host):
+    host = platform_host
+    assert host.first_deploy.failed_hosts == []
+    assert host.sh("cat /etc/apt/keyrings/deepfleet-docker.asc") == (host.repo_base / "gpg").read_text()
+    assert host.sh("cat /etc/apt/sources.list.d/deepfleet-docker.list").splitlines()[-1] == (
+        f"deb [arch=amd64 signed-by=/etc/apt/keyrings/deepfleet-docker.asc] {host.repo_url}/linux/debian "
+        "bookworm stable")
+    policy = host.sh("apt-cache policy docker.io")
+    assert re.search(r"\*\*\* \S+ 500\n\s+500 " + re.escape(f"{host.repo_url}/linux/debian bookworm/stable amd64"),
+                     policy), policy
+    assert host.sh("dpkg-query -W -f '${Status}' docker.io") == "install ok installed"
+
+
+def test_daemon_json_is_rendered_and_docker_enabled_and_running(platform_host):
+    host = platform_host
+    assert host.sh("cat /etc/docker/daemon.json") == DAEMON_JSON_DEFAULT
+    assert host.sh("systemctl is-enabled docker.service; systemctl is-active docker.service").split() == [
+        "enabled", "active"]
+
+
+def test_nvidia_roles_skip_cleanly_without_a_device(platform_host):
+    host = platform_host
+    log = host.first_deploy.log
+    for role in ("NVIDIA driver", "CUDA toolkit", "NVIDIA container toolkit"):
+        assert f"{role}: skipped, no NVIDIA device on the PCI bus" in log
+        assert not [op for op in host.first_deploy.changed_operations if op.startswith(f"{role} |")]
+    leftovers = host.sh("ls /etc/modprobe.d /etc/apt/sources.list.d /etc/profile.d 2>/dev/null; true")
+    assert not {"deepfleet-blacklist-nouveau.conf", "deepfleet-cuda.list", "deepfleet-cuda.sh",
+                "deepfleet-nvidia-container-toolkit.list"} & set(leftovers.split())
+
+
+def test_gpu_facts_of_a_host_without_gpu(platform_host):
+    local = subprocess.run(["sh", "-c", pci_scan_command()], capture_output=True, text=True).stdout.splitlines()
+    if NvidiaPciDevices().process(local):
+        pytest.skip("this machine has NVIDIA devices, which its test hosts see in /sys")
+    facts = ["roles.gpu_facts.NvidiaPciDevices", "roles.gpu_facts.NvidiaSmi", "roles.gpu_facts.NvidiaModuleState",
+             "server.Arch"]
+    result = subprocess.run([sys.executable, "-m", "pyinfra", "--json", str(LOCAL_INVENTORY), "fact", *facts],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+                            env={**os.environ, "DEEPFLEET_HOSTS_FILE": str(platform_host.hosts_file)})
+    answers = {name: values["p1"] for name, values in json.loads(result.stdout).items()}
+    assert answers == {
+        "roles.gpu_facts.NvidiaPciDevices": [],
+        "roles.gpu_facts.NvidiaSmi": None,
+        "roles.gpu_facts.NvidiaModuleState": {"loaded": None, "installed": None},
+        "server.Arch": platform_host.sh("uname -m").strip(),
+    }
+
+
+def test_verify_passes_a_host_without_gpu_and_changes_nothing(platform_host):
+    result = platform_host.deploy(deploy=PROJECT_ROOT / "deploys" / "verify.py", verbosity=1)
+    assert (result.changed, result.failed_hosts) == (0, [])
+    assert "p1: GPU verification\n  ok    NVIDIA devices on the PCI bus: none: nothing GPU to verify" in result.log
+
+
+def test_second_deploy_reports_no_changes_and_does_not_restart_docker(platform_host):
+    before = platform_host.docker_invocation()
+    result = platform_host.deploy()
+    assert (result.changed, result.changed_operations) == (0, [])
+    assert platform_host.docker_invocation() == before
+
+
+def test_dry_diff_shows_exactly_one_daemon_json_setting(platform_host, tmp_path):
+    inventory = platform_host.write_inventory(tmp_path / "inventory.json", docker_log_max_size="50m")
+    result = platform_host.deploy(inventory, dry=True, diff=True)
+    assert result.changed_operations == ["Docker | Docker daemon config"]
+    removed = re.findall(r"^\s*-\s+(\S.*)$", result.log, flags=re.M)
+    added = re.findall(r"^\s*\+\s+(\S.*)$", result.log, flags=re.M)
+    assert (removed, added) == (['"max-size": "100m",'], ['"max-size": "50m",'])
+    assert platform_host.sh("cat /etc/docker/daemon.json") == DAEMON_JSON_DEFAULT  # dry: nothing applied
+
+
+def test_a_daemon_json_change_restarts_docker_once(platform_host, tmp_path):
+    inventory = platform_host.write_inventory(tmp_path / "inventory.json", docker_default_shm_size="2G")
+    before = platform_host.docker_invocation()
+    changed = platform_host.deploy(inventory)
+    assert changed.changed_operations == ["Docker | Docker daemon config", "Docker | Restart docker for its new config"]
+    restarted = platform_host.docker_invocation()
+    assert restarted != before and '"default-shm-size": "2G"' in platform_host.sh("cat /etc/docker/daemon.json")
+    again = platform_host.deploy(inventory)
+    assert (again.changed, platform_host.docker_invocation()) == (0, restarted)
+    platform_host.deploy()  # back to the module's settings for whatever runs next

@@ -1,0 +1,99 @@
+"""GPU facts: the sysfs scan run on a fake PCI tree, parsers fed what nvidia-smi and docker print."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from roles.gpu_facts import (GpuContainerTest, NvidiaModuleState, NvidiaPciDevices, NvidiaSmi, gpu_spec,
+                             model_name, pci_scan_command)
+
+A100_SMI = ["0, NVIDIA A100-SXM4-80GB, 81920, 570.133.20, 8.0, 00000000:07:00.0",
+            "1, NVIDIA A100-SXM4-80GB, 81920, 570.133.20, 8.0, 00000000:0F:00.0",
+            "CUDA Version: 12.8"]
+NO_DRIVER = ["NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that "
+             "the latest NVIDIA driver is installed and running."]
+
+
+def _pci_device(root, slot, vendor, pci_class, device):
+    path = root / slot
+    path.mkdir(parents=True)
+    for name, value in (("vendor", vendor), ("class", pci_class), ("device", device)):
+        (path / name).write_text(value + "\n")
+
+
+def test_pci_scan_lists_nvidia_gpus_only_from_sysfs(tmp_path):
+    _pci_device(tmp_path, "0000:00:02.0", "0x8086", "0x030000", "0x46a6")  # an Intel iGPU
+    _pci_device(tmp_path, "0000:01:00.0", "0x10de", "0x030000", "0x2684")  # RTX 4090
+    _pci_device(tmp_path, "0000:01:00.1", "0x10de", "0x040300", "0x22ba")  # its HDMI audio
+    _pci_device(tmp_path, "0000:c1:00.0", "0x10de", "0x068000", "0x1af1")  # an NVSwitch
+    _pci_device(tmp_path, "0000:07:00.0", "0x10de", "0x030200", "0x20b2")  # A100 SXM4 80GB
+    output = subprocess.run(["sh", "-c", pci_scan_command(str(tmp_path))], capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    assert NvidiaPciDevices().process(output) == [
+        {"slot": "0000:01:00.0", "device_id": "0x2684", "model": "RTX4090", "memory_gb": 24},
+        {"slot": "0000:07:00.0", "device_id": "0x20b2", "model": "A100", "memory_gb": 80},
+    ]
+
+
+def test_pci_scan_of_a_machine_without_nvidia_is_empty(tmp_path):
+    _pci_device(tmp_path, "0000:00:02.0", "0x8086", "0x030000", "0x46a6")
+    output = subprocess.run(["sh", "-c", pci_scan_command(str(tmp_path / "missing"))], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert output == [] and NvidiaPciDevices.default() == []
+
+
+def test_unknown_nvidia_device_keeps_its_id():
+    assert NvidiaPciDevices().process(["0000:3b:00.0 0x030200 0x9999"]) == [
+        {"slot": "0000:3b:00.0", "device_id": "0x9999", "model": "NVIDIA-0x9999", "memory_gb": None}]
+
+
+def test_nvidia_smi_per_gpu_and_cuda_version():
+    smi = NvidiaSmi().process(A100_SMI)
+    assert smi["driver_version"] == "570.133.20" and smi["cuda_version"] == "12.8" and smi["error"] is None
+    assert smi["gpus"][1] == {"index": 1, "name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920,
+                              "driver_version": "570.133.20", "compute_capability": "8.0",
+                              "pci_bus_id": "00000000:0F:00.0"}
+
+
+def test_nvidia_smi_without_a_loaded_driver_says_why():
+    smi = NvidiaSmi().process(NO_DRIVER)
+    assert smi["gpus"] == [] and smi["driver_version"] is None
+    assert smi["error"].startswith("NVIDIA-SMI has failed")
+
+
+def test_module_state_loaded_and_installed_versions():
+    assert NvidiaModuleState().process(["loaded=570.133.20", "installed=570.133.20"]) == {
+        "loaded": "570.133.20", "installed": "570.133.20"}
+    assert NvidiaModuleState().process(["loaded=", "installed=570.133.20"]) == {
+        "loaded": None, "installed": "570.133.20"}
+
+
+def test_container_test_counts_gpus_and_keeps_docker_errors():
+    ok = GpuContainerTest().process(["GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)",
+                                     "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)", "exit_code=0"])
+    assert ok["exit_code"] == 0 and len(ok["gpus"]) == 2
+    failed = GpuContainerTest().process(['docker: Error response from daemon: could not select device driver "" '
+                                         'with capabilities: [[gpu]].', "exit_code=125"])
+    assert failed["exit_code"] == 125 and failed["gpus"] == [] and "could not select device driver" in failed["output"]
+
+
+@pytest.mark.parametrize(("name", "short"), [
+    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA GeForce RTX 4090", "RTX4090"),
+    ("Tesla T4", "T4"), ("NVIDIA L40S", "L40S"),
+])
+def test_model_names_in_planner_form(name, short):
+    assert model_name(name) == short
+
+
+def test_gpu_spec_from_nvidia_smi_wins_over_pci_ids():
+    pci = [{"slot": "a", "device_id": "0x20b2", "model": "A100", "memory_gb": 80}] * 2
+    assert gpu_spec(NvidiaSmi().process(A100_SMI), pci) == "2xA100-80GB"
+    assert gpu_spec(None, pci) == "2xA100-80GB"
+    h100 = NvidiaSmi().process([f"{i}, NVIDIA H100 80GB HBM3, 81559, 570.133.20, 9.0, 0:{i}" for i in range(8)])
+    assert gpu_spec(h100, []) == "8xH100-80GB"
+    mixed = [{"slot": "a", "device_id": "0x2684", "model": "RTX4090", "memory_gb": 24},
+             {"slot": "b", "device_id": "0x9999", "model": "NVIDIA-0x9999", "memory_gb": None}]
+    assert gpu_spec(None, mixed) == "1xRTX4090-24GB+1xNVIDIA-0x9999"
+    assert gpu_spec(None, []) is None

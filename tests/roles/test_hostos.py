@@ -1,0 +1,42 @@
+"""OS dispatch from facts: the parsed os-release and uname of each case, and OSes that are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from roles.common import RoleError
+from roles.hostos import host_os
+
+from .factplan import load_case, plan, with_facts
+
+
+def _os(facts):
+    found = []
+    plan(facts, lambda: found.append(host_os()))
+    return found[0]
+
+
+@pytest.mark.parametrize(("case", "family", "nvidia_distro", "nvidia_arch", "deb_arch", "codename"), [
+    ("ubuntu2204-2xa100", "debian", "ubuntu2204", "x86_64", "amd64", "jammy"),
+    ("ubuntu2404-rtx4090", "debian", "ubuntu2404", "x86_64", "amd64", "noble"),
+    ("rocky9-8xh100", "rhel", "rhel9", "x86_64", "amd64", ""),
+    ("debian12-nogpu", "debian", "debian12", "x86_64", "amd64", "bookworm"),
+    ("debian12-arm64-edge", "debian", "debian12", "sbsa", "arm64", "bookworm"),
+])
+def test_each_case_dispatches_to_its_family_and_vendor_layout(case, family, nvidia_distro, nvidia_arch, deb_arch,
+                                                              codename):
+    os = _os(load_case(case))
+    assert (os.family, os.nvidia_distro, os.nvidia_arch, os.deb_arch, os.codename) == (
+        family, nvidia_distro, nvidia_arch, deb_arch, codename)
+
+
+def test_an_unsupported_os_is_refused_with_the_supported_list():
+    facts = with_facts(load_case("ubuntu2204-2xa100"), **{"server.LinuxDistribution": {"$output": [
+        "/etc/os-release", 'NAME="Ubuntu"', 'VERSION_ID="20.04"', "ID=ubuntu", "VERSION_CODENAME=focal", "---"]}})
+    with pytest.raises(RoleError, match="runs ubuntu 20.04; deepfleet's roles support ubuntu 22, ubuntu 24, debian 12"):
+        _os(facts)
+
+
+def test_an_unsupported_architecture_is_refused():
+    with pytest.raises(RoleError, match="architecture 'ppc64le'"):
+        _os(with_facts(load_case("debian12-nogpu"), **{"server.Arch": "ppc64le"}))

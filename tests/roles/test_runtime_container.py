@@ -1,0 +1,133 @@
+"""Docker mode of the runtime role: Dockerfile, container spec, image sources, mode switches (planned)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from roles.common import RoleError
+from roles.defaults import DEFAULTS
+from roles.runtime import runtime
+from roles.runtime_container import container_args, image_tag, spec_digest, tarball_image
+
+from .factplan import find, load_case, plan, with_facts
+
+DOCKER_MODE = {"runtime_mode": "docker"}
+
+
+def _docker_save(path, manifest):
+    with tarfile.open(path, "w") as tar:
+        for name, content in (("manifest.json", json.dumps(manifest).encode()), ("blobs/sha256/ab", b"layer")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def _container(labels, running=True):
+    return [{"Config": {"Labels": labels}, "State": {"Running": running}}]
+
+
+def test_cpu_host_builds_a_debian_based_image_and_runs_it_without_gpus(wheelhouse, control_data):
+    ops = plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE})
+    dockerfile = next(iter(find(ops, "build context: Dockerfile").uploads().values()))
+    assert "FROM debian:12-slim AS python" in dockerfile and "NVIDIA_VISIBLE_DEVICES" not in dockerfile
+    assert '[transformers]"' in dockerfile and dockerfile.rstrip().endswith(
+        'CMD ["serve", "--config", "/etc/deepfleet/runtime.yaml"]')
+    run = find(ops, "Runtime container deepfleet-runtime").shell()[0]
+    assert "--gpus" not in run and '--user "$(id -u deepfleet):$(id -g deepfleet)"' in run
+    for mount in ("/etc/deepfleet/runtime.yaml:/etc/deepfleet/runtime.yaml:ro", "/var/lib/deepfleet:/var/lib/deepfleet"):
+        assert f"--volume {mount} " in run
+    assert [r["extras"] for r in wheelhouse.requests] == [[], ["transformers"]]
+    assert find(ops, "Install deepfleet-runtime (offline, from the wheelhouse)").shell()[1].endswith(
+        "deepfleet_runtime-0.1.0-py3-none-any.whl")  # no engine extras on the host
+    assert find(ops, "Wait until the runtime container is ready").change == "conditional"
+
+
+def test_gpu_image_sets_nvidia_variables_and_container_gets_the_chosen_gpus(wheelhouse, control_data):
+    ops = plan(load_case("ubuntu2404-rtx4090"), runtime,
+               data={**control_data, **DOCKER_MODE, "runtime_container_gpus": "device=0"})
+    dockerfile = next(iter(find(ops, "build context: Dockerfile").uploads().values()))
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in dockerfile
+    assert " --gpus device=0 " in find(ops, "Runtime container deepfleet-runtime").shell()[0]
+
+
+def test_container_limits_and_hardening():
+    args = container_args(DEFAULTS, "img:1", "/etc/deepfleet/runtime.yaml", "/opt/m", gpu=False)
+    pairs = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    assert pairs["--restart"] == "unless-stopped" and pairs["--network"] == "host"
+    assert pairs["--shm-size"] == "16g" and pairs["--cap-drop"] == "ALL"
+    assert "--read-only" in args and ["--ulimit", "memlock=-1:-1"] == args[args.index("memlock=-1:-1") - 1:][:2]
+    assert "/opt/m:/opt/m:ro" in args and args[-4:] == ["img:1", "serve", "--config", "/etc/deepfleet/runtime.yaml"]
+
+
+def test_unchanged_running_container_is_left_alone_and_a_changed_spec_is_recreated(wheelhouse, control_data):
+    facts = load_case("debian12-nogpu")
+    first = find(plan(facts, runtime, data={**control_data, **DOCKER_MODE}), "Runtime container deepfleet-runtime")
+    digest = first.shell()[0].split("deepfleet.spec=")[1].split()[0]
+    same = with_facts(facts, **{"docker.DockerContainer": {"*": _container({"deepfleet.spec": digest})}})
+    assert find(plan(same, runtime, data={**control_data, **DOCKER_MODE}), "Runtime container deepfleet-runtime").change == "no"
+    stopped = with_facts(facts, **{"docker.DockerContainer": {"*": _container({"deepfleet.spec": digest}, False)}})
+    assert find(plan(stopped, runtime, data={**control_data, **DOCKER_MODE}),
+                "Runtime container deepfleet-runtime").shell() == ["docker start deepfleet-runtime"]
+    changed_spec = find(plan(same, runtime, data={**control_data, **DOCKER_MODE, "runtime_container_shm_size": "8g"}),
+                        "Runtime container deepfleet-runtime")
+    assert changed_spec.shell()[0] == "docker rm --force deepfleet-runtime"
+    assert "--shm-size 8g" in changed_spec.shell()[1]
+
+
+def test_spec_digest_and_image_tag_follow_their_inputs():
+    assert spec_digest(["a"], "deepfleet") != spec_digest(["b"], "deepfleet") != spec_digest(["b"], "other")
+    assert image_tag("FROM a", {"x.whl": "1"}) != image_tag("FROM b", {"x.whl": "1"}) != image_tag("FROM b", {"x.whl": "2"})
+    assert image_tag("FROM a", {"x.whl": "1"}).startswith("deepfleet-runtime:")
+
+
+def test_tarball_source_pushes_and_loads_the_image_instead_of_building(wheelhouse, control_data, tmp_path):
+    tarball = _docker_save(tmp_path / "runtime.tar", [{"RepoTags": ["deepfleet-runtime:prebuilt"], "Layers": []}])
+    ops = plan(load_case("ubuntu2204-2xa100"), runtime,
+               data={**control_data, **DOCKER_MODE, "runtime_image_source": "tarball", "runtime_image_tarball": str(tarball)})
+    assert not [op for op in ops if "build" in op.name.lower()]
+    load = find(ops, "Load runtime image deepfleet-runtime:prebuilt")
+    assert load.shell() == [f"docker load --quiet --input {load.shell()[0].split()[-1]}"]
+    assert load.shell()[0].split()[-1].endswith("/runtime.tar")
+    assert " deepfleet-runtime:prebuilt serve " in find(ops, "Runtime container deepfleet-runtime").shell()[0]
+    assert len(wheelhouse.requests) == 1  # only the host's light wheelhouse: no image wheels to build
+    loaded = with_facts(load_case("ubuntu2204-2xa100"), **{"docker.DockerImage": {"*": [{"Id": "sha256:1"}]}})
+    again = plan(loaded, runtime, data={**control_data, **DOCKER_MODE, "runtime_image_source": "tarball",
+                                        "runtime_image_tarball": str(tarball)})
+    assert find(again, "Load runtime image").change == "no"
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ([{"RepoTags": None}], "has no tag"), (None, "is not a `docker save` tarball"),
+])
+def test_bad_tarballs_are_refused_with_the_fix(tmp_path, manifest, message):
+    path = tmp_path / "image.tar"
+    if manifest is None:
+        path.write_text("not a tarball")
+    else:
+        _docker_save(path, manifest)
+    with pytest.raises(RoleError, match=message):
+        tarball_image(path)
+
+
+def test_switching_modes_stops_the_other_way_of_running(wheelhouse, control_data):
+    running_unit = with_facts(load_case("debian12-nogpu"), **{
+        "systemd.SystemdStatus": {"*": {"deepfleet-runtime.service": True}},
+        "systemd.SystemdEnabled": {"*": {"deepfleet-runtime.service": True}}})
+    to_docker = find(plan(running_unit, runtime, data={**control_data, **DOCKER_MODE}),
+                     "Stop the runtime's systemd service (Docker mode)")
+    assert to_docker.shell() == ["systemctl stop deepfleet-runtime.service", "systemctl disable deepfleet-runtime.service"]
+    with_container = with_facts(load_case("debian12-nogpu"), **{"docker.DockerContainer": {"*": _container({})}})
+    to_systemd = find(plan(with_container, runtime, data=control_data), "Remove the runtime container (systemd mode)")
+    assert to_systemd.shell() == ["docker rm --force deepfleet-runtime"]
+
+
+def test_unknown_mode_and_image_source_are_refused(wheelhouse, control_data):
+    with pytest.raises(RoleError, match="runtime_mode is 'podman'; use 'systemd' or 'docker'"):
+        plan(load_case("debian12-nogpu"), runtime, data={**control_data, "runtime_mode": "podman"})
+    with pytest.raises(RoleError, match="runtime_image_tarball"):
+        plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE, "runtime_image_source": "tarball"})
