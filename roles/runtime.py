@@ -20,11 +20,12 @@ from deepfleet.wheelhouse import MANIFEST, TargetPlatform, Wheelhouse, build_whe
 from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
-from .model import remote_model_dir
+from .model import activate_model, current_model_path
 from .service import converge_service
 from .transfer import push_files
 
 INSTALL_MARKER = ".deepfleet-install.json"
+RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
 # Python and glibc of each supported distro's python3 package, for hosts that have no python3
 # yet (the base role installs it before the runtime is installed).
 DISTRO_PYTHON = {("debian", "12"): ("3.11", "2.36"), ("ubuntu", "22"): ("3.10", "2.35"),
@@ -36,6 +37,7 @@ def runtime_yaml_context(settings: Mapping, model_dir: str) -> dict:
     return {
         "model_name": settings["model_name"],
         "model_dir": model_dir,
+        "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys",
         "engine": settings["runtime_engine"],
         "device": settings["runtime_device"],
         "dtype": settings["runtime_dtype"],
@@ -55,6 +57,8 @@ def unit_context(settings: Mapping, config_path: str) -> dict:
         "venv": f"{settings['deepfleet_home']}/venv",
         "state_dir": settings["deepfleet_state_dir"],
         "config_path": config_path,
+        "runtime_directory": RUNTIME_DIRECTORY,
+        "host_model_keys_dir": f"{settings['deepfleet_config_dir']}/keys",
     }
 
 
@@ -115,13 +119,14 @@ def runtime():
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
     config = files.template(name="Runtime config", src=template("runtime.yaml.j2"), dest=config_path,
                             user="root", group=data.deepfleet_group, mode="0640",
-                            **runtime_yaml_context(settings, remote_model_dir()))
+                            **runtime_yaml_context(settings, current_model_path()))
     unit = files.template(name="Runtime systemd unit", src=template("systemd/deepfleet-runtime.service.j2"),
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
                           mode="0644", **unit_context(settings, config_path))
     ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
              f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}")
-    converge_service("deepfleet-runtime", unit, [install, config], ready)
+    model = activate_model()
+    converge_service("deepfleet-runtime", unit, [install, config, model], ready)
 
 
 def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:

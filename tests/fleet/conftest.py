@@ -12,6 +12,7 @@ from deepfleet import testhosts
 from deepfleet.apikeys import create_key
 from deepfleet.demo import PORT_SETTINGS, write_local_inventory
 from deepfleet.deployrun import DeployResult, run_deploy
+from deepfleet.modelkeys import create_model_keys
 from deepfleet.paths import LOCAL_INVENTORY, cache_dir
 from deepfleet.pki import init_ca
 
@@ -56,7 +57,9 @@ def site(tmp_path_factory, tiny_model_dir):
         fleet.start(1, image, PORT_SETTINGS)
         ca, _ = init_ca(root / "pki")
         key = create_key(root / "keys.json", "tests")
-        write_local_inventory(root / "inventory.json", fleet, tiny_model_dir, root / "pki", root / "keys.json")
+        model_keys, _ = create_model_keys(root / "model-keys")
+        write_local_inventory(root / "inventory.json", fleet, tiny_model_dir, root / "pki", root / "keys.json",
+                              model_keys_dir=str(model_keys.path))
         site = Site(fleet, root / "inventory.json", ca.cert, key, None)
         site.first_deploy = site.deploy()
         yield site

@@ -71,23 +71,21 @@ class ModelReleases:
 
 
 def activate(releases: ModelReleases, release: str, keys: KeyDirectory, group: str, keep: int,
-             full_check: bool = True, progress: Callable[[int], None] | None = None) -> dict:
+             progress: Callable[[int], None] | None = None) -> dict:
     """Make `release` the one the runtime serves, only after it verified.
 
     A pushed (staged) release is checked file by file: signature, data key, every chunk, every
     hash. A file that fails is removed from staging, so the next push sends it again, and nothing
-    changes on the host. A complete release is re-checked in full unless `full_check` is off.
-    Then `<name>@current` is switched by an atomic rename, the history updated, and releases
-    beyond the last `keep` removed. Returns what was done.
+    changes on the host. A kept release that becomes current again (rollback) is checked in full
+    too: it has been at rest. Then `<name>@current` is switched by an atomic rename, the history
+    updated, and releases beyond the last `keep` removed. Returns what was done.
     """
     with _locked(releases):
         previous = releases.current()
         if not releases.is_complete(release):
             _promote(releases, release, keys, group, progress)
-        elif full_check or release != previous:
-            opened = Release.open(releases.release_dir(release), keys, releases.name)
-            if full_check:
-                opened.verify(progress)
+        elif release != previous:
+            Release.open(releases.release_dir(release), keys, releases.name).verify(progress)
         _switch(releases, release)
         removed = _prune(releases, keep)
     return {"release": release, "previous": previous, "removed": removed}

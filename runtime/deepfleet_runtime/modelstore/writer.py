@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .durable import fsync_dir, write_atomic
 from .chunks import DEFAULT_CHUNK_SIZE, encrypt_stream
+from .errors import ModelStoreError
 from .keys import KEY_SIZE, key_check, signing_key_id, wrap_data_key
 from .manifest import FileEntry, Manifest, content_release_id, encrypted_path, sign_manifest
 from .release import KEY_FILE, MANIFEST_FILE, SIGNATURE_FILE
@@ -39,12 +40,12 @@ def write_release(source: Path, out_dir: Path, name: str, kek: bytes,
     """Encrypt every file of `source` under a fresh data key into the release directory `out_dir`."""
     source, out_dir = Path(source), Path(out_dir)
     if out_dir.exists():
-        raise FileExistsError(f"{out_dir} already exists; choose another --out or remove it")
+        raise ModelStoreError(f"{out_dir} already exists; choose another --out or remove it")
     if len(kek) != KEY_SIZE:
         raise ValueError("a key-encryption key has 32 bytes")
     paths = model_files(source)
     if not paths:
-        raise FileNotFoundError(f"{source} holds no files to encrypt")
+        raise ModelStoreError(f"{source} holds no files to encrypt")
     data_key = os.urandom(KEY_SIZE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
