@@ -100,9 +100,9 @@ def decrypt_stream(source: BinaryIO, data_key: bytes, path: str) -> Iterator[byt
         try:
             plain = aead.decrypt(index.to_bytes(12, "big"), block, _aad(header, index, final))
         except InvalidTag:
-            what = "truncated, reordered or tampered" if final else "tampered, reordered or from another release"
-            raise ModelStoreError(f"{path}: chunk {index} failed authentication ({what}, or the data key "
-                                  "is not this release's); do not use this copy, push the release again") from None
+            raise ModelStoreError(f"{path}: chunk {index} failed authentication (the file was altered, "
+                                  "truncated or reordered, or belongs to another file or release); "
+                                  "do not use this copy: push the release again") from None
         yield plain
         if final:
             return
