@@ -71,10 +71,14 @@ def check_disk_room(host_name: str, where: str, free: int, to_send: int, release
     needed = to_send + release_size
     if free < needed:
         raise OperationError(
-            f"{host_name}: not enough disk for the model push in {where}: {free / GIB:.2f} GiB free, "
-            f"the push needs {to_send / GIB:.2f} GiB plus {release_size / GIB:.2f} GiB kept free for the "
-            f"next release = {needed / GIB:.2f} GiB. Free {(needed - free) / GIB:.2f} GiB on the host "
-            f"(it keeps model_keep_releases={keep} releases) and deploy again")
+            f"{host_name}: not enough disk for the model push in {where}: {_size(free)} free, the push "
+            f"needs {_size(to_send)} plus {_size(release_size)} kept free for the next release = "
+            f"{_size(needed)}. Free {_size(needed - free)} on the host (it keeps "
+            f"model_keep_releases={keep} releases) and deploy again")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB else f"{nbytes / (1 << 20):.1f} MiB"
 
 
 @deploy("deepfleet model", data_defaults=DEFAULTS)

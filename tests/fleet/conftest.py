@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 from deepfleet import testhosts
@@ -38,6 +41,17 @@ class Site:
     def deploy(self, inventory: Path | None = None, **kwargs) -> DeployResult:
         env = {"DEEPFLEET_HOSTS_FILE": str(inventory or self.inventory)}
         return run_deploy(LOCAL_INVENTORY, env=env, echo=False, **kwargs)
+
+    def on_host(self, command: str, check: bool = True) -> str:
+        """Run a shell command as root inside the test host; its stdout."""
+        result = subprocess.run(["docker", "exec", self.host.container, "sh", "-c", command],
+                                capture_output=True, text=True, check=check)
+        return result.stdout
+
+    def client(self) -> openai.OpenAI:
+        """The openai SDK, through the gateway, trusting the site's CA."""
+        http = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(self.ca_cert)))
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, http_client=http, max_retries=0)
 
     def with_overrides(self, path: Path, **overrides) -> Path:
         """A copy of the inventory with some host data changed."""
