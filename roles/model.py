@@ -131,10 +131,11 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
     staging = f"{models_dir}/.{manifest.release_name}.partial"
     sizes = {name: (local / name).stat().st_size for name in (MANIFEST_FILE, SIGNATURE_FILE, KEY_FILE)}
     sizes.update({entry.encrypted_path: entry.encrypted_size for entry in manifest.files})
-    uploads = []
+    uploads, already_on_host = [], 0
     for name, size in sorted(sizes.items()):
         held = state["staged"].get(name, 0) if name.startswith("encrypted/") else 0  # metadata: always resent
         held = held if held <= size else 0
+        already_on_host += held
         if held < size:
             uploads.append(PartialUpload(str(local / name), f"{staging}/{name}", size, held))
     if not uploads:
@@ -146,7 +147,7 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
     owner = ["-o", _ssh_user()] if isinstance(host.connector, SSHConnector) else []
     yield StringCommand("install", "-d", "-m", "0700", *owner, *[QuoteString(d) for d in directories])
     yield from resumable_upload(uploads, f"model push {manifest.release_name}",
-                                max_rate_mb_s * 1e6 if max_rate_mb_s else None)
+                                max_rate_mb_s * 1e6 if max_rate_mb_s else None, already_on_host)
 
 
 def _update_key_file(local: Path, remote_dir: str, host_kek_id: str | None):

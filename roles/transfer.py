@@ -105,25 +105,27 @@ SEND_BLOCK = 1 << 20
 PROGRESS_EVERY_S = 10.0
 
 
-def resumable_upload(uploads: list[PartialUpload], label: str, max_rate: float | None = None):
+def resumable_upload(uploads: list[PartialUpload], label: str, max_rate: float | None = None,
+                     already_on_host: int = 0):
     """Commands that send what the host lacks of each upload, appending to what it already holds.
 
     Over SSH the bytes go through pyinfra's own connection (SFTP, pipelined) straight into
     `remote`, which must be writable by the SSH user (no sudo copy doubling the writes);
     `max_rate` caps bytes/s. Other connectors get whole files through pyinfra's upload.
-    A summary line ("<label>: sent N bytes ...") is logged.
+    A summary line ("<label>: sent N bytes ...; M bytes were already on the host") is logged,
+    M being `already_on_host`, what the caller found there, complete files included.
     """
     if isinstance(host.connector, SSHConnector):
-        yield FunctionCommand(_send_over_sftp, (uploads, label, max_rate), {})
+        yield FunctionCommand(_send_over_sftp, (uploads, label, max_rate, already_on_host), {})
         return
     for upload in uploads:
         yield FileUploadCommand(upload.local, upload.remote,
                                 remote_temp_filename=host.get_temp_filename(upload.remote))
 
 
-def _send_over_sftp(state, host, uploads: list[PartialUpload], label: str, max_rate: float | None) -> bool:
+def _send_over_sftp(state, host, uploads: list[PartialUpload], label: str, max_rate: float | None,
+                    already_on_host: int) -> bool:
     sftp = host.connector.get_file_transfer_connection()
-    resumed = sum(upload.offset for upload in uploads)
     total = sum(upload.size - upload.offset for upload in uploads)
     started = last_report = time.monotonic()
     sent = 0
@@ -143,5 +145,5 @@ def _send_over_sftp(state, host, uploads: list[PartialUpload], label: str, max_r
                     logger.info(f"{host.print_prefix}{label}: {sent / 1e9:.2f} of {total / 1e9:.2f} GB, "
                                 f"{sent / 1e6 / (now - started):.1f} MB/s")
     logger.info(f"{host.print_prefix}{label}: sent {sent} bytes, {rate(sent, time.monotonic() - started)}; "
-                f"{resumed} bytes were already on the host")
+                f"{already_on_host} bytes were already on the host")
     return True
