@@ -133,8 +133,8 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
     sizes.update({entry.encrypted_path: entry.encrypted_size for entry in manifest.files})
     uploads, already_on_host = [], 0
     for name, size in sorted(sizes.items()):
-        held = state["staged"].get(name, 0) if name.startswith("encrypted/") else 0  # metadata: always resent
-        held = held if held <= size else 0
+        held = state["staged"].get(name, 0)
+        held = held if held <= size else 0  # longer than it should be: damaged, send it again
         already_on_host += held
         if held < size:
             uploads.append(PartialUpload(str(local / name), f"{staging}/{name}", size, held))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfleet_runtime.engines.loading import ModelLoadError, load_model_and_tokenizer
+from deepfleet_runtime.engines.loading import ModelLoadError, load_model_and_tokenizer, tensors_from_safetensors
 from deepfleet_runtime.engines.transformers_engine import TransformersEngine
 from deepfleet_runtime.modelstore import ModelStoreError
 from deepfleet_runtime.modelstore.tmpfs import MEMORY_FILESYSTEMS, filesystem_type, private_memory_dir
@@ -75,3 +75,16 @@ def test_the_private_memory_directory_is_0700_and_wiped(runtime_dir):
         (scratch / "config.json").write_text("{}")
         assert scratch.parent == runtime_dir and (os.stat(scratch).st_mode & 0o777) == 0o700
     assert not scratch.exists()
+
+
+def test_safetensors_views_equal_the_safetensors_library():
+    from safetensors.torch import load, save
+
+    tensors = {"f32": torch.randn(3, 5), "bf16": torch.randn(4, 2).to(torch.bfloat16), "f16": torch.randn(7).half(),
+               "i64": torch.arange(6).reshape(2, 3), "flag": torch.tensor([True, False]), "empty": torch.zeros(0, 4),
+               "u8": torch.arange(5, dtype=torch.uint8)}
+    data = save(tensors, metadata={"format": "pt"})
+    ours, theirs = tensors_from_safetensors(bytearray(data), "t.safetensors"), load(data)
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name]), name

@@ -56,7 +56,6 @@ def _load_plain(model_dir: Path, torch_dtype):
 
 
 def _load_release(release_dir: Path, torch_dtype, keys_dir: Path | None):
-    from safetensors.torch import load as load_safetensors
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoTokenizer, GenerationConfig
 
     if keys_dir is None:
@@ -77,7 +76,7 @@ def _load_release(release_dir: Path, torch_dtype, keys_dir: Path | None):
                     target.write_bytes(release.read_file(entry.path))
             state_dict = {}
             for entry in weights:
-                state_dict.update(load_safetensors(release.read_file(entry.path)))
+                state_dict.update(tensors_from_safetensors(release.read_file(entry.path), entry.path))
             config = AutoConfig.from_pretrained(scratch)
             tokenizer = AutoTokenizer.from_pretrained(scratch)
             generation = (GenerationConfig.from_pretrained(scratch)
@@ -95,3 +94,36 @@ def _load_release(release_dir: Path, torch_dtype, keys_dir: Path | None):
     log.info("decrypted %s (%d files, %d bytes) into memory", release.manifest.release_name, len(files),
              sum(entry.size for entry in files))
     return model, tokenizer
+
+
+# safetensors dtype names -> torch dtype names (https://github.com/huggingface/safetensors, format)
+_SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "F16": "float16",
+                       "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32", "F64": "float64",
+                       "I64": "int64", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def tensors_from_safetensors(buffer: bytearray, where: str) -> dict:
+    """The tensors of a safetensors file held in `buffer`, as views of it (no copy): decrypted
+    weights are never duplicated in memory on their way into the model."""
+    import json
+    import struct
+
+    import torch
+
+    (header_size,) = struct.unpack_from("<Q", buffer)
+    try:
+        header = json.loads(bytes(buffer[8:8 + header_size]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelLoadError(f"{where} is not a safetensors file") from None
+    start = 8 + header_size
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        tensor = (torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin) if count
+                  else torch.empty(0, dtype=dtype))
+        tensors[name] = tensor.reshape(info["shape"])
+    return tensors

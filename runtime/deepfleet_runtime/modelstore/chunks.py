@@ -82,23 +82,36 @@ def encrypt_stream(source: BinaryIO, target: BinaryIO, data_key: bytes, path: st
     return FileDigests(size, plain_hash.hexdigest(), written, cipher_hash.hexdigest())
 
 
-def decrypt_stream(source: BinaryIO, data_key: bytes, path: str) -> Iterator[bytes]:
+def decrypt_stream(source: BinaryIO, data_key: bytes, path: str,
+                   into: memoryview | None = None) -> Iterator[bytes | memoryview]:
     """Yield the plaintext of an encrypted file chunk by chunk, each authenticated before it is
-    yielded; raise ModelStoreError naming `path` on a bad header, a failed chunk or truncation."""
+    yielded; raise ModelStoreError naming `path` on a bad header, a failed chunk or truncation.
+
+    With `into` (a writable buffer of the plaintext's size) chunks are decrypted in place there
+    and yielded as slices of it, so a whole file is read into memory without further copies.
+    """
     header = source.read(HEADER.size)
     chunk_size = _check_header(header, path)
     aead = AESGCM(_file_key(data_key, header, path))
     sealed_size = chunk_size + TAG_SIZE
     block = source.read(sealed_size)
-    index = 0
+    index = position = 0
     while True:
         if len(block) < TAG_SIZE:
             raise ModelStoreError(f"{path}: truncated before chunk {index} (no final chunk); "
                                   "the file is incomplete: push the release again")
         following = source.read(sealed_size) if len(block) == sealed_size else b""
         final = not following
+        nonce, aad = index.to_bytes(12, "big"), _aad(header, index, final)
+        length = len(block) - TAG_SIZE
+        if into is not None and position + length > len(into):
+            raise ModelStoreError(f"{path}: longer than the manifest says ({len(into)} bytes); push the release again")
         try:
-            plain = aead.decrypt(index.to_bytes(12, "big"), block, _aad(header, index, final))
+            if into is None:
+                plain = aead.decrypt(nonce, block, aad)
+            else:
+                plain = into[position:position + length]
+                aead.decrypt_into(nonce, block, aad, plain)
         except InvalidTag:
             raise ModelStoreError(f"{path}: chunk {index} failed authentication (the file was altered, "
                                   "truncated or reordered, or belongs to another file or release); "
@@ -106,7 +119,7 @@ def decrypt_stream(source: BinaryIO, data_key: bytes, path: str) -> Iterator[byt
         yield plain
         if final:
             return
-        block, index = following, index + 1
+        block, index, position = following, index + 1, position + length
 
 
 def _check_header(header: bytes, path: str) -> int:

@@ -7,8 +7,10 @@
         encrypted/<path>  each model file, encrypted in chunks (chunks.py)
 
 Opening a release checks the signature and unwraps the data key; every read then checks the
-encrypted file's size and SHA-256, each chunk's tag, and the plaintext's size and SHA-256, and
-raises ModelStoreError naming the file before returning anything from a file that fails.
+encrypted file's size, each chunk's tag, and the plaintext's size and SHA-256 against the signed
+manifest, and raises ModelStoreError naming the file before returning anything from a file that
+fails. (The tags already authenticate every ciphertext byte, so reads do not hash the ciphertext
+again; its SHA-256 in the manifest serves checks without keys, such as the push's.)
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ class Release:
         """A new key.json for this release, its data key wrapped by `kek` (re-wrapping, no re-encryption)."""
         return wrap_data_key(kek, self._data_key, self.manifest.release_name)
 
-    def iter_plaintext(self, path: str) -> Iterator[bytes]:
-        """The plaintext of one file, chunk by chunk, each chunk authenticated before it is yielded.
-        The whole-file hash checks run after the last chunk: act on the data only once the iterator
-        has ended without error (read_file and verify do)."""
+    def iter_plaintext(self, path: str, into: memoryview | None = None) -> Iterator[bytes | memoryview]:
+        """The plaintext of one file, chunk by chunk, each chunk authenticated before it is yielded
+        (decrypted in place into `into` when given, see chunks.decrypt_stream). The whole-file hash
+        checks run after the last chunk: act on the data only once the iterator has ended without
+        error (read_file and verify do)."""
         entry = self.manifest.file(path)
         where = f"{self.manifest.release_name}: {path}"
         source = self.directory / entry.encrypted_path
@@ -81,24 +84,24 @@ class Release:
                 raise ModelStoreError(f"{where}: {source} has {actual} bytes, the manifest says "
                                       f"{entry.encrypted_size} (truncated or replaced); push the release again", path)
             handle.seek(0)
-            cipher_hash, plain_hash, size = hashlib.sha256(), hashlib.sha256(), 0
+            plain_hash, size = hashlib.sha256(), 0
             try:
-                for block in decrypt_stream(_HashingReader(handle, cipher_hash), self._data_key, path):
+                for block in decrypt_stream(handle, self._data_key, path, into):
                     plain_hash.update(block)
                     size += len(block)
                     yield block
             except ModelStoreError as exc:
                 raise ModelStoreError(f"{self.manifest.release_name}: {exc}", path) from None
-        if cipher_hash.hexdigest() != entry.encrypted_sha256:
-            raise ModelStoreError(f"{where}: the encrypted file's SHA-256 differs from the signed manifest "
-                                  "(swapped or altered); push the release again", path)
         if size != entry.size or plain_hash.hexdigest() != entry.sha256:
             raise ModelStoreError(f"{where}: the decrypted content differs from the signed manifest "
                                   "(size or SHA-256); push the release again", path)
 
-    def read_file(self, path: str) -> bytes:
-        """One file's plaintext, decrypted into memory and verified."""
-        return b"".join(self.iter_plaintext(path))
+    def read_file(self, path: str) -> bytearray:
+        """One file's plaintext, decrypted straight into one buffer of its size, and verified."""
+        buffer = bytearray(self.manifest.file(path).size)
+        for _ in self.iter_plaintext(path, memoryview(buffer)):
+            pass
+        return buffer
 
     def verify(self, progress: Callable[[int], None] | None = None) -> None:
         """Decrypt and check every file, in constant memory; ModelStoreError names the first bad file."""
@@ -106,18 +109,6 @@ class Release:
             for block in self.iter_plaintext(entry.path):
                 if progress:
                     progress(len(block))
-
-
-class _HashingReader:
-    """A read-only file wrapper that hashes what is read through it."""
-
-    def __init__(self, handle, digest):
-        self._handle, self._digest = handle, digest
-
-    def read(self, size: int) -> bytes:
-        data = self._handle.read(size)
-        self._digest.update(data)
-        return data
 
 
 def _read(path: Path) -> bytes:
