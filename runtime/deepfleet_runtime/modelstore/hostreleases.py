@@ -124,6 +124,7 @@ def _promote(releases: ModelReleases, release: str, keys: KeyDirectory, group: s
             (staging / entry.encrypted_path).unlink(missing_ok=True)
             raise ModelStoreError(f"{exc} (removed it from {staging}; the next deploy sends it again)",
                                   entry.path) from None
+    _sync_files(staging)  # the push does not fsync; the release must survive a crash once current
     manifest_digest = hashlib.sha256((staging / MANIFEST_FILE).read_bytes()).hexdigest()
     write_atomic(staging / COMPLETE_MARKER, (json.dumps({"manifest_sha256": manifest_digest}) + "\n").encode())
     _own_by_root(staging, group)
@@ -161,6 +162,17 @@ def _prune(releases: ModelReleases, keep: int) -> list[str]:
         remaining = [r for r in history if r not in removed]
         write_atomic(releases.history_file, (json.dumps({"releases": remaining}, indent=1) + "\n").encode())
     return removed
+
+
+def _sync_files(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
 
 
 def _own_by_root(directory: Path, group: str) -> None:
