@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .durable import fsync_dir, write_atomic
+from ..atomicfile import fsync_dir, write_atomic
 from .errors import ModelStoreError
 from .keys import KeyDirectory
 from .release import MANIFEST_FILE, Release

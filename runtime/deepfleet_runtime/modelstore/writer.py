@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .durable import fsync_dir, write_atomic
+from ..atomicfile import fsync_dir, write_atomic
 from .chunks import DEFAULT_CHUNK_SIZE, encrypt_stream
 from .errors import ModelStoreError
 from .keys import KEY_SIZE, key_check, signing_key_id, wrap_data_key

@@ -1,4 +1,7 @@
-"""Writes that survive a crash: a file appears whole or not at all, and stays after power loss."""
+"""Writing files so that they appear whole or not at all, with their final mode from the start.
+
+Shared by the runtime (model releases on hosts) and the control side (deepfleet.atomicfile).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,20 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to a temporary sibling with `mode`, fsync it, rename it over `path`, fsync the dir."""
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Write `data` to `path` via a temporary sibling, fsync it, rename it into place, fsync the dir.
+
+    The temporary file is created with `mode` already applied, so a secret is never readable by
+    others, not even for a moment.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
