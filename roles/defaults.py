@@ -22,6 +22,8 @@ DEFAULTS = {
     "model_keys_dir": ".deepfleet/model-keys",  # control: KEKs + signing key (`deepfleet model keys create`)
     "model_keep_releases": 3,  # releases kept on each host for rollback, the current one included
     "model_push_max_rate_mb_s": None,  # cap on each host's push bandwidth in MB/s (None: as fast as SSH goes)
+    "model_push_transport": "ssh",  # "ssh": the system's ssh client (SFTP where it cannot log in as
+    #                                 pyinfra does); "sftp": pyinfra's own connection (slower)
 
     # --- runtime: the inference server (loopback only) ---------------------------------------------
     "runtime_port": 8000,

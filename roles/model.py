@@ -95,11 +95,12 @@ def model():
                 dest=f"{host_keys_dir()}/{keys.verify_key_path.name}", mode="0400")
     push_release(name=f"Model {manifest.release_name} ({manifest.encrypted_bytes / 1e9:.2f} GB encrypted)",
                  release_dir=str(release_dir), models_dir=models_dir(), keep=data.model_keep_releases,
-                 max_rate_mb_s=data.model_push_max_rate_mb_s)
+                 max_rate_mb_s=data.model_push_max_rate_mb_s, transport=data.model_push_transport)
 
 
 @operation()
-def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s: float | None = None):
+def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s: float | None = None,
+                 transport: str = "ssh"):
     """
     Send an encrypted release into the host's staging directory, resuming any earlier push.
 
@@ -107,6 +108,7 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
     + models_dir: where releases live on the host
     + keep: releases the host keeps (for the disk-room check's message)
     + max_rate_mb_s: cap on the push bandwidth, MB/s
+    + transport: "ssh" (the system's ssh client) or "sftp" (pyinfra's connection), see transfer.py
 
     Nothing is sent when the host holds the release complete (its marker names this manifest's
     SHA-256); then only a re-wrapped key.json is replaced, if the KEK changed. Refused before
@@ -147,7 +149,7 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
     owner = ["-o", _ssh_user()] if isinstance(host.connector, SSHConnector) else []
     yield StringCommand("install", "-d", "-m", "0700", *owner, *[QuoteString(d) for d in directories])
     yield from resumable_upload(uploads, f"model push {manifest.release_name}",
-                                max_rate_mb_s * 1e6 if max_rate_mb_s else None, already_on_host)
+                                max_rate_mb_s * 1e6 if max_rate_mb_s else None, already_on_host, transport)
 
 
 def _update_key_file(local: Path, remote_dir: str, host_kek_id: str | None):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api.exceptions import OperationError
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.facts.files import File, Sha256File
 
@@ -133,20 +134,25 @@ while True:
 """
 
 
+TRANSPORTS = ("ssh", "sftp")
+
+
 def resumable_upload(uploads: list[PartialUpload], label: str, max_rate: float | None = None,
-                     already_on_host: int = 0):
+                     already_on_host: int = 0, transport: str = "ssh"):
     """Commands that send what the host lacks of each upload, appending to what it already holds.
 
     Over SSH the bytes stream through the system's OpenSSH client (with the host's SSH settings)
-    into a small receiver on the host, or, where that cannot log in the way pyinfra does
-    (passwords, key passphrases), through pyinfra's own connection (SFTP, slower: paramiko
-    encrypts in Python). Either way they land straight in `remote`, which must be writable by
+    into a small receiver on the host, or, with `transport="sftp"` or where that client cannot
+    log in the way pyinfra does (passwords, key passphrases), through pyinfra's own connection
+    (SFTP, slower: paramiko encrypts in Python). Either way they land straight in `remote`, which must be writable by
     the SSH user (no sudo copy doubling the writes); `max_rate` caps bytes/s. Other connectors
     get whole files through pyinfra's upload. A summary line ("<label>: sent N bytes ...; M bytes
     were already on the host") is logged, M being `already_on_host`, what the caller found there.
     """
     if isinstance(host.connector, SSHConnector):
-        yield FunctionCommand(_send, (uploads, label, max_rate, already_on_host), {})
+        if transport not in TRANSPORTS:
+            raise OperationError(f"unknown push transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
+        yield FunctionCommand(_send, (uploads, label, max_rate, already_on_host, transport), {})
         return
     for upload in uploads:
         yield FileUploadCommand(upload.local, upload.remote,
@@ -173,9 +179,9 @@ class _Meter:
 
 
 def _send(state, host, uploads: list[PartialUpload], label: str, max_rate: float | None,
-          already_on_host: int) -> bool:
+          already_on_host: int, transport: str) -> bool:
     meter = _Meter(host, label, sum(upload.size - upload.offset for upload in uploads), max_rate)
-    ssh = openssh_command(host)
+    ssh = openssh_command(host) if transport == "ssh" else None
     if ssh is None or not _send_over_openssh(ssh, uploads, meter):
         sftp = host.connector.get_file_transfer_connection()
         uploads = [PartialUpload(u.local, u.remote, u.size, _remote_size(sftp, u)) for u in uploads]
