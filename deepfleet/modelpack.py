@@ -67,10 +67,10 @@ def rewrap_release(release_dir: Path, keys: ModelKeys) -> tuple[str, str] | None
     return old, current
 
 
-def cached_releases(cache_dir: Path) -> list[Path]:
-    """Every release in the model role's cache."""
-    root = Path(cache_dir) / CACHE_SUBDIR
-    return sorted(path.parent for path in root.glob("*/*/manifest.json"))
+def cached_releases(cache_dir: Path, keys: ModelKeys) -> list[Path]:
+    """The releases in the model role's cache that `keys` signed."""
+    root = Path(cache_dir) / CACHE_SUBDIR / keys.signing_key_id()
+    return sorted(path.parent for path in root.glob("*/manifest.json"))
 
 
 def ensure_release(source: Path, name: str, keys: ModelKeys, cache_dir: Path, log=None) -> Path:

@@ -103,7 +103,7 @@ def _rewrap(keys, extra: list[Path]) -> int:
     from ..modelpack import cached_releases, rewrap_release
     from ..paths import cache_dir
 
-    for release_dir in [*cached_releases(cache_dir()), *extra]:
+    for release_dir in [*cached_releases(cache_dir(), keys), *extra]:
         change = rewrap_release(release_dir, keys)
         print(f"{release_dir}: " + (f"re-wrapped, KEK {change[0]} -> {change[1]}" if change else "already current"))
     print("deploy to give hosts the new KEK and re-wrapped key files (weights are not re-sent)")

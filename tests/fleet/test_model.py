@@ -122,8 +122,7 @@ def test_keys_stay_root_only_and_out_of_every_output(site, tmp_path):
 def _data_key(site, keys) -> bytes:
     """The served release's data key, unwrapped here from the control side's copy of it."""
     release_name = f"{MODEL}@{_current(site)}"
-    (release_dir,) = [path for path in cached_releases(cache_dir())
-                      if path.name == release_name and path.parent.name == keys.signing_key_id()]
+    (release_dir,) = [path for path in cached_releases(cache_dir(), keys) if path.name == release_name]
     manifest = Release.open(release_dir, keys.keys).manifest
     return unwrap_data_key((release_dir / KEY_FILE).read_bytes(), keys.keys, release_name,
                            manifest.data_key_check, "key.json")
@@ -192,8 +191,7 @@ def _push_line(log: str) -> tuple[str, str]:
 
 def test_a_push_that_would_not_fit_is_refused_before_it_starts(site, tmp_path):
     keys = _model_keys(site)
-    (release_dir,) = [path for path in cached_releases(cache_dir())
-                      if path.name == f"{MODEL}@{_current(site)}" and path.parent.name == keys.signing_key_id()]
+    (release_dir,) = [path for path in cached_releases(cache_dir(), keys) if path.name == f"{MODEL}@{_current(site)}"]
     size = f"{sum(p.stat().st_size for p in release_dir.rglob('*') if p.is_file()) / (1 << 20):.1f} MiB"
     site.on_host("mkdir -p /srv/small && mount -t tmpfs -o size=30m tmpfs /srv/small")
     try:
@@ -206,3 +204,26 @@ def test_a_push_that_would_not_fit_is_refused_before_it_starts(site, tmp_path):
         assert site.on_host("ls -A /srv/small/models").strip() == ""
     finally:
         site.on_host("umount /srv/small")
+
+
+def test_a_rotated_kek_reaches_the_host_without_resending_weights(site):
+    keys, before = _model_keys(site), _answer(site)
+    old = keys.current_kek_id()
+    rotated = subprocess.run([sys.executable, "-m", "deepfleet.cli", "model", "keys", "rotate", "--keys-dir",
+                              str(keys.path)], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert rotated.returncode == 0, rotated.stderr
+    new = keys.current_kek_id()
+    assert f"KEK {old} -> {new}" in rotated.stdout
+
+    deployed = site.deploy()
+    assert deployed.changed_operations[0] == f"deepfleet model | Model key-encryption key {new}"
+    assert deployed.changed_operations[1].startswith(f"deepfleet model | Model {MODEL}@")  # key.json only
+    assert "model push" not in deployed.log  # no weights sent
+    assert json.loads(site.on_host(f"cat {MODELS_DIR}/{MODEL}@current/key.json"))["kek_id"] == new
+
+    # Without the old KEK, the runtime still opens the release: it is wrapped with the new one now.
+    site.on_host(f"rm /etc/deepfleet/keys/model-kek-{old}.key && systemctl restart deepfleet-runtime && "
+                 f"/opt/deepfleet/venv/bin/deepfleet-runtime wait-ready "
+                 f"http://127.0.0.1:{site.host.ports['runtime_port']}/ready --timeout 120")
+    assert _answer(site) == before
+    assert site.deploy().changed_operations == [f"deepfleet model | Model key-encryption key {old}"]
