@@ -19,10 +19,20 @@ class DeployError(RuntimeError):
 
 @dataclass
 class DeployResult:
-    changed: int  # (operation, host) pairs that changed something
+    changed: int  # (operation, host) pairs that changed (or, in a dry run, would change) something
     failed_hosts: list[str]
-    changed_operations: list[str] = field(default_factory=list)
+    changed_by_operation: dict[str, list[str]] = field(default_factory=dict)  # name -> hosts
+    conditional: dict[str, list[str]] = field(default_factory=dict)  # dry run: name -> hosts, `_if` ops
     log: str = ""  # pyinfra's whole log (stderr)
+
+    @property
+    def changed_operations(self) -> list[str]:
+        return list(self.changed_by_operation)
+
+    @property
+    def planned(self) -> dict[str, list[str]]:
+        """In a dry run: the operations that would change something, with their hosts."""
+        return self.changed_by_operation
 
 
 def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False, diff: bool = False,
@@ -53,10 +63,12 @@ def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False
         detail = "its log is above" if echo else "".join(log[-40:])
         raise DeployError(f"pyinfra exited {process.returncode}; {detail}")
     payload = json.loads(stdout)
+    log_text = "".join(log)
     results = payload.get("results")
-    if results is None:  # a dry run: count planned changes
-        changed_ops = [op["name"] for op in payload["plan"] if op["hosts_with_change"]]
-        changed = sum(len(op["hosts_with_change"]) for op in payload["plan"])
-        return DeployResult(changed, [], changed_ops, "".join(log))
-    changed_ops = [op["name"] for op in results["operations"] if op["success"]]
-    return DeployResult(results["totals"]["success"], results["failed_hosts"], changed_ops, "".join(log))
+    if results is None:  # a dry run: what would change
+        planned = {op["name"]: op["hosts_with_change"] for op in payload["plan"] if op["hosts_with_change"]}
+        conditional = {op["name"]: op["hosts_with_conditional_change"] for op in payload["plan"]
+                       if op["hosts_with_conditional_change"]}
+        return DeployResult(sum(map(len, planned.values())), [], planned, conditional, log_text)
+    changed = {op["name"]: op["success"] for op in results["operations"] if op["success"]}
+    return DeployResult(results["totals"]["success"], results["failed_hosts"], changed, {}, log_text)

@@ -1,0 +1,44 @@
+"""`deepfleet plan` and `deepfleet up` against the real test host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.fleet
+
+
+def _deepfleet(inventory_file: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEEPFLEET_HOSTS_FILE": str(inventory_file)}
+    command = [str(Path(sys.executable).parent / "deepfleet"), *args, "inventories/local.py"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
+def test_plan_shows_exactly_one_changed_value_then_up_converges(site, tmp_path):
+    converged = _deepfleet(site.inventory, "plan")
+    assert (converged.returncode, converged.stdout.strip()) == (0, "No changes: the hosts are converged.")
+
+    changed = site.with_overrides(tmp_path / "inventory.json", runtime_default_max_tokens=55)
+    try:
+        plan = _deepfleet(changed, "plan")
+        assert plan.returncode == 2, plan.stderr
+        would_change = plan.stdout.split("Operations that run only if")[0]
+        assert would_change.strip().splitlines()[1:] == ["  deepfleet runtime | Runtime config  [h1]"]
+        diff = plan.stdout.split("Diffs:")[1]
+        assert "--- [h1] /etc/deepfleet/runtime.yaml" in diff
+        changed_lines = [line for line in diff.splitlines() if line.lstrip().startswith(("+ ", "- "))]
+        assert [line.split()[1:] for line in changed_lines] == [["default_max_tokens:", "256"],
+                                                              ["default_max_tokens:", "55"]]
+
+        up = _deepfleet(changed, "up")
+        assert up.returncode == 0, up.stderr[-2000:]
+        assert "on 1 host(s): h1" in up.stdout
+        assert _deepfleet(changed, "plan").returncode == 0
+    finally:
+        restored = _deepfleet(site.inventory, "up")
+        assert restored.returncode == 0, restored.stderr[-2000:]
