@@ -93,3 +93,9 @@ class ModelReleaseState(FactBase):
 
     def process(self, output):
         return json.loads("\n".join(output))
+
+    @staticmethod
+    def default():
+        """What a host without python3 yet (a dry run before the base role) holds: nothing."""
+        return {"complete": None, "kek_id": None, "staged": {}, "other_partials": [], "current": None,
+                "kept": [], "free_bytes": None}

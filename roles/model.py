@@ -144,7 +144,8 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
         host.noop(f"{manifest.release_name} is staged complete, waiting for activation")
         return
     to_send = sum(upload.size - upload.offset for upload in uploads)
-    check_disk_room(host.name, models_dir, state["free_bytes"], to_send, sum(sizes.values()), keep)
+    if state["free_bytes"] is not None:  # unknown only in a dry run on a host without python3 yet
+        check_disk_room(host.name, models_dir, state["free_bytes"], to_send, sum(sizes.values()), keep)
     directories = sorted({f"{staging}/{name}".rsplit("/", 1)[0] for name in sizes})
     owner = ["-o", _ssh_user()] if isinstance(host.connector, SSHConnector) else []
     yield StringCommand("install", "-d", "-m", "0700", *owner, *[QuoteString(d) for d in directories])
