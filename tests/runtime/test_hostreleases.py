@@ -63,9 +63,10 @@ def test_a_tampered_push_changes_nothing_and_is_sent_again(store, host, tmp_path
 
 
 def test_the_last_n_releases_are_kept_and_rollback_goes_to_the_previous(store, host, tmp_path):
-    releases = [_stage(store, host, tmp_path, bytes([n])) for n in range(3)]
-    for release in releases:
-        result = activate(host, release, store.keys, GROUP, keep=2)
+    releases = []
+    for n in range(3):
+        releases.append(_stage(store, host, tmp_path, bytes([n])))
+        result = activate(host, releases[-1], store.keys, GROUP, keep=2)
     assert result["removed"] == [releases[0]]
     assert host.history() == releases[1:] and not host.release_dir(releases[0]).exists()
     assert rollback_target(host, None) == releases[1]
@@ -77,13 +78,21 @@ def test_the_last_n_releases_are_kept_and_rollback_goes_to_the_previous(store, h
 
 
 def test_a_kept_release_that_rotted_at_rest_is_not_rolled_back_to(store, host, tmp_path):
-    old, new = (_stage(store, host, tmp_path, bytes([n])) for n in (1, 2))
+    old = _stage(store, host, tmp_path, b"\1")
     activate(host, old, store.keys, GROUP, keep=3)
+    new = _stage(store, host, tmp_path, b"\2")
     activate(host, new, store.keys, GROUP, keep=3)
     (host.release_dir(old) / "encrypted" / "weights.safetensors").write_bytes(b"\0" * 10)
     with pytest.raises(ModelStoreError, match="weights.safetensors: .* bytes, the manifest says"):
         activate(host, rollback_target(host, None), store.keys, GROUP, keep=3)
     assert host.current() == new
+
+
+def test_activation_clears_pushes_the_inventory_no_longer_names(store, host, tmp_path):
+    abandoned = _stage(store, host, tmp_path, b"x")  # pushed, then the inventory moved on
+    release = _stage(store, host, tmp_path, b"y")
+    activate(host, release, store.keys, GROUP, keep=3)
+    assert not host.staging_dir(abandoned).exists() and host.current() == release
 
 
 def test_a_first_rollback_has_nowhere_to_go(store, host, tmp_path):

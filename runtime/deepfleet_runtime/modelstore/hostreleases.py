@@ -145,7 +145,8 @@ def _switch(releases: ModelReleases, release: str) -> None:
 
 
 def _prune(releases: ModelReleases, keep: int) -> list[str]:
-    """Remove complete releases beyond the `keep` most recently active, and stale partial pushes."""
+    """Remove complete releases beyond the `keep` most recently active, and every unfinished push
+    (the release being activated has been promoted by now)."""
     history = releases.history()
     kept = set(history[-max(keep, 1):])
     removed = []
@@ -156,8 +157,7 @@ def _prune(releases: ModelReleases, keep: int) -> list[str]:
         shutil.rmtree(path)
         removed.append(release)
     for path in releases.models_dir.glob(f".{releases.name}@*.partial"):
-        if path.name[len(releases.name) + 2:-len(".partial")] in kept:
-            shutil.rmtree(path)  # a re-push of a release that is already complete
+        shutil.rmtree(path)  # pushes of releases the inventory no longer names: their space comes back
     if removed:
         remaining = [r for r in history if r not in removed]
         write_atomic(releases.history_file, (json.dumps({"releases": remaining}, indent=1) + "\n").encode())
