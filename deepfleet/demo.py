@@ -21,6 +21,7 @@ import requests
 from . import apikeys, pki, testhosts
 from .atomicfile import write_atomic
 from .deployrun import run_deploy
+from .modelkeys import create_model_keys
 from .paths import LOCAL_INVENTORY, cache_dir, state_dir
 
 MODEL_NAME = "tiny-deepseek-v3"
@@ -73,8 +74,10 @@ def demo_up(log=print) -> dict:
         log(f"started local host {fleet.hosts[0].name} (container {fleet.hosts[0].container})")
     model_dir = ensure_tiny_model(cache_dir() / "models" / MODEL_NAME, log)
     pki.init_ca(paths.pki, common_name="deepfleet demo CA")
+    model_keys, _ = create_model_keys(paths.root / "model-keys")
     api_key = _demo_api_key(paths)
-    write_local_inventory(paths.inventory, fleet, model_dir, paths.pki, paths.keyring)
+    write_local_inventory(paths.inventory, fleet, model_dir, paths.pki, paths.keyring,
+                          model_keys_dir=str(model_keys.path))
     log(f"deploying deploys/site.py to the local host with {LOCAL_INVENTORY.relative_to(LOCAL_INVENTORY.parents[1])}")
     result = run_deploy(LOCAL_INVENTORY, env={"DEEPFLEET_HOSTS_FILE": str(paths.inventory)})
     host = fleet.hosts[0]

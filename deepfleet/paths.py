@@ -7,6 +7,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SITE_DEPLOY = PROJECT_ROOT / "deploys" / "site.py"
+ROLLBACK_DEPLOY = PROJECT_ROOT / "deploys" / "rollback.py"
 LOCAL_INVENTORY = PROJECT_ROOT / "inventories" / "local.py"
 
 

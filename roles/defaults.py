@@ -58,9 +58,15 @@ DEFAULTS = {
     # --- verify (deploys/verify.py): what a provisioned host must show --------------------------------
     "verify_gpu_count": None,  # GPUs nvidia-smi and a CUDA container must see (None: the PCI count)
 
-    # --- model: what is served and where it lands ------------------------------------------------
+    # --- model: what is served, encrypted at rest (docs/model-format.md) --------------------------
     "model_name": "tiny-deepseek-v3",  # the name clients pass as "model"
-    "model_source": None,  # control: directory with config.json, weights, tokenizer (required)
+    "model_source": None,  # control (required): a model directory (config.json, weights, tokenizer),
+    #                        encrypted once into the cache, or a release from `deepfleet model encrypt`
+    "model_keys_dir": ".deepfleet/model-keys",  # control: KEKs + signing key (`deepfleet model keys create`)
+    "model_keep_releases": 3,  # releases kept on each host for rollback, the current one included
+    "model_push_max_rate_mb_s": None,  # cap on each host's push bandwidth in MB/s (None: as fast as SSH goes)
+    "model_push_transport": "ssh",  # "ssh": the system's ssh client (SFTP where it cannot log in as
+    #                                 pyinfra does); "sftp": pyinfra's own connection (slower)
 
     # --- runtime: the inference server (loopback only) ---------------------------------------------
     "runtime_port": 8000,

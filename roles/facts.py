@@ -37,3 +37,65 @@ class JsonFile(FactBase):
     def process(self, output):
         text = "\n".join(output).strip()
         return json.loads(text) if text else None
+
+
+_MODEL_STATE_PROBE = r"""
+import json, os, sys
+models, name, release = sys.argv[1:4]
+def load(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+def sizes(root):
+    found = {}
+    for directory, _, files in os.walk(root):
+        for file_name in files:
+            path = os.path.join(directory, file_name)
+            found[os.path.relpath(path, root)] = os.path.getsize(path)
+    return found
+final = os.path.join(models, name + "@" + release)
+probe = models
+while not os.path.isdir(probe):
+    probe = os.path.dirname(probe)
+disk = os.statvfs(probe)
+try:
+    current = os.readlink(os.path.join(models, name + "@current")).rsplit("@", 1)[1]
+except OSError:
+    current = None
+kept = [entry.rsplit("@", 1)[1] for entry in os.listdir(models) if entry.startswith(name + "@")
+        and os.path.isfile(os.path.join(models, entry, ".deepfleet-complete.json"))] if os.path.isdir(models) else []
+print(json.dumps({
+    "complete": load(os.path.join(final, ".deepfleet-complete.json")),
+    "kek_id": (load(os.path.join(final, "key.json")) or {}).get("kek_id"),
+    "staged": sizes(os.path.join(models, "." + name + "@" + release + ".partial")),
+    "other_partials": sorted(entry for entry in os.listdir(models) if entry.startswith("." + name + "@")
+                             and entry != "." + name + "@" + release + ".partial") if os.path.isdir(models) else [],
+    "current": current,
+    "kept": sorted(kept),
+    "free_bytes": disk.f_bavail * disk.f_frsize,
+}))
+"""
+
+
+class ModelReleaseState(FactBase):
+    """One model release on a host, from the model role's point of view:
+    {"complete": marker or None, "kek_id": of its key.json, "staged": {path: bytes} of a push in
+    progress, "other_partials": other unfinished pushes, "current": release served, "kept":
+    complete releases, "free_bytes": space left where the models live}."""
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "python3"
+
+    def command(self, models_dir: str, model_name: str, release: str) -> str:
+        return " ".join(shlex.quote(part) for part in ("python3", "-c", _MODEL_STATE_PROBE, models_dir, model_name, release))
+
+    def process(self, output):
+        return json.loads("\n".join(output))
+
+    @staticmethod
+    def default():
+        """What a host without python3 yet (a dry run before the base role) holds: nothing."""
+        return {"complete": None, "kek_id": None, "staged": {}, "other_partials": [], "current": None,
+                "kept": [], "free_bytes": None}

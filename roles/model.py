@@ -1,39 +1,225 @@
-"""The model role: push a model directory to the host, content-addressed by its manifest.
+"""The model role: the fleet's model keys and an encrypted, signed release on every host.
 
-Files land in `<deepfleet_home>/models/<name>@<release>/`, where the release id is derived
-from the manifest of file hashes, so a changed model is a new directory and the runtime's config
-(and thus a restart) follows. Encryption and signed manifests slot in here (model supply chain).
+Control side: `model_source` is a plain model directory (encrypted once into the cache, then
+reused) or a release from `deepfleet model encrypt` (deepfleet/modelpack.py). Hosts get:
+    /etc/deepfleet/keys/      root 0700: the fleet's KEKs and the manifest verify key, root 0400
+    <home>/models/.<name>@<release>.partial/   the push, resumable: only missing bytes are sent
+    <home>/models/<name>@<release>/            once `deepfleet-runtime model activate` verified it
+    <home>/models/<name>@current               the release the runtime serves, switched atomically
+What a host lacks is decided by one small fact (ModelReleaseState), never by re-hashing weights.
+Activation needs the runtime's venv, so the runtime role calls activate_model() after installing it.
 """
 
 from __future__ import annotations
 
-from pyinfra import host
-from pyinfra.api import deploy
+import functools
+import hashlib
+from pathlib import Path
 
-from deepfleet.modelsource import local_manifest, release_id
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.api.exceptions import OperationError
+from pyinfra.connectors.ssh import SSHConnector
+from pyinfra.facts.server import User
+from pyinfra.operations import files, server, systemd
 
-from .common import control_path
+from deepfleet.modelkeys import load_model_keys
+from deepfleet.modelpack import ensure_release
+from deepfleet_runtime.modelstore.keys import wrapping_kek_id
+from deepfleet_runtime.modelstore.manifest import Manifest
+from deepfleet_runtime.modelstore.release import KEY_FILE, MANIFEST_FILE, SIGNATURE_FILE
+
+from .common import control_path, venv_dir
 from .defaults import DEFAULTS
-from .transfer import push_files
+from .facts import ModelReleaseState
+from .transfer import PartialUpload, resumable_upload, secret_file
+
+GIB = 1 << 30
 
 
-def remote_model_dir() -> str:
-    """Where this host's model release lives (read by the runtime role for runtime.yaml)."""
-    source = control_path(host.data.model_source, "model_source")
-    manifest = local_manifest(source, control_path(host.data.deepfleet_cache_dir, "deepfleet_cache_dir"))
-    return f"{host.data.deepfleet_home}/models/{host.data.model_name}@{release_id(manifest)}"
+def models_dir() -> str:
+    return f"{host.data.deepfleet_home}/models"
+
+
+def host_keys_dir() -> str:
+    """Where hosts keep the model keys (root only); the runtime gets a private copy at start."""
+    return f"{host.data.deepfleet_config_dir}/keys"
+
+
+def current_model_path() -> str:
+    """The path the runtime serves: a symlink to the active release (read by the runtime role)."""
+    return f"{models_dir()}/{host.data.model_name}@current"
+
+
+def local_release() -> tuple[Path, Manifest]:
+    """The encrypted release for this host's model_source, and its manifest."""
+    data = host.data
+    return _local_release(str(control_path(data.model_source, "model_source")), data.model_name,
+                          str(control_path(data.model_keys_dir, "model_keys_dir")),
+                          str(control_path(data.deepfleet_cache_dir, "deepfleet_cache_dir")))
+
+
+@functools.lru_cache(maxsize=None)
+def _local_release(source: str, name: str, keys_dir: str, cache_dir: str) -> tuple[Path, Manifest]:
+    release_dir = ensure_release(Path(source), name, load_model_keys(Path(keys_dir)), Path(cache_dir), log=logger.info)
+    manifest_path = release_dir / MANIFEST_FILE
+    return release_dir, Manifest.from_bytes(manifest_path.read_bytes(), str(manifest_path))
+
+
+def check_disk_room(host_name: str, where: str, free: int, to_send: int, release_size: int, keep: int) -> None:
+    """Refuse a push that would leave no room for one more release of the same size, with the numbers."""
+    needed = to_send + release_size
+    if free < needed:
+        raise OperationError(
+            f"{host_name}: not enough disk for the model push in {where}: {_size(free)} free, the push "
+            f"needs {_size(to_send)} plus {_size(release_size)} kept free for the next release = "
+            f"{_size(needed)}. Free {_size(needed - free)} on the host (it keeps "
+            f"model_keep_releases={keep} releases) and deploy again")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB else f"{nbytes / (1 << 20):.1f} MiB"
 
 
 @deploy("deepfleet model", data_defaults=DEFAULTS)
 def model():
-    """Push the model in `model_source` to the host (skipped when the release is already there)."""
-    source = control_path(host.data.model_source, "model_source")
-    manifest = local_manifest(source, control_path(host.data.deepfleet_cache_dir, "deepfleet_cache_dir"))
-    push_files(
-        name=f"Model {host.data.model_name}@{release_id(manifest)}",
-        files={name: str(source / name) for name in manifest},
-        manifest=manifest,
-        dest_dir=remote_model_dir(),
-        user="root",
-        group=host.data.deepfleet_group,
-    )
+    """Push the fleet's model keys and the model release (only what the host lacks)."""
+    data = host.data
+    keys = load_model_keys(control_path(data.model_keys_dir, "model_keys_dir"))
+    release_dir, manifest = local_release()
+    files.directory(name="Model keys directory", path=host_keys_dir(), user="root", group="root", mode="0700")
+    for key_id, path in sorted(keys.kek_files().items()):
+        secret_file(name=f"Model key-encryption key {key_id}", src=str(path), dest=f"{host_keys_dir()}/{path.name}",
+                    mode="0400")
+    secret_file(name="Model manifest verify key", src=str(keys.verify_key_path),
+                dest=f"{host_keys_dir()}/{keys.verify_key_path.name}", mode="0400")
+    push_release(name=f"Model {manifest.release_name} ({manifest.encrypted_bytes / 1e9:.2f} GB encrypted)",
+                 release_dir=str(release_dir), models_dir=models_dir(), keep=data.model_keep_releases,
+                 max_rate_mb_s=data.model_push_max_rate_mb_s, transport=data.model_push_transport)
+
+
+@operation()
+def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s: float | None = None,
+                 transport: str = "ssh"):
+    """
+    Send an encrypted release into the host's staging directory, resuming any earlier push.
+
+    + release_dir: the release on the control machine (deepfleet.modelpack)
+    + models_dir: where releases live on the host
+    + keep: releases the host keeps (for the disk-room check's message)
+    + max_rate_mb_s: cap on the push bandwidth, MB/s
+    + transport: "ssh" (the system's ssh client) or "sftp" (pyinfra's connection), see transfer.py
+
+    Nothing is sent when the host holds the release complete (its marker names this manifest's
+    SHA-256); then only a re-wrapped key.json is replaced, if the KEK changed. Refused before
+    sending anything when the host's disk would not keep room for one more release.
+
+    .. code:: python
+
+        push_release(release_dir=".deepfleet/cache/model-releases/…/tiny@3f2a9c0d1e2b",
+                     models_dir="/opt/deepfleet/models")
+    """
+    local = Path(release_dir)
+    manifest_bytes = (local / MANIFEST_FILE).read_bytes()
+    manifest = Manifest.from_bytes(manifest_bytes, str(local / MANIFEST_FILE))
+    state = host.get_fact(ModelReleaseState, models_dir=models_dir, model_name=manifest.name, release=manifest.release)
+    if state["complete"] == {"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()}:
+        yield from _update_key_file(local, f"{models_dir}/{manifest.release_name}", state["kek_id"])
+        return
+    if state["complete"]:
+        raise OperationError(f"{host.name} holds {manifest.release_name} encrypted under another data key "
+                             f"(its manifest differs); push that same release directory, or remove "
+                             f"{models_dir}/{manifest.release_name} on the host")
+    staging = f"{models_dir}/.{manifest.release_name}.partial"
+    sizes = {name: (local / name).stat().st_size for name in (MANIFEST_FILE, SIGNATURE_FILE, KEY_FILE)}
+    sizes.update({entry.encrypted_path: entry.encrypted_size for entry in manifest.files})
+    uploads, already_on_host = [], 0
+    for name, size in sorted(sizes.items()):
+        held = state["staged"].get(name, 0)
+        held = held if held <= size else 0  # longer than it should be: damaged, send it again
+        already_on_host += held
+        if held < size:
+            uploads.append(PartialUpload(str(local / name), f"{staging}/{name}", size, held))
+    if not uploads:
+        host.noop(f"{manifest.release_name} is staged complete, waiting for activation")
+        return
+    to_send = sum(upload.size - upload.offset for upload in uploads)
+    if state["free_bytes"] is not None:  # unknown only in a dry run on a host without python3 yet
+        check_disk_room(host.name, models_dir, state["free_bytes"], to_send, sum(sizes.values()), keep)
+    directories = sorted({f"{staging}/{name}".rsplit("/", 1)[0] for name in sizes})
+    owner = ["-o", _ssh_user()] if isinstance(host.connector, SSHConnector) else []
+    yield StringCommand("install", "-d", "-m", "0700", *owner, *[QuoteString(d) for d in directories])
+    yield from resumable_upload(uploads, f"model push {manifest.release_name}",
+                                max_rate_mb_s * 1e6 if max_rate_mb_s else None, already_on_host, transport)
+
+
+def _update_key_file(local: Path, remote_dir: str, host_kek_id: str | None):
+    local_kek_id = wrapping_kek_id((local / KEY_FILE).read_bytes(), str(local / KEY_FILE))
+    if host_kek_id == local_kek_id:
+        host.noop(f"{remote_dir} is complete on the host")
+        return
+    remote = f"{remote_dir}/{KEY_FILE}"
+    yield FileUploadCommand(str(local / KEY_FILE), remote, remote_temp_filename=host.get_temp_filename(remote))
+    yield StringCommand("chown", f"root:{host.data.deepfleet_group}", QuoteString(remote))
+    yield StringCommand("chmod", "0640", QuoteString(remote))
+
+
+def _ssh_user() -> str:
+    return host.data.get("ssh_user") or host.get_fact(User, _sudo=False)
+
+
+def activate_model():
+    """Verify the pushed release and make it current (the runtime role calls this after installing
+    the runtime, whose `deepfleet-runtime model activate` does the work); returns the operation."""
+    data = host.data
+    _, manifest = local_release()
+    return activate_release(name=f"Activate model {manifest.release_name} (verified first)",
+                            venv=venv_dir(), models_dir=models_dir(), model_name=manifest.name,
+                            release=manifest.release, keys_dir=host_keys_dir(), group=data.deepfleet_group,
+                            keep=data.model_keep_releases)
+
+
+@operation()
+def activate_release(venv: str, models_dir: str, model_name: str, release: str, keys_dir: str,
+                     group: str, keep: int):
+    """
+    Verify a pushed release on the host, switch `<name>@current` to it, keep the last `keep`.
+
+    + venv: the runtime's virtualenv (its `deepfleet-runtime model activate` verifies and switches)
+    + models_dir, model_name, release: which release
+    + keys_dir: the host's model keys
+    + group: the group that may read releases (the runtime's)
+    + keep: releases kept, the current one included
+
+    .. code:: python
+
+        activate_release(venv="/opt/deepfleet/venv", models_dir="/opt/deepfleet/models",
+                         model_name="tiny", release="3f2a9c0d1e2b", keys_dir="/etc/deepfleet/keys",
+                         group="deepfleet", keep=3)
+    """
+    state = host.get_fact(ModelReleaseState, models_dir=models_dir, model_name=model_name, release=release)
+    if state["current"] == release and state["complete"] and len(state["kept"]) <= keep \
+            and not state["staged"] and not state["other_partials"]:
+        host.noop(f"{model_name}@{release} is current")
+        return
+    yield StringCommand(f"{venv}/bin/deepfleet-runtime", "model", "activate", "--name", model_name,
+                        "--release", release, "--models-dir", QuoteString(models_dir),
+                        "--keys-dir", QuoteString(keys_dir), "--group", group, "--keep", str(keep))
+
+
+@deploy("deepfleet model rollback", data_defaults=DEFAULTS)
+def rollback(to: str | None = None):
+    """Switch each host back to its previously active release (or `to`), verified, and restart the
+    runtime on it; a host with nothing to go back to fails with the reason."""
+    data = host.data
+    target = ["--to", to] if to else []
+    server.shell(name=f"Switch {data.model_name} back to {to or 'the previous release'} (verified first)",
+                 commands=[StringCommand(f"{venv_dir()}/bin/deepfleet-runtime", "model", "rollback", "--name",
+                                         data.model_name, "--models-dir", QuoteString(models_dir()),
+                                         "--keys-dir", QuoteString(host_keys_dir()), "--group",
+                                         data.deepfleet_group, "--keep", str(data.model_keep_releases), *target)])
+    systemd.service(name="Restart deepfleet-runtime on the release", service="deepfleet-runtime.service",
+                    restarted=True)
+    server.shell(name="Wait until deepfleet-runtime is ready",
+                 commands=[f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
+                           f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}"])

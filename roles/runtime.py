@@ -25,12 +25,13 @@ from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
 from .gpu_facts import has_nvidia_gpu
-from .model import remote_model_dir
+from .model import activate_model, current_model_path
 from .runtime_container import remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .transfer import push_files
 
 INSTALL_MARKER = ".deepfleet-install.json"
+RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
 # Python and glibc of each supported distro's python3 package, for hosts that have no python3
 # yet (the base role installs it before the runtime is installed).
 DISTRO_PYTHON = {("debian", "12"): ("3.11", "2.36"), ("ubuntu", "22"): ("3.10", "2.35"),
@@ -42,6 +43,7 @@ def runtime_yaml_context(settings: Mapping, model_dir: str) -> dict:
     return {
         "model_name": settings["model_name"],
         "model_dir": model_dir,
+        "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys",
         "engine": settings["runtime_engine"],
         "device": settings["runtime_device"],
         "dtype": settings["runtime_dtype"],
@@ -61,6 +63,8 @@ def unit_context(settings: Mapping, config_path: str) -> dict:
         "venv": f"{settings['deepfleet_home']}/venv",
         "state_dir": settings["deepfleet_state_dir"],
         "config_path": config_path,
+        "runtime_directory": RUNTIME_DIRECTORY,
+        "host_model_keys_dir": f"{settings['deepfleet_config_dir']}/keys",
     }
 
 
@@ -137,9 +141,10 @@ def runtime():
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
     config = files.template(name="Runtime config", src=template("runtime.yaml.j2"), dest=config_path,
                             user="root", group=data.deepfleet_group, mode="0640",
-                            **runtime_yaml_context(settings, remote_model_dir()))
+                            **runtime_yaml_context(settings, current_model_path()))
     ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
              f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}")
+    model = activate_model()
     if mode == "docker":
         gpu = has_nvidia_gpu()
         image_wheels = None
@@ -148,14 +153,14 @@ def runtime():
             image_wheels = build_wheelhouse(image_platform(base_os), cache / "wheelhouse", PROJECT_ROOT / "runtime",
                                             extras=tuple(data.runtime_wheel_extras), log=logger.info)
         image = runtime_image(settings, gpu, image_wheels, config_path)
-        runtime_in_container(settings, gpu, image, config, config_path, remote_model_dir(), ready)
+        runtime_in_container(settings, gpu, image, config, config_path, current_model_path(), ready)
         return
 
     remove_container(name="Remove the runtime container (systemd mode)", container="deepfleet-runtime")
     unit = files.template(name="Runtime systemd unit", src=template("systemd/deepfleet-runtime.service.j2"),
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
                           mode="0644", **unit_context(settings, config_path))
-    converge_service("deepfleet-runtime", unit, [install, config], ready)
+    converge_service("deepfleet-runtime", unit, [install, config, model], ready)
 
 
 def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:

@@ -6,12 +6,20 @@ import io
 import json
 import posixpath
 import secrets
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
 
-from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api.exceptions import OperationError
+from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.facts.files import File, Sha256File
 
 from deepfleet.digests import sha256_file
+from deepfleet.progress import rate
 
 from .facts import JsonFile
 
@@ -85,3 +93,168 @@ def secret_file(src: str, dest: str, user: str = "root", group: str = "root", mo
         yield StringCommand("chmod", mode, QuoteString(dest))
     if (current.get("user"), current.get("group"), current.get("mode")) == (user, group, int(mode[-3:])):
         host.noop(f"{dest} is up to date")
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """A file to send, of which the host may already hold the first `offset` bytes."""
+
+    local: str
+    remote: str
+    size: int
+    offset: int = 0
+
+
+SEND_BLOCK = 1 << 20
+PROGRESS_EVERY_S = 10.0
+
+# The host's end of a streamed push: frames of one JSON line {"path", "offset", "size"} followed
+# by `size` bytes, each written at `offset` of `path` (which must then hold exactly `offset`
+# bytes). An interrupted stream leaves a prefix of the file, which the next push continues.
+# Files are not fsynced here: activation verifies every byte and syncs them before the switch.
+_RECEIVER = r"""
+import json, os, sys
+source = sys.stdin.buffer
+while True:
+    header = source.readline()
+    if not header:
+        break
+    frame = json.loads(header)
+    with open(frame["path"], "r+b" if frame["offset"] else "wb") as target:
+        if frame["offset"] and os.fstat(target.fileno()).st_size != frame["offset"]:
+            sys.exit("%s holds %d bytes, not %d" % (frame["path"], os.fstat(target.fileno()).st_size, frame["offset"]))
+        target.seek(frame["offset"])
+        left = frame["size"] - frame["offset"]
+        while left:
+            block = source.read(min(left, 1 << 20))
+            if not block:
+                sys.exit("the stream ended inside " + frame["path"])
+            target.write(block)
+            left -= len(block)
+"""
+
+
+TRANSPORTS = ("ssh", "sftp")
+
+
+def resumable_upload(uploads: list[PartialUpload], label: str, max_rate: float | None = None,
+                     already_on_host: int = 0, transport: str = "ssh"):
+    """Commands that send what the host lacks of each upload, appending to what it already holds.
+
+    Over SSH the bytes stream through the system's OpenSSH client (with the host's SSH settings)
+    into a small receiver on the host, or, with `transport="sftp"` or where that client cannot
+    log in the way pyinfra does (passwords, key passphrases), through pyinfra's own connection
+    (SFTP, slower: paramiko encrypts in Python). Either way they land straight in `remote`, which must be writable by
+    the SSH user (no sudo copy doubling the writes); `max_rate` caps bytes/s. Other connectors
+    get whole files through pyinfra's upload. A summary line ("<label>: sent N bytes ...; M bytes
+    were already on the host") is logged, M being `already_on_host`, what the caller found there.
+    """
+    if isinstance(host.connector, SSHConnector):
+        if transport not in TRANSPORTS:
+            raise OperationError(f"unknown push transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
+        yield FunctionCommand(_send, (uploads, label, max_rate, already_on_host, transport), {})
+        return
+    for upload in uploads:
+        yield FileUploadCommand(upload.local, upload.remote,
+                                remote_temp_filename=host.get_temp_filename(upload.remote))
+
+
+class _Meter:
+    """Counts bytes, enforces the rate cap, logs progress now and then."""
+
+    def __init__(self, host, label: str, total: int, max_rate: float | None):
+        self.host, self.label, self.total, self.max_rate = host, label, total, max_rate
+        self.sent = 0
+        self.started = self.last_report = time.monotonic()
+
+    def add(self, nbytes: int) -> None:
+        self.sent += nbytes
+        now = time.monotonic()
+        if self.max_rate and self.sent / self.max_rate > now - self.started:
+            time.sleep(self.sent / self.max_rate - (now - self.started))
+        if now - self.last_report > PROGRESS_EVERY_S:
+            self.last_report = now
+            logger.info(f"{self.host.print_prefix}{self.label}: {self.sent / 1e9:.2f} of {self.total / 1e9:.2f} GB, "
+                        f"{self.sent / 1e6 / (now - self.started):.1f} MB/s")
+
+
+def _send(state, host, uploads: list[PartialUpload], label: str, max_rate: float | None,
+          already_on_host: int, transport: str) -> bool:
+    meter = _Meter(host, label, sum(upload.size - upload.offset for upload in uploads), max_rate)
+    ssh = openssh_command(host) if transport == "ssh" else None
+    if ssh is None or not _send_over_openssh(ssh, uploads, meter):
+        sftp = host.connector.get_file_transfer_connection()
+        uploads = [PartialUpload(u.local, u.remote, u.size, _remote_size(sftp, u)) for u in uploads]
+        _send_over_sftp(sftp, uploads, meter)
+    logger.info(f"{host.print_prefix}{label}: sent {meter.sent} bytes, {rate(meter.sent, time.monotonic() - meter.started)}; "
+                f"{already_on_host} bytes were already on the host")
+    return True
+
+
+def openssh_command(host) -> list[str] | None:
+    """The `ssh` command line that logs into `host` as pyinfra does, or None where it cannot
+    (password or passphrase logins, custom paramiko arguments, no ssh client here)."""
+    data = host.connector.data
+    if data["ssh_password"] or data["ssh_key_password"] or data["ssh_paramiko_connect_kwargs"] \
+            or not shutil.which("ssh"):
+        return None
+    command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+               "-o", f"StrictHostKeyChecking={data['ssh_strict_host_key_checking']}"]
+    if data["ssh_config_file"]:
+        command += ["-F", data["ssh_config_file"]]
+    if data["ssh_known_hosts_file"]:
+        command += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+    if data["ssh_port"]:
+        command += ["-p", str(data["ssh_port"])]
+    if data["ssh_user"]:
+        command += ["-l", data["ssh_user"]]
+    if data["ssh_key"]:
+        command += ["-i", data["ssh_key"], "-o", "IdentitiesOnly=yes"]
+    elif not data["ssh_allow_agent"]:
+        command += ["-o", "IdentityAgent=none"]
+    return [*command, data["ssh_hostname"] or host.name]
+
+
+def _send_over_openssh(ssh: list[str], uploads: list[PartialUpload], meter: _Meter) -> bool:
+    """Stream the uploads through one `ssh` session; False when it could not start or failed
+    (the caller then continues over SFTP from whatever arrived)."""
+    receiver = subprocess.Popen([*ssh, "python3 -c " + shlex.quote(_RECEIVER)], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for upload in uploads:
+            frame = {"path": upload.remote, "offset": upload.offset, "size": upload.size}
+            receiver.stdin.write(json.dumps(frame).encode() + b"\n")
+            with open(upload.local, "rb") as source:
+                source.seek(upload.offset)
+                while block := source.read(SEND_BLOCK):
+                    receiver.stdin.write(block)
+                    meter.add(len(block))
+        receiver.stdin.close()
+    except BrokenPipeError:
+        pass
+    error = receiver.stderr.read().decode(errors="replace").strip()
+    if receiver.wait() != 0:
+        logger.warning(f"streaming over ssh failed ({error[-300:] or receiver.returncode}); continuing over SFTP")
+        return False
+    return True
+
+
+def _remote_size(sftp, upload: PartialUpload) -> int:
+    try:
+        held = sftp.stat(upload.remote).st_size
+    except FileNotFoundError:
+        return 0
+    return held if held <= upload.size else 0
+
+
+def _send_over_sftp(sftp, uploads: list[PartialUpload], meter: _Meter) -> None:
+    for upload in uploads:
+        if upload.offset == upload.size:
+            continue
+        with open(upload.local, "rb") as source, sftp.open(upload.remote, "r+b" if upload.offset else "wb") as target:
+            target.set_pipelined(True)
+            source.seek(upload.offset)
+            target.seek(upload.offset)
+            while block := source.read(SEND_BLOCK):
+                target.write(block)
+                meter.add(len(block))

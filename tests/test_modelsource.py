@@ -1,4 +1,4 @@
-"""Model manifests on the control side: cached hashes, release ids that follow content."""
+"""Model directories on the control side: cached hashes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from deepfleet.modelsource import ModelSourceError, local_manifest, release_id
+from deepfleet.modelsource import ModelSourceError, local_manifest
 
 
 def _model(tmp_path):
@@ -14,16 +14,18 @@ def _model(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "weights.bin").write_bytes(b"\0" * 1000)
+    (model / ".cache").mkdir()
+    (model / ".cache" / "download.lock").write_text("")
     return model
 
 
-def test_release_id_changes_with_content_only(tmp_path):
+def test_hashes_follow_content_and_skip_hidden_files(tmp_path):
     model = _model(tmp_path)
     cache = tmp_path / "cache"
-    first = release_id(local_manifest(model, cache))
-    assert release_id(local_manifest(model, cache)) == first
-    (model / "weights.bin").write_bytes(b"\1" * 1000)
-    assert release_id(local_manifest(model, cache)) != first
+    first = local_manifest(model, cache)
+    assert sorted(first) == ["config.json", "weights.bin"]
+    (model / "weights.bin").write_bytes(b"\1" * 1001)
+    assert local_manifest(model, cache)["weights.bin"] != first["weights.bin"]
 
 
 def test_cached_hashes_are_used_while_size_and_mtime_match(tmp_path):

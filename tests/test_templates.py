@@ -71,3 +71,15 @@ def test_certificate_names_cover_the_host_its_address_and_extra_names():
     settings = {**DEFAULTS, "gateway_server_names": ["llm.hospital.internal"], "ssh_hostname": "10.1.2.3"}
     assert server_names(settings, "gpu1") == sorted(
         ["gpu1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
+
+
+def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
+    settings = {**DEFAULTS, "deepfleet_user": "svc", "deepfleet_group": "svcg", "deepfleet_config_dir": "/etc/df"}
+    unit = _unit(_render("systemd/deepfleet-runtime.service.j2", **unit_context(settings, "/etc/x.yaml")))["Service"]
+    config = from_mapping(RuntimeConfig, yaml.safe_load(_render("runtime.yaml.j2", **runtime_yaml_context(settings, "/m"))),
+                          "runtime.yaml")
+    assert (unit["RuntimeDirectory"], unit["RuntimeDirectoryMode"]) == ("deepfleet-runtime", "0700")
+    assert str(config.model.keys_dir) == "/run/deepfleet-runtime/keys"
+    assert unit["ExecStartPre"] == (
+        "+/bin/sh -c 'install -d -o svc -g svcg -m 0700 /run/deepfleet-runtime/keys && "
+        "install -o svc -g svcg -m 0400 /etc/df/keys/* /run/deepfleet-runtime/keys/'")

@@ -12,7 +12,8 @@ from .configfile import load_yaml_config
 @dataclass(frozen=True)
 class ModelSection:
     name: str  # the name clients pass as "model"
-    path: Path  # directory with config.json, weights and tokenizer
+    path: Path  # a model directory (config.json, weights, tokenizer) or an encrypted release
+    keys_dir: Path | None = None  # model keys (KEKs, verify key) for an encrypted release
 
 
 @dataclass(frozen=True)

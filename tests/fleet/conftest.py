@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 from deepfleet import testhosts
 from deepfleet.apikeys import create_key
 from deepfleet.demo import PORT_SETTINGS, write_local_inventory
 from deepfleet.deployrun import DeployResult, run_deploy
+from deepfleet.modelkeys import create_model_keys
 from deepfleet.paths import LOCAL_INVENTORY, cache_dir
 from deepfleet.pki import init_ca
 
@@ -38,6 +42,17 @@ class Site:
         env = {"DEEPFLEET_HOSTS_FILE": str(inventory or self.inventory)}
         return run_deploy(LOCAL_INVENTORY, env=env, echo=False, **kwargs)
 
+    def on_host(self, command: str, check: bool = True) -> str:
+        """Run a shell command as root inside the test host; its stdout."""
+        result = subprocess.run(["docker", "exec", self.host.container, "sh", "-c", command],
+                                capture_output=True, text=True, check=check)
+        return result.stdout
+
+    def client(self) -> openai.OpenAI:
+        """The openai SDK, through the gateway, trusting the site's CA."""
+        http = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(self.ca_cert)))
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, http_client=http, max_retries=0)
+
     def with_overrides(self, path: Path, **overrides) -> Path:
         """A copy of the inventory with some host data changed."""
         hosts = json.loads(self.inventory.read_text())["hosts"]
@@ -56,7 +71,9 @@ def site(tmp_path_factory, tiny_model_dir):
         fleet.start(1, image, PORT_SETTINGS)
         ca, _ = init_ca(root / "pki")
         key = create_key(root / "keys.json", "tests")
-        write_local_inventory(root / "inventory.json", fleet, tiny_model_dir, root / "pki", root / "keys.json")
+        model_keys, _ = create_model_keys(root / "model-keys")
+        write_local_inventory(root / "inventory.json", fleet, tiny_model_dir, root / "pki", root / "keys.json",
+                              model_keys_dir=str(model_keys.path))
         site = Site(fleet, root / "inventory.json", ca.cert, key, None)
         site.first_deploy = site.deploy()
         yield site

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from deepfleet.apikeys import create_key
+from deepfleet.modelkeys import create_model_keys
 from deepfleet.pki import init_ca
 from deepfleet.wheelhouse import MANIFEST, Wheelhouse
 
@@ -60,5 +61,7 @@ def control_data(tmp_path):
         (model / name).write_text(content)
     init_ca(tmp_path / "pki")
     create_key(tmp_path / "keys.json", "plan-tests")
+    create_model_keys(tmp_path / "model-keys")
     return {"model_source": str(model), "deepfleet_cache_dir": str(tmp_path / "cache"),
-            "gateway_pki_dir": str(tmp_path / "pki"), "gateway_api_keyring": str(tmp_path / "keys.json")}
+            "gateway_pki_dir": str(tmp_path / "pki"), "gateway_api_keyring": str(tmp_path / "keys.json"),
+            "model_keys_dir": str(tmp_path / "model-keys")}

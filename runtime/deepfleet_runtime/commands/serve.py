@@ -18,6 +18,7 @@ def run(args) -> int:
     from ..serving import serve
 
     config = load_runtime_config(args.config)
-    engine = TransformersEngine(config.model.name, config.model.path, config.device, config.dtype)
+    engine = TransformersEngine(config.model.name, config.model.path, config.device, config.dtype,
+                                keys_dir=config.model.keys_dir)
     serve(create_app(engine, config.limits), config.server.host, config.server.port)
     return 0

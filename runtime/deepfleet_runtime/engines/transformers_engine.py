@@ -16,23 +16,22 @@ from typing import AsyncIterator, Callable
 
 from .base import GenerationRequest, TokenEvent
 from .detokenize import IncrementalDecoder
+from .loading import ModelLoadError, load_model_and_tokenizer
 from .sampling import make_generator, sample_next_token
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-class ModelLoadError(RuntimeError):
-    """The model directory cannot be loaded; the message names the directory and the cause."""
+__all__ = ["ModelLoadError", "TransformersEngine"]
 
 
 class TransformersEngine:
     """Serves one model directory with transformers."""
 
-    def __init__(self, model_name: str, model_dir: Path, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, model_name: str, model_dir: Path, device: str = "cpu", dtype: str = "float32",
+                 keys_dir: Path | None = None):
         self.model_name = model_name
         self.model_dir = Path(model_dir)
+        self.keys_dir = keys_dir
         self.device_name = device
         self.dtype_name = dtype
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -46,22 +45,11 @@ class TransformersEngine:
         return self._ready.is_set()
 
     def load(self) -> None:
-        """Load tokenizer and weights, then run one warm-up step."""
+        """Load tokenizer and weights (engines/loading.py), then run one warm-up step."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not (self.model_dir / "config.json").is_file():
-            raise ModelLoadError(
-                f"{self.model_dir} holds no config.json; point model.path in runtime.yaml "
-                "at a transformers model directory"
-            )
-        dtype = "auto" if self.dtype_name == "auto" else getattr(torch, _DTYPES[self.dtype_name])
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load model from {self.model_dir}: {exc}") from exc
-        self._model = model.to(torch.device(self.device_name)).eval()
+        self._model, self._tokenizer = load_model_and_tokenizer(self.model_dir, self.dtype_name,
+                                                                self.device_name, self.keys_dir)
         self._eos_ids = _eos_token_ids(self._model, self._tokenizer)
         with torch.no_grad():
             self._model(input_ids=torch.tensor([[self._tokenizer.bos_token_id or 0]], device=self._device))

@@ -1,0 +1,129 @@
+"""Loading a model and its tokenizer: the one place an engine turns a model directory into objects.
+
+A plain model directory loads with `from_pretrained`. An encrypted release (deepfleet_runtime.
+modelstore, docs/model-format.md) is opened with the host's keys and decrypted file by file:
+the weights (*.safetensors) straight into memory, the few small files that transformers reads
+only by path (config, tokenizer, generation config) into a private in-memory directory that is
+wiped once loaded. Every file is authenticated and hash-checked before anything is built from it,
+so a bad signature, a wrong key or a tampered chunk raises ModelLoadError naming the file, and
+nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..modelstore import KeyDirectory, ModelStoreError, Release, is_release
+from ..modelstore.tmpfs import private_memory_dir
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+WEIGHT_SUFFIX = ".safetensors"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message names the directory or file and the cause."""
+
+
+def load_model_and_tokenizer(model_dir: Path, dtype: str = "float32", device: str = "cpu",
+                             keys_dir: Path | None = None):
+    """(model on `device` in eval mode, tokenizer) from a plain model directory or an encrypted release."""
+    import torch
+
+    model_dir = Path(model_dir)
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, _DTYPES[dtype])
+    if is_release(model_dir):
+        model, tokenizer = _load_release(model_dir.resolve(), torch_dtype, keys_dir)
+    else:
+        model, tokenizer = _load_plain(model_dir, torch_dtype)
+    return model.to(torch.device(device)).eval(), tokenizer
+
+
+def _load_plain(model_dir: Path, torch_dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        raise ModelLoadError(f"{model_dir} holds no config.json; point model.path in runtime.yaml "
+                             "at a transformers model directory or an encrypted release")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model from {model_dir}: {exc}") from exc
+    return model, tokenizer
+
+
+def _load_release(release_dir: Path, torch_dtype, keys_dir: Path | None):
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoTokenizer, GenerationConfig
+
+    if keys_dir is None:
+        raise ModelLoadError(f"{release_dir} is an encrypted release; set model.keys_dir in runtime.yaml "
+                             "to the directory with the fleet's model keys")
+    try:
+        release = Release.open(release_dir, KeyDirectory(keys_dir))
+        files = release.manifest.files
+        weights = [entry for entry in files if entry.path.endswith(WEIGHT_SUFFIX)]
+        if not weights:
+            raise ModelLoadError(f"{release_dir}: the release has no {WEIGHT_SUFFIX} weights; encrypted "
+                                 "releases are loaded from safetensors files")
+        with private_memory_dir() as scratch:
+            for entry in files:
+                if entry not in weights:
+                    target = scratch / entry.path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(release.read_file(entry.path))
+            state_dict = {}
+            for entry in weights:
+                state_dict.update(tensors_from_safetensors(release.read_file(entry.path), entry.path))
+            config = AutoConfig.from_pretrained(scratch)
+            tokenizer = AutoTokenizer.from_pretrained(scratch)
+            generation = (GenerationConfig.from_pretrained(scratch)
+                          if (scratch / "generation_config.json").is_file() else None)
+    except ModelStoreError as exc:
+        raise ModelLoadError(f"refusing to load {release_dir}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model from {release_dir}: {exc}") from exc
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ModelLoadError(f"{release_dir}: transformers has no causal LM for model type {config.model_type!r}")
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the Auto class cannot load from a state dict
+    model = model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=torch_dtype)
+    if generation is not None:
+        model.generation_config = generation
+    log.info("decrypted %s (%d files, %d bytes) into memory", release.manifest.release_name, len(files),
+             sum(entry.size for entry in files))
+    return model, tokenizer
+
+
+# safetensors dtype names -> torch dtype names (https://github.com/huggingface/safetensors, format)
+_SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "F16": "float16",
+                       "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32", "F64": "float64",
+                       "I64": "int64", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def tensors_from_safetensors(buffer: bytearray, where: str) -> dict:
+    """The tensors of a safetensors file held in `buffer`, as views of it (no copy): decrypted
+    weights are never duplicated in memory on their way into the model."""
+    import json
+    import struct
+
+    import torch
+
+    (header_size,) = struct.unpack_from("<Q", buffer)
+    try:
+        header = json.loads(bytes(buffer[8:8 + header_size]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelLoadError(f"{where} is not a safetensors file") from None
+    start = 8 + header_size
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        tensor = (torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin) if count
+                  else torch.empty(0, dtype=dtype))
+        tensors[name] = tensor.reshape(info["shape"])
+    return tensors

@@ -1,0 +1,26 @@
+"""The model role's decisions that need no host: the disk-room check."""
+
+from __future__ import annotations
+
+import pytest
+from pyinfra.api.exceptions import OperationError
+
+from roles.model import GIB, check_disk_room
+
+
+def test_a_push_that_leaves_room_for_one_more_release_goes_ahead():
+    check_disk_room("h1", "/opt/deepfleet/models", free=20 * GIB, to_send=10 * GIB, release_size=10 * GIB, keep=3)
+
+
+def test_a_push_that_would_not_fit_with_room_for_the_next_release_is_refused_with_the_numbers():
+    with pytest.raises(OperationError) as error:
+        check_disk_room("h1", "/opt/deepfleet/models", free=15 * GIB, to_send=6 * GIB, release_size=10 * GIB, keep=3)
+    assert str(error.value) == (
+        "h1: not enough disk for the model push in /opt/deepfleet/models: 15.00 GiB free, the push needs "
+        "6.00 GiB plus 10.00 GiB kept free for the next release = 16.00 GiB. Free 1.00 GiB on the host "
+        "(it keeps model_keep_releases=3 releases) and deploy again")
+
+
+def test_small_numbers_are_shown_in_mib():
+    with pytest.raises(OperationError, match=r"30.0 MiB free, the push needs 17.9 MiB plus 17.9 MiB .* = 35.8 MiB"):
+        check_disk_room("h1", "/m", free=30 << 20, to_send=18_790_420, release_size=18_790_420, keep=3)
