@@ -32,18 +32,9 @@ DISTRO_PYTHON = {("debian", "12"): ("3.11", "2.36"), ("ubuntu", "22"): ("3.10", 
 
 
 def runtime_yaml_context(settings: Mapping, model_dir: str) -> dict:
-    """Variables for templates/runtime.yaml.j2 from role settings."""
-    return {
-        "model_name": settings["model_name"],
-        "model_dir": model_dir,
-        "engine": settings["runtime_engine"],
-        "device": settings["runtime_device"],
-        "dtype": settings["runtime_dtype"],
-        "port": settings["runtime_port"],
-        "max_prompt_tokens": settings["runtime_max_prompt_tokens"],
-        "max_tokens": settings["runtime_max_tokens"],
-        "default_max_tokens": settings["runtime_default_max_tokens"],
-    }
+    """Variables for templates/runtime.yaml.j2 from role settings (runtime_* names, prefix dropped)."""
+    context = {key[len("runtime_"):]: value for key, value in settings.items() if key.startswith("runtime_")}
+    return context | {"model_name": settings["model_name"], "model_dir": model_dir}
 
 
 def unit_context(settings: Mapping, config_path: str) -> dict:

@@ -72,7 +72,7 @@ class VllmSection:
 @dataclass(frozen=True)
 class LlamaCppSection:
     n_ctx: int = 4096  # context window of the one llama.cpp sequence
-    n_threads: int = 0  # 0 = all cores
+    n_threads: int = 0  # 0 = llama-cpp-python's default (half the cores: its threads spin-wait)
     n_batch: int = 512  # prompt tokens per llama_decode call
 
 

@@ -106,7 +106,7 @@ def apply_torchao(model, mode: str) -> None:
 
     config = Int8WeightOnlyConfig() if mode == "int8" else Int4WeightOnlyConfig()
     fqn_config = {f"re:.*{name.replace('.', '[.]')}": config for name in EXPERT_PARAMETERS}
-    quantize_(model, FqnToConfig({**fqn_config, "_default": config}))
+    quantize_(model, FqnToConfig({**fqn_config, "_default": config}), filter_fn=None)
 
 
 def bitsandbytes_config(mode: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import AsyncIterator
@@ -69,7 +68,7 @@ class LlamaCppEngine:
                                  "`deepfleet-runtime convert-gguf MODEL_DIR --out FILE.gguf`")
         try:
             self._llama = Llama(str(self.model_path), n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
-                                n_threads=self.settings.n_threads or os.cpu_count(), verbose=False)
+                                n_threads=self.settings.n_threads or None, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp cannot load {self.model_path}: {exc}") from exc
         metadata = self._llama.metadata

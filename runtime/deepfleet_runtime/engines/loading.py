@@ -36,7 +36,8 @@ def load_model_and_tokenizer(model_dir: Path, dtype: str, device: str, quantizat
         kwargs["experts_implementation"] = "eager"  # experts as plain 3-D parameters torchao can reach
     elif quantization.method == "bitsandbytes":
         kwargs["quantization_config"] = bitsandbytes_config(quantization.mode)
-        kwargs["device_map"] = {"": device}
+        if device.startswith("cuda"):  # bitsandbytes places the weights itself (needs accelerate)
+            kwargs["device_map"] = {"": device}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -45,7 +46,7 @@ def load_model_and_tokenizer(model_dir: Path, dtype: str, device: str, quantizat
     except ImportError as exc:
         raise ModelLoadError(f"quantization {quantization.method} needs a package that is not installed "
                              f"({exc}); install deepfleet-runtime[quantization]") from exc
-    if quantization.method != "bitsandbytes":
+    if quantization.method != "bitsandbytes" or not device.startswith("cuda"):
         model = model.to(torch.device(device))
     if quantization.method == "torchao":
         try:
