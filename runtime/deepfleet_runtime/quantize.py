@@ -104,7 +104,9 @@ def apply_torchao(model, mode: str) -> None:
     """
     from torchao.quantization import FqnToConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
-    config = Int8WeightOnlyConfig() if mode == "int8" else Int4WeightOnlyConfig()
+    # int4: the tile-packed layout runs on torch's own tinygemm CUDA kernel (no extra package)
+    config = (Int8WeightOnlyConfig() if mode == "int8"
+              else Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
     fqn_config = {f"re:.*{name.replace('.', '[.]')}": config for name in EXPERT_PARAMETERS}
     quantize_(model, FqnToConfig({**fqn_config, "_default": config}), filter_fn=None)
 

@@ -64,10 +64,15 @@ class TransformersEngine:
 
     def load(self) -> None:
         """Load (and quantise) the weights, size the KV cache, warm up, start the worker."""
+        model, tokenizer = load_model_and_tokenizer(self.model_dir, self.dtype_name, self.device_name,
+                                                    self.quantization)
+        self.start(model, tokenizer)
+
+    def start(self, model, tokenizer) -> None:
+        """Serve an already loaded model (load() calls this; so do benchmarks that build weights in memory)."""
         import torch
 
-        self._model, self._tokenizer = load_model_and_tokenizer(
-            self.model_dir, self.dtype_name, self.device_name, self.quantization)
+        self._model, self._tokenizer = model, tokenizer
         self._eos_ids = frozenset(_eos_token_ids(self._model, self._tokenizer))
         self._weight_bytes = weight_bytes(self._model)
         kv_tokens = self._scheduler_config.kv_cache_tokens or self._derived_kv_tokens()
@@ -78,9 +83,9 @@ class TransformersEngine:
         self._worker = threading.Thread(target=self._serve_forever, name="engine", daemon=True)
         self._worker.start()
         self._ready.set()
-        log.info("loaded %s from %s on %s (%s/%s): %.1f MB of weights, KV cache %d tokens",
-                 self.model_name, self.model_dir, self.device_name, self.quantization.mode,
-                 self.quantization.method, self._weight_bytes / 1e6, kv_tokens)
+        log.info("serving %s on %s (%s/%s): %.1f MB of weights, KV cache %d tokens",
+                 self.model_name, self._device, self.quantization.mode, self.quantization.method,
+                 self._weight_bytes / 1e6, kv_tokens)
 
     def close(self) -> None:
         if self._scheduler:
