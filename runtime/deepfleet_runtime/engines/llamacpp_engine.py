@@ -7,7 +7,6 @@ transformers engine. The chat template and tokenizer come from the GGUF file its
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import AsyncIterator
 
 from ..config import LlamaCppSection
 from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
-from .detokenize import IncrementalDecoder
 from .scheduler import BatchScheduler, Sequence
 
 log = logging.getLogger(__name__)
@@ -110,23 +108,8 @@ class LlamaCppEngine:
         if self._scheduler:
             self._scheduler.cancel(request_id)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        self._scheduler.check_fits(request)
-        sequence = Sequence(request, IncrementalDecoder(self._tokenizer, request.sampling.stop),
-                            asyncio.get_running_loop(), asyncio.Queue(), self._eos_ids)
-        self._scheduler.submit(sequence)
-        finished = False
-        try:
-            while not finished:
-                event = await sequence.queue.get()
-                if isinstance(event, BaseException):
-                    finished = True
-                    raise event
-                finished = bool(event.finish_reason)
-                yield event
-        finally:
-            if not finished:
-                self._scheduler.cancel(request.request_id)
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        return self._scheduler.stream(request, self._tokenizer, self._eos_ids)
 
     def _serve_forever(self) -> None:
         scheduler = self._scheduler

@@ -12,6 +12,7 @@ import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 from .base import EngineStats, GenerationRequest, TokenEvent
 from .detokenize import IncrementalDecoder
@@ -90,6 +91,26 @@ class BatchScheduler:
                 f"the prompt ({len(request.prompt_token_ids)} tokens) plus max_tokens "
                 f"({request.sampling.max_tokens}) needs {need} KV slots; the cache holds "
                 f"{self.kv_cache_tokens}: lower max_tokens or raise scheduler.kv_cache_tokens")
+
+    async def stream(self, request: GenerationRequest, tokenizer, eos_ids: frozenset[int]
+                     ) -> AsyncIterator[TokenEvent]:
+        """Submit `request` and yield its events; leaving early (client gone) cancels it."""
+        self.check_fits(request)
+        sequence = Sequence(request, IncrementalDecoder(tokenizer, request.sampling.stop),
+                            asyncio.get_running_loop(), asyncio.Queue(), eos_ids)
+        self.submit(sequence)
+        finished = False
+        try:
+            while not finished:
+                event = await sequence.queue.get()
+                if isinstance(event, BaseException):
+                    finished = True
+                    raise event
+                finished = bool(event.finish_reason)
+                yield event
+        finally:
+            if not finished:
+                self.cancel(request.request_id)
 
     def submit(self, sequence: Sequence) -> None:
         with self._wake:

@@ -8,7 +8,6 @@ samples with its own parameters and seed, so its output does not depend on its b
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import AsyncIterator
 from ..config import MemorySection, SchedulerSection
 from ..quantize import QuantizationPlan, weight_bytes
 from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
-from .detokenize import IncrementalDecoder
+from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
 from .loading import load_model_and_tokenizer
 from .scheduler import BatchScheduler, Sequence
 
@@ -60,7 +59,7 @@ class TransformersEngine:
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
-        return _think_ids(self._tokenizer)
+        return think_token_ids(self._tokenizer) if self._tokenizer else None
 
     def load(self) -> None:
         """Load (and quantise) the weights, size the KV cache, warm up, start the worker."""
@@ -119,13 +118,10 @@ class TransformersEngine:
         return int(budget // per_token)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        return list(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=False))
+        return chat_prompt_ids(self._tokenizer, messages)
 
     def encode_text(self, text: str) -> list[int]:
-        ids = self._tokenizer.encode(text, add_special_tokens=True)
-        bos = self._tokenizer.bos_token_id
-        return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
+        return text_prompt_ids(self._tokenizer, text)
 
     def stats(self) -> EngineStats:
         return self._scheduler.stats(self._weight_bytes) if self._scheduler else EngineStats()
@@ -134,25 +130,8 @@ class TransformersEngine:
         if self._scheduler:
             self._scheduler.cancel(request_id)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        self._scheduler.check_fits(request)
-        sequence = Sequence(request, IncrementalDecoder(self._tokenizer, request.sampling.stop),
-                            asyncio.get_running_loop(), asyncio.Queue(), self._eos_ids)
-        self._scheduler.submit(sequence)
-        finished = False
-        try:
-            while True:
-                event = await sequence.queue.get()
-                if isinstance(event, BaseException):
-                    finished = True
-                    raise event
-                finished = bool(event.finish_reason)
-                yield event
-                if finished:
-                    return
-        finally:
-            if not finished:  # the client went away: free the row at the next step
-                self._scheduler.cancel(request.request_id)
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        return self._scheduler.stream(request, self._tokenizer, self._eos_ids)
 
     # --- the worker thread --------------------------------------------------------------------------
 
@@ -247,15 +226,6 @@ class TransformersEngine:
             if params.temperature > 0:
                 tokens[row] = sample_next_token(logits[row], params, sequence.generator)
         return tokens
-
-
-def _think_ids(tokenizer) -> tuple[int, int] | None:
-    if tokenizer is None:
-        return None
-    vocab = tokenizer.get_vocab()
-    if "<think>" in vocab and "</think>" in vocab:
-        return vocab["<think>"], vocab["</think>"]
-    return None
 
 
 def _eos_token_ids(model, tokenizer) -> set[int]:

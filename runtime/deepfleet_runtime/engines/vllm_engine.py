@@ -20,6 +20,7 @@ import httpx
 from ..config import RuntimeConfig
 from ..quantize import QuantizationPlan
 from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
+from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
 from .supervisor import ChildSupervisor
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ class VllmEngine:
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
-        vocab = self._tokenizer.get_vocab()
-        return (vocab["<think>"], vocab["</think>"]) if "<think>" in vocab and "</think>" in vocab else None
+        return think_token_ids(self._tokenizer)
 
     def load(self) -> None:
         """Read the tokenizer, start the child and wait until it answers."""
@@ -103,13 +103,10 @@ class VllmEngine:
         self.supervisor.stop()
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        return list(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=False))
+        return chat_prompt_ids(self._tokenizer, messages)
 
     def encode_text(self, text: str) -> list[int]:
-        ids = self._tokenizer.encode(text, add_special_tokens=True)
-        bos = self._tokenizer.bos_token_id
-        return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
+        return text_prompt_ids(self._tokenizer, text)
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._in_flight))
