@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 import time
@@ -123,12 +124,9 @@ def main(argv=None) -> int:
         if time.monotonic() - started > args.budget_s:
             skipped[mode] = "time budget"
             continue
-        if mode != "bf16":
-            try:
-                import torchao  # noqa: F401
-            except ImportError:
-                skipped[mode] = "torchao not installed"
-                continue
+        if mode != "bf16" and importlib.util.find_spec("torchao") is None:
+            skipped[mode] = "torchao not installed"
+            continue
         built = time.monotonic()
         model = build_model(args.shape, args.device, eager_experts=mode != "bf16")
         try:
@@ -137,7 +135,6 @@ def main(argv=None) -> int:
             sync(args.device)
         except Exception as exc:  # e.g. no int4 kernel for this device: report, go on
             skipped[mode] = f"{type(exc).__name__}: {exc}"[:300]
-            del model
             continue
         engine = TransformersEngine("roofline", "(in memory)", args.device, "bfloat16",
                                     QuantizationPlan(mode, "none" if mode == "bf16" else "torchao"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfleet_runtime.config import ModelSection, QuantizationSection, RuntimeConfig
+from deepfleet_runtime.config import ModelSection, RuntimeConfig
 from deepfleet_runtime.engines import build_engine
 from deepfleet_runtime.engines.base import EngineConfigError
 from deepfleet_runtime.engines.loading import load_model_and_tokenizer

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import AsyncIterator
 
 from ..config import LlamaCppSection
-from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
-from .scheduler import BatchScheduler, Sequence
+from .base import EngineStats, ModelLoadError
+from .scheduler import BatchScheduler, ScheduledEngine, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +28,16 @@ class _GgufTokenizer:
         return self._llama.detokenize(ids, special=not skip_special_tokens).decode("utf-8", errors="replace")
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(ScheduledEngine):
     """Serves one GGUF file with llama-cpp-python."""
 
     def __init__(self, model_name: str, model_path: Path, settings: LlamaCppSection = LlamaCppSection()):
+        super().__init__()
         self.model_name = model_name
         self.model_path = Path(model_path)
         self.settings = settings
         self._llama = None
-        self._tokenizer = None
         self._formatter = None
-        self._scheduler: BatchScheduler | None = None
-        self._eos_ids: frozenset[int] = frozenset()
-        self._ready = threading.Event()
-        self._worker: threading.Thread | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
@@ -83,13 +74,6 @@ class LlamaCppEngine:
         self._ready.set()
         log.info("loaded %s from %s (%s)", self.model_name, self.model_path, metadata.get("general.file_type"))
 
-    def close(self) -> None:
-        if self._scheduler:
-            self._scheduler.close()
-        if self._worker:
-            self._worker.join(timeout=30)
-        self._ready.clear()
-
     def encode_chat(self, messages: list[dict]) -> list[int]:
         if self._formatter is None:
             raise ModelLoadError(f"{self.model_path} carries no chat template; use /v1/completions")
@@ -103,13 +87,6 @@ class LlamaCppEngine:
         if not self._scheduler:
             return EngineStats()
         return self._scheduler.stats(self.model_path.stat().st_size)
-
-    def cancel(self, request_id: str) -> None:
-        if self._scheduler:
-            self._scheduler.cancel(request_id)
-
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        return self._scheduler.stream(request, self._tokenizer, self._eos_ids)
 
     def _serve_forever(self) -> None:
         scheduler = self._scheduler

@@ -196,3 +196,33 @@ class BatchScheduler:
 def _put_all(items) -> None:
     for queue, event in items:
         queue.put_nowait(event)
+
+
+class ScheduledEngine:
+    """The protocol methods of an engine whose worker thread drains a BatchScheduler."""
+
+    _scheduler: BatchScheduler | None = None
+    _worker: threading.Thread | None = None
+    _tokenizer = None
+    _eos_ids: frozenset[int] = frozenset()
+
+    def __init__(self):
+        self._ready = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        return self._scheduler.stream(request, self._tokenizer, self._eos_ids)
+
+    def cancel(self, request_id: str) -> None:
+        if self._scheduler:
+            self._scheduler.cancel(request_id)
+
+    def close(self) -> None:
+        if self._scheduler:
+            self._scheduler.close()
+        if self._worker:
+            self._worker.join(timeout=30)
+        self._ready.clear()

@@ -11,24 +11,24 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import AsyncIterator
 
 from ..config import MemorySection, SchedulerSection
 from ..quantize import QuantizationPlan, weight_bytes
-from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
+from .base import EngineStats, ModelLoadError
 from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
 from .loading import load_model_and_tokenizer
-from .scheduler import BatchScheduler, Sequence
+from .scheduler import BatchScheduler, ScheduledEngine, Sequence
 
 log = logging.getLogger(__name__)
 
 
-class TransformersEngine:
+class TransformersEngine(ScheduledEngine):
     """Serves one transformers model directory with continuous batching."""
 
     def __init__(self, model_name: str, model_dir: Path, device: str = "cpu", dtype: str = "float32",
                  quantization: QuantizationPlan = QuantizationPlan("none", "none"),
                  scheduler: SchedulerSection = SchedulerSection(), memory: MemorySection = MemorySection()):
+        super().__init__()
         self.model_name = model_name
         self.model_dir = Path(model_dir)
         self.device_name = device
@@ -36,18 +36,9 @@ class TransformersEngine:
         self.quantization = quantization
         self._scheduler_config = scheduler
         self._memory = memory
-        self._scheduler: BatchScheduler | None = None
         self._model = None
-        self._tokenizer = None
-        self._eos_ids: frozenset[int] = frozenset()
         self._batch = None  # PaddedBatch of the running rows
         self._weight_bytes = 0
-        self._ready = threading.Event()
-        self._worker: threading.Thread | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
 
     @property
     def tokenizer(self):
@@ -86,13 +77,6 @@ class TransformersEngine:
                  self.model_name, self._device, self.quantization.mode, self.quantization.method,
                  self._weight_bytes / 1e6, kv_tokens)
 
-    def close(self) -> None:
-        if self._scheduler:
-            self._scheduler.close()
-        if self._worker:
-            self._worker.join(timeout=30)
-        self._ready.clear()
-
     @property
     def _device(self):
         return self._model.device
@@ -125,13 +109,6 @@ class TransformersEngine:
 
     def stats(self) -> EngineStats:
         return self._scheduler.stats(self._weight_bytes) if self._scheduler else EngineStats()
-
-    def cancel(self, request_id: str) -> None:
-        if self._scheduler:
-            self._scheduler.cancel(request_id)
-
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        return self._scheduler.stream(request, self._tokenizer, self._eos_ids)
 
     # --- the worker thread --------------------------------------------------------------------------
 
