@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from ..tinymodel import CHAT_TEMPLATE as DEEPSEEK_CHAT_TEMPLATE
+
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of chat messages rendered with the tokenizer's chat template, ready for the answer."""
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
+    """Token ids of chat messages rendered with the tokenizer's chat template (DeepSeek's when it has none)."""
+    template = None if tokenizer.chat_template else DEEPSEEK_CHAT_TEMPLATE
+    return list(tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                              tokenize=True, return_dict=False))
 
 
 def text_prompt_ids(tokenizer, text: str) -> list[int]:

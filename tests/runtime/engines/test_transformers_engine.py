@@ -132,3 +132,16 @@ def test_a_request_beyond_the_kv_cache_is_refused(tiny_model_dir):
         assert len(_run(small, [("fits", ids, SamplingParams(8, temperature=0, ignore_eos=True))])[0][0]) == 8
     finally:
         small.close()
+
+
+def test_a_tokenizer_without_a_chat_template_gets_deepseeks(engine):
+    from deepfleet_runtime.engines.hf_tokens import chat_prompt_ids
+
+    messages = [{"role": "user", "content": "Hi"}]
+    tokenizer = engine.tokenizer
+    saved, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        ids = chat_prompt_ids(tokenizer, messages)
+    finally:
+        tokenizer.chat_template = saved
+    assert tokenizer.decode(ids) == "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>"
