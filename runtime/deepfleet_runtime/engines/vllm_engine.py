@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import AsyncIterator
@@ -30,7 +31,7 @@ def render_vllm_argv(config: RuntimeConfig, plan: QuantizationPlan) -> list[str]
     """The `vllm serve` command line for runtime.yaml."""
     settings, scheduler = config.vllm, config.scheduler
     dtype = "bfloat16" if plan.mode == "bf16" else config.dtype
-    argv = [settings.executable, "serve", str(config.model.path),
+    argv = [_executable(settings.executable), "serve", str(config.model.path),
             "--host", "127.0.0.1", "--port", str(settings.port),
             "--served-model-name", config.model.name,
             "--dtype", dtype,
@@ -46,6 +47,12 @@ def render_vllm_argv(config: RuntimeConfig, plan: QuantizationPlan) -> list[str]
     if settings.ray_address:
         argv += ["--distributed-executor-backend", "ray"]
     return argv + list(settings.extra_args)
+
+
+def _executable(name: str) -> str:
+    """`vllm` from our own venv when it is there (systemd's PATH does not hold the venv), else as given."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if "/" not in name and beside.is_file() else name
 
 
 def vllm_environment(config: RuntimeConfig, base: dict[str, str] | None = None) -> dict[str, str]:
