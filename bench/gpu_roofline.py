@@ -85,17 +85,19 @@ def bytes_read_per_step(model, batch: int) -> float:
 
 
 def decode_rate(engine: TransformersEngine, batch: int, new_tokens: int, prompt_tokens: int) -> float:
-    """Generated tokens per second for `batch` simultaneous requests (prefill excluded from the clock)."""
+    """Tokens per second once every request of the batch is decoding (prefills are not counted)."""
     async def run():
-        firsts, lasts = [], []
+        firsts, times = [], []
 
         async def one(index):
             ids = [(index * 7919 + j) % 1000 + 3 for j in range(prompt_tokens)]
             request = GenerationRequest(f"b{index}", ids, SamplingParams(new_tokens, temperature=0, ignore_eos=True))
             async for event in engine.generate(request):
-                (firsts if event.completion_tokens == 1 else lasts).append(time.perf_counter())
+                (firsts if event.completion_tokens == 1 else times).append(time.perf_counter())
         await asyncio.gather(*(one(i) for i in range(batch)))
-        return batch * (new_tokens - 1) / (max(lasts) - max(firsts))
+        start = max(firsts)
+        decoded = [t for t in times if t > start]
+        return len(decoded) / (max(decoded) - start)
     return asyncio.run(run())
 
 
