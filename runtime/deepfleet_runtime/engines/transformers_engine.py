@@ -152,6 +152,7 @@ class TransformersEngine(ScheduledEngine):
         from .padded_batch import PaddedBatch
         from .sampling import make_generator
 
+        self._scheduler.running.extend(joining)  # first: should this step fail, they fail with it
         for sequence in joining:
             sequence.generator = make_generator(sequence.request.sampling, self._device)
         pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
@@ -168,7 +169,6 @@ class TransformersEngine(ScheduledEngine):
             self._batch = batch
         else:
             self._batch.merge(batch)
-        self._scheduler.running.extend(joining)
 
     def _decode(self, events: list) -> None:
         batch = self._batch

@@ -24,8 +24,8 @@ async def _collect(engine, request_id, ids, params, delay=0.0):
 
 
 def _run(engine, jobs):
-    async def main():
-        return await asyncio.gather(*(_collect(engine, *job) for job in jobs))
+    async def main():  # a stream that never ends is a failure, not a hang
+        return await asyncio.wait_for(asyncio.gather(*(_collect(engine, *job) for job in jobs)), 120)
     return asyncio.run(main())
 
 
@@ -145,3 +145,11 @@ def test_a_tokenizer_without_a_chat_template_gets_deepseeks(engine):
     finally:
         tokenizer.chat_template = saved
     assert tokenizer.decode(ids) == "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>"
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(engine):
+    vocabulary = engine.model.config.vocab_size
+    with pytest.raises(IndexError):  # a token id outside the vocabulary breaks the prefill
+        _run(engine, [("bad", [0, vocabulary + 5], SamplingParams(4, temperature=0))])
+    ids = engine.encode_text("still serving")
+    assert len(_run(engine, [("good", ids, SamplingParams(4, temperature=0, ignore_eos=True))])[0][0]) == 4
