@@ -28,7 +28,9 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml runtime/constraints.tx
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --constraint runtime/constraints.txt -e 'runtime[transformers]' -e '.[test]'
+	@# llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores; pip caches the wheel)
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/pip install --quiet --constraint runtime/constraints.txt \
+	  -e 'runtime[transformers,quantization,llamacpp]' -e '.[test]'
 	touch $@
 
 # The test hosts are containers built with debootstrap: they need a Docker engine and debootstrap.

@@ -38,20 +38,18 @@ DISTRO_PYTHON = {("debian", "12"): ("3.11", "2.36"), ("ubuntu", "22"): ("3.10", 
                  ("ubuntu", "24"): ("3.12", "2.39")}
 
 
+# runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
+_DEPLOY_ONLY_SETTINGS = ("runtime_mode", "runtime_image_", "runtime_container_", "runtime_wheel_extras",
+                         "runtime_ready_timeout_s")
+
+
 def runtime_yaml_context(settings: Mapping, model_dir: str) -> dict:
-    """Variables for templates/runtime.yaml.j2 from role settings."""
-    return {
-        "model_name": settings["model_name"],
-        "model_dir": model_dir,
-        "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys",
-        "engine": settings["runtime_engine"],
-        "device": settings["runtime_device"],
-        "dtype": settings["runtime_dtype"],
-        "port": settings["runtime_port"],
-        "max_prompt_tokens": settings["runtime_max_prompt_tokens"],
-        "max_tokens": settings["runtime_max_tokens"],
-        "default_max_tokens": settings["runtime_default_max_tokens"],
-    }
+    """Variables for templates/runtime.yaml.j2 from role settings (runtime_* names, prefix dropped;
+    the settings of how the runtime is installed and run stay with the role)."""
+    context = {key[len("runtime_"):]: value for key, value in settings.items()
+               if key.startswith("runtime_") and not key.startswith(_DEPLOY_ONLY_SETTINGS)}
+    return context | {"model_name": settings["model_name"], "model_dir": model_dir,
+                      "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys"}
 
 
 def unit_context(settings: Mapping, config_path: str) -> dict:

@@ -45,6 +45,22 @@ def test_runtime_yaml_follows_inventory_overrides():
         9123, 77, 'odd "name": x', "bfloat16")
 
 
+def test_runtime_yaml_carries_engine_quantization_and_scheduler_settings():
+    settings = {**DEFAULTS, "runtime_engine": "vllm", "runtime_device": "cuda", "runtime_quantization": "int4",
+                "runtime_quantization_method": "awq", "runtime_max_batch_size": 64, "runtime_kv_cache_tokens": 9000,
+                "runtime_gpu_memory_fraction": 0.85, "runtime_vllm_tensor_parallel_size": 2,
+                "runtime_vllm_ray_address": "head:6379", "runtime_reasoning_parser": "deepseek_r1",
+                "runtime_llamacpp_n_ctx": 2048}
+    config = from_mapping(RuntimeConfig, yaml.safe_load(_render("runtime.yaml.j2", **runtime_yaml_context(settings, "/m"))),
+                          "runtime.yaml")
+    assert (config.engine, config.device, config.reasoning_parser) == ("vllm", "cuda", "deepseek_r1")
+    assert (config.quantization.mode, config.quantization.method) == ("int4", "awq")
+    assert (config.scheduler.max_batch_size, config.scheduler.kv_cache_tokens) == (64, 9000)
+    assert config.memory.gpu_memory_fraction == 0.85
+    assert (config.vllm.tensor_parallel_size, config.vllm.ray_address) == (2, "head:6379")
+    assert config.llamacpp.n_ctx == 2048
+
+
 def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
     settings = {**DEFAULTS, "runtime_port": 9123, "gateway_port": 443, "deepfleet_config_dir": "/etc/df"}
     config = from_mapping(GatewayConfig, yaml.safe_load(_render("gateway.yaml.j2", **gateway_yaml_context(settings))),

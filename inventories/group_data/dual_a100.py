@@ -23,8 +23,9 @@ model_source = "/models/deepseek-llm-67b-chat-awq"  # on the control machine: th
 # --- runtime: vLLM across both GPUs, in a container ----------------------------------------------------
 runtime_mode = "docker"
 runtime_engine = "vllm"
-runtime_tensor_parallel_size = 2  # one shard per A100
+runtime_vllm_tensor_parallel_size = 2  # one shard per A100
 runtime_quantization = "int4"  # AWQ weights: ~35 GB of the 160 GB, the rest is KV cache
+runtime_quantization_method = "awq"
 runtime_device = "cuda"
 runtime_dtype = "float16"
 runtime_wheel_extras = ["vllm"]

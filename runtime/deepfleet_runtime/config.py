@@ -1,4 +1,8 @@
-"""The runtime's config file (/etc/deepfleet/runtime.yaml, rendered from templates/runtime.yaml.j2)."""
+"""The runtime's config file (/etc/deepfleet/runtime.yaml, rendered from templates/runtime.yaml.j2).
+
+One file configures every engine: the common sections (model, server, limits, quantization,
+scheduler, memory) apply to all, and `vllm` / `llamacpp` hold what only that engine reads.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,16 @@ from typing import Literal
 
 from .configfile import load_yaml_config
 
+EngineName = Literal["transformers", "vllm", "llamacpp"]
+QuantizationMode = Literal["none", "bf16", "int8", "int4", "fp8"]
+QuantizationMethod = Literal["auto", "torchao", "bitsandbytes", "awq", "gptq", "gguf"]
+
 
 @dataclass(frozen=True)
 class ModelSection:
     name: str  # the name clients pass as "model"
-    path: Path  # a model directory (config.json, weights, tokenizer) or an encrypted release
+    path: Path  # a transformers directory (config.json, weights, tokenizer), an encrypted release,
+    #             or a .gguf file for llamacpp
     keys_dir: Path | None = None  # model keys (KEKs, verify key) for an encrypted release
 
 
@@ -30,13 +39,59 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class QuantizationSection:
+    mode: QuantizationMode = "none"  # none | bf16 | int8 | int4 | fp8
+    method: QuantizationMethod = "auto"  # auto picks per engine and device (see quantize.py)
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    max_batch_size: int = 32  # requests decoded together in one step
+    max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (new requests join in chunks)
+    kv_cache_tokens: int = 0  # padded KV slots for the running batch; 0 = derive from memory
+
+
+@dataclass(frozen=True)
+class MemorySection:
+    gpu_memory_fraction: float = 0.9  # share of GPU memory for weights + KV cache
+    pytorch_cuda_alloc_conf: str = "expandable_segments:True"  # PYTORCH_CUDA_ALLOC_CONF
+    cpu_kv_cache_bytes: int = 2 * 1024**3  # KV budget on CPU when kv_cache_tokens is 0
+
+
+@dataclass(frozen=True)
+class VllmSection:
+    executable: str = "vllm"  # resolved on PATH, or the venv's bin/vllm
+    port: int = 8100  # the child listens on 127.0.0.1 only; clients never see it
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_model_len: int = 0  # 0 = the model's own
+    ray_address: str = ""  # "host:6379" for a multi-node Ray cluster; empty = single node
+    extra_args: list[str] = field(default_factory=list)
+    restart_backoff_s: float = 2.0  # first wait before restarting a crashed child (doubles, max 60 s)
+    ready_timeout_s: float = 1800.0  # how long a start may take before it counts as failed
+
+
+@dataclass(frozen=True)
+class LlamaCppSection:
+    n_ctx: int = 4096  # context window of the one llama.cpp sequence
+    n_threads: int = 0  # 0 = llama-cpp-python's default (half the cores: its threads spin-wait)
+    n_batch: int = 512  # prompt tokens per llama_decode call
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     model: ModelSection
-    engine: Literal["transformers"] = "transformers"
-    device: str = "cpu"
+    engine: EngineName = "transformers"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    reasoning_parser: Literal["none", "deepseek_r1"] = "none"  # split <think>…</think> into reasoning_content
     server: ServerSection = field(default_factory=ServerSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    quantization: QuantizationSection = field(default_factory=QuantizationSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    memory: MemorySection = field(default_factory=MemorySection)
+    vllm: VllmSection = field(default_factory=VllmSection)
+    llamacpp: LlamaCppSection = field(default_factory=LlamaCppSection)
 
 
 def load_runtime_config(path: str | Path) -> RuntimeConfig:

@@ -42,6 +42,7 @@ class _SamplingFields(_Request):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+    ignore_eos: bool = False  # vLLM's extension: generate past the end-of-sequence token
 
     @field_validator("stop")
     @classmethod

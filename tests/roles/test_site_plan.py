@@ -7,11 +7,13 @@ a small injected wheelhouse); the host side is what the roles would run there.
 from __future__ import annotations
 
 import re
+import runpy
 
 import pytest
 import yaml
 
 from deepfleet.paths import PROJECT_ROOT, SITE_DEPLOY
+from roles.defaults import DEFAULTS
 
 from .factplan import changed, find, load_case, plan
 
@@ -66,10 +68,17 @@ def test_dual_a100_runtime_is_vllm_in_a_gpu_container_across_both_gpus(dual_a100
     assert "--shm-size 32g" in run and "--restart unless-stopped" in run
 
 
-@pytest.mark.xfail(strict=True, reason="templates/runtime.yaml.j2 (issue 3) does not render tensor parallelism "
-                                       "yet; remove this mark when it does")
-def test_dual_a100_runtime_config_carries_tensor_parallel_2(dual_a100):
-    assert _runtime_yaml(dual_a100)["tensor_parallel_size"] == 2
+def test_dual_a100_runtime_config_carries_tensor_parallel_2_and_awq(dual_a100):
+    config = _runtime_yaml(dual_a100)
+    assert config["vllm"]["tensor_parallel_size"] == 2
+    assert config["quantization"] == {"mode": "int4", "method": "awq"}
+
+
+@pytest.mark.parametrize("inventory", sorted(p.stem for p in (INVENTORIES / "group_data").glob("*.py")))
+def test_example_inventories_use_only_known_settings(inventory):
+    data = {k: v for k, v in runpy.run_path(str(INVENTORIES / "group_data" / f"{inventory}.py")).items()
+            if not k.startswith("_")}
+    assert [key for key in data if key not in DEFAULTS and not key.startswith("ssh_")] == []
 
 
 def test_rtx4090_uses_ubuntus_driver_and_runs_the_runtime_under_systemd(wheelhouse, control_data):

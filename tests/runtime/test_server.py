@@ -109,3 +109,43 @@ def test_invalid_json_is_a_400(runtime_url):
                           headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["error"]["message"]
+
+
+def test_metrics_count_requests_tokens_and_latency(client, runtime_url):
+    def sample(text, name):
+        lines = [l for l in text.splitlines() if l.startswith(name + " ") or l.startswith(name + "{")]
+        return sum(float(l.rsplit(" ", 1)[1]) for l in lines)
+
+    before = httpx.get(f"{runtime_url}/metrics").text
+    client.completions.create(model="tiny", prompt="Count me", max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+    httpx.post(f"{runtime_url}/v1/completions", json={"model": "nope", "prompt": "x"})
+    after = httpx.get(f"{runtime_url}/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    text = after.text
+    assert sample(text, "deepfleet_generation_tokens_total") - sample(before, "deepfleet_generation_tokens_total") == 5
+    assert 'deepfleet_requests_total{route="completions",status="404"}' in text
+    assert sample(text, "deepfleet_time_to_first_token_seconds_count") > sample(
+        before, "deepfleet_time_to_first_token_seconds_count")
+    assert sample(text, "deepfleet_inter_token_latency_seconds_count") - sample(
+        before, "deepfleet_inter_token_latency_seconds_count") == 4
+    assert sample(text, "deepfleet_kv_cache_capacity_tokens") > 0
+    assert sample(text, "deepfleet_model_weight_bytes") == 18_649_312
+    assert "deepfleet_gpu_" not in text  # no GPU here: no NVML series
+
+
+def test_a_request_beyond_the_kv_cache_is_a_400(tiny_model_dir):
+    from deepfleet_runtime.config import SchedulerSection
+    from deepfleet_runtime.engines.transformers_engine import TransformersEngine
+    from deepfleet_runtime.server import create_app
+    from deepfleet_runtime.serving import build_server
+    from tests.conftest import ServerThread, free_port
+    from tests.runtime.conftest import LIMITS
+
+    small = TransformersEngine("tiny", tiny_model_dir, scheduler=SchedulerSection(kv_cache_tokens=48))
+    port = free_port()
+    with ServerThread(build_server(create_app(small, LIMITS, load_in_background=False), "127.0.0.1", port)):
+        body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 60, "stream": True}
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30)
+    small.close()
+    assert response.status_code == 400
+    assert "raise scheduler.kv_cache_tokens" in response.json()["error"]["message"]

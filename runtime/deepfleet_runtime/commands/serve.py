@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 
@@ -13,12 +15,23 @@ def register(commands) -> None:
 
 def run(args) -> int:
     from ..config import load_runtime_config
-    from ..engines.transformers_engine import TransformersEngine
+    from ..engines import build_engine
+    from ..engines.base import EngineConfigError
+    from ..metrics import gpu_capability
     from ..server import create_app
     from ..serving import serve
 
     config = load_runtime_config(args.config)
-    engine = TransformersEngine(config.model.name, config.model.path, config.device, config.dtype,
-                                keys_dir=config.model.keys_dir)
-    serve(create_app(engine, config.limits), config.server.host, config.server.port)
+    # Read by torch when it first touches CUDA: set before any engine imports torch.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", config.memory.pytorch_cuda_alloc_conf)
+    try:
+        engine = build_engine(config, gpu_capability() if config.device.startswith("cuda") else None)
+    except EngineConfigError as exc:
+        print(f"deepfleet-runtime: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser),
+              config.server.host, config.server.port)
+    finally:
+        engine.close()
     return 0

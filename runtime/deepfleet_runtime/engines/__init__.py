@@ -1,0 +1,40 @@
+"""Inference engines behind one protocol (engines/base.py); build_engine picks one from runtime.yaml.
+
+Engine modules import their heavy libraries (torch, llama_cpp) lazily, so importing this package
+stays cheap for the control side and for the vLLM engine.
+"""
+
+from __future__ import annotations
+
+from .base import Engine, EngineConfigError
+
+
+def build_engine(config, gpu_capability: tuple[int, int] | None = None) -> Engine:
+    """The engine a RuntimeConfig asks for, after checking the combination can work (else EngineConfigError)."""
+    from ..quantize import resolve_quantization
+
+    path = config.model.path
+    if config.engine == "llamacpp":
+        if path.suffix != ".gguf":
+            raise EngineConfigError(f"the llamacpp engine serves a .gguf file, not {path}; convert with "
+                                    f"`deepfleet-runtime convert-gguf {path} --out MODEL.gguf --type q8_0`")
+    elif path.suffix == ".gguf":
+        raise EngineConfigError(f"{path} is a GGUF file, which only the llamacpp engine serves; set "
+                                f"engine: llamacpp, or point model.path at a transformers directory")
+    if config.engine == "vllm" and not config.device.startswith("cuda"):
+        raise EngineConfigError("the vllm engine needs a CUDA GPU (device: cuda); on CPU use engine: "
+                                "transformers or llamacpp")
+    plan = resolve_quantization(config.engine, config.device, config.quantization.mode,
+                                config.quantization.method, gpu_capability)
+    if config.engine == "transformers":
+        from .transformers_engine import TransformersEngine
+
+        return TransformersEngine(config.model.name, path, config.device, config.dtype, plan,
+                                  config.scheduler, config.memory, keys_dir=config.model.keys_dir)
+    if config.engine == "llamacpp":
+        from .llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(config.model.name, path, config.llamacpp)
+    from .vllm_engine import VllmEngine
+
+    return VllmEngine(config, plan)

@@ -1,9 +1,21 @@
-"""The engine interface: what the server asks of any inference engine."""
+"""The engine interface: what the server asks of any inference engine.
+
+load() once; then generate() submits a request and streams TokenEvents; cancel() (or closing the
+stream) ends a request between steps; stats() reports load for /metrics.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
+
+
+class EngineConfigError(ValueError):
+    """An engine cannot start with this configuration; the message names the fix."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message names the path and the cause."""
 
 
 @dataclass(frozen=True)
@@ -14,6 +26,7 @@ class SamplingParams:
     top_k: int = 0  # 0 means no top-k cut
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # keep generating past the end-of-sequence token (benchmarks)
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,17 @@ class TokenEvent:
     completion_tokens: int = 0  # total generated so far
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of an engine's load."""
+
+    waiting: int = 0  # requests queued, not yet started
+    running: int = 0  # requests in the running batch
+    kv_cache_used_tokens: int = 0  # KV slots in use (padding included)
+    kv_cache_capacity_tokens: int = 0  # 0 when the engine does not say
+    weight_bytes: int = 0  # bytes of the loaded weights (after quantisation)
+
+
 class Engine(Protocol):
     """An inference engine: load once, then stream tokens for many requests."""
 
@@ -43,7 +67,11 @@ class Engine(Protocol):
 
     @property
     def ready(self) -> bool:
-        """True once load() finished."""
+        """True while the engine can serve (loaded, and for a supervised child: up)."""
+
+    @property
+    def reasoning_token_ids(self) -> tuple[int, int] | None:
+        """Token ids of <think> and </think> when the tokenizer has them as single tokens."""
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Prompt token ids for chat messages, rendered with the model's chat template."""
@@ -52,4 +80,13 @@ class Engine(Protocol):
         """Prompt token ids for a plain completion prompt."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Stream TokenEvents; closing the iterator early cancels the request."""
+        """Submit a request and stream its TokenEvents; closing the iterator early cancels it."""
+
+    def cancel(self, request_id: str) -> None:
+        """End a running or queued request at the next step (its stream ends with "cancelled")."""
+
+    def stats(self) -> EngineStats:
+        """Current load, for /metrics."""
+
+    def close(self) -> None:
+        """Release the model and any child process."""

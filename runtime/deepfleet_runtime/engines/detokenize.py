@@ -15,16 +15,24 @@ class IncrementalDecoder:
         self._tokenizer = tokenizer
         self._stop = tuple(s for s in stop if s)
         self._ids: list[int] = []
+        # Only a short window of ids is decoded per token: ids[_prefix:_read] were already turned
+        # into text, and decoding them again gives the context (e.g. a leading space) for the rest.
+        self._prefix = 0
+        self._read = 0
         self._text = ""
         self._emitted = 0
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Add one token; returns (new text, whether a stop string was reached)."""
         self._ids.append(token_id)
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
+        decode = self._tokenizer.decode
+        known = decode(self._ids[self._prefix:self._read], skip_special_tokens=True)
+        window = decode(self._ids[self._prefix:], skip_special_tokens=True)
+        if window.endswith("\ufffd"):
             return "", False
-        self._text = text
+        self._text += window[len(known):]
+        self._prefix, self._read = self._read, len(self._ids)
+        text = self._text
         stop_at = self._find_stop()
         if stop_at is not None:
             delta = text[self._emitted : stop_at]

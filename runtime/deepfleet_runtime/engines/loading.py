@@ -1,4 +1,5 @@
-"""Loading a model and its tokenizer: the one place an engine turns a model directory into objects.
+"""Loading a model and its tokenizer: the ONE place an engine turns a model directory into objects
+(and quantises them).
 
 A plain model directory loads with `from_pretrained`. An encrypted release (deepfleet_runtime.
 modelstore, docs/model-format.md) is opened with the host's keys and decrypted file by file:
@@ -16,32 +17,53 @@ from pathlib import Path
 
 from ..modelstore import KeyDirectory, ModelStoreError, Release, is_release
 from ..modelstore.tmpfs import private_memory_dir
+from ..quantize import QuantizationPlan, apply_torchao, bitsandbytes_config
+from .base import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 WEIGHT_SUFFIX = ".safetensors"
 
 
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message names the directory or file and the cause."""
-
-
 def load_model_and_tokenizer(model_dir: Path, dtype: str = "float32", device: str = "cpu",
+                             quantization: QuantizationPlan = QuantizationPlan("none", "none"),
                              keys_dir: Path | None = None):
-    """(model on `device` in eval mode, tokenizer) from a plain model directory or an encrypted release."""
+    """(model, tokenizer) from a plain model directory or an encrypted release, on `device`, in eval
+    mode, quantised per `quantization`. ModelLoadError names the directory or file and the cause."""
     import torch
 
     model_dir = Path(model_dir)
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, _DTYPES[dtype])
-    if is_release(model_dir):
-        model, tokenizer = _load_release(model_dir.resolve(), torch_dtype, keys_dir)
-    else:
-        model, tokenizer = _load_plain(model_dir, torch_dtype)
-    return model.to(torch.device(device)).eval(), tokenizer
+    if quantization.mode == "bf16":
+        dtype = "bfloat16"
+    kwargs = {"dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+    if quantization.method == "torchao":
+        kwargs["experts_implementation"] = "eager"  # experts as plain 3-D parameters torchao can reach
+    elif quantization.method == "bitsandbytes":
+        kwargs["quantization_config"] = bitsandbytes_config(quantization.mode)
+        if device.startswith("cuda"):  # bitsandbytes places the weights itself (needs accelerate)
+            kwargs["device_map"] = {"": device}
+    try:
+        if is_release(model_dir):
+            model, tokenizer = _load_release(model_dir.resolve(), kwargs, keys_dir)
+        else:
+            model, tokenizer = _load_plain(model_dir, kwargs)
+    except ImportError as exc:
+        raise ModelLoadError(f"quantization {quantization.method} needs a package that is not installed "
+                             f"({exc}); install deepfleet-runtime[quantization]") from exc
+    if quantization.method != "bitsandbytes" or not device.startswith("cuda"):
+        model = model.to(torch.device(device))
+    if quantization.method == "torchao":
+        try:
+            with torch.no_grad():
+                apply_torchao(model, quantization.mode)
+        except ImportError as exc:
+            raise ModelLoadError(f"quantization torchao needs torchao ({exc}); install "
+                                 "deepfleet-runtime[quantization]") from exc
+    return model.eval(), tokenizer
 
 
-def _load_plain(model_dir: Path, torch_dtype):
+def _load_plain(model_dir: Path, kwargs: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (model_dir / "config.json").is_file():
@@ -49,13 +71,13 @@ def _load_plain(model_dir: Path, torch_dtype):
                              "at a transformers model directory or an encrypted release")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model from {model_dir}: {exc}") from exc
     return model, tokenizer
 
 
-def _load_release(release_dir: Path, torch_dtype, keys_dir: Path | None):
+def _load_release(release_dir: Path, kwargs: dict, keys_dir: Path | None):
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoTokenizer, GenerationConfig
 
     if keys_dir is None:
@@ -88,7 +110,7 @@ def _load_release(release_dir: Path, torch_dtype, keys_dir: Path | None):
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ModelLoadError(f"{release_dir}: transformers has no causal LM for model type {config.model_type!r}")
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the Auto class cannot load from a state dict
-    model = model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=torch_dtype)
+    model = model_class.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
     if generation is not None:
         model.generation_config = generation
     log.info("decrypted %s (%d files, %d bytes) into memory", release.manifest.release_name, len(files),

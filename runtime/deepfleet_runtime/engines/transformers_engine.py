@@ -1,134 +1,210 @@
-"""The built-in engine: a transformers causal LM with our own decode loop (CPU and GPU).
+"""The built-in engine: a transformers causal LM under our own iteration-level scheduler.
 
-One worker thread owns the model and runs requests one after another; each request streams its
-tokens back to the event loop through an asyncio queue. Closing the stream cancels the request
-between decode steps.
+One worker thread owns the model. Each iteration it drops cancelled rows, prefills the requests
+the scheduler admits (together, left-padded) and merges them into the running batch, then runs one
+decode step for every row; rows leave as soon as they finish (continuous batching). Each request
+samples with its own parameters and seed, so its output does not depend on its batch mates.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
-from .base import GenerationRequest, TokenEvent
-from .detokenize import IncrementalDecoder
-from .loading import ModelLoadError, load_model_and_tokenizer
-from .sampling import make_generator, sample_next_token
+from ..config import MemorySection, SchedulerSection
+from ..quantize import QuantizationPlan, weight_bytes
+from .base import EngineStats, ModelLoadError
+from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
+from .loading import load_model_and_tokenizer
+from .scheduler import BatchScheduler, ScheduledEngine, Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelLoadError", "TransformersEngine"]
 
-
-class TransformersEngine:
-    """Serves one model directory with transformers."""
+class TransformersEngine(ScheduledEngine):
+    """Serves one transformers model directory with continuous batching."""
 
     def __init__(self, model_name: str, model_dir: Path, device: str = "cpu", dtype: str = "float32",
+                 quantization: QuantizationPlan = QuantizationPlan("none", "none"),
+                 scheduler: SchedulerSection = SchedulerSection(), memory: MemorySection = MemorySection(),
                  keys_dir: Path | None = None):
+        super().__init__()
         self.model_name = model_name
         self.model_dir = Path(model_dir)
-        self.keys_dir = keys_dir
+        self.keys_dir = keys_dir  # model keys, for an encrypted release
         self.device_name = device
         self.dtype_name = dtype
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.quantization = quantization
+        self._scheduler_config = scheduler
+        self._memory = memory
         self._model = None
-        self._tokenizer = None
-        self._eos_ids: set[int] = set()
-        self._ready = threading.Event()
+        self._batch = None  # PaddedBatch of the running rows
+        self._weight_bytes = 0
 
     @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def reasoning_token_ids(self) -> tuple[int, int] | None:
+        return think_token_ids(self._tokenizer) if self._tokenizer else None
 
     def load(self) -> None:
-        """Load tokenizer and weights (engines/loading.py), then run one warm-up step."""
+        """Load (and quantise) the weights, size the KV cache, warm up, start the worker."""
+        model, tokenizer = load_model_and_tokenizer(self.model_dir, self.dtype_name, self.device_name,
+                                                    self.quantization, self.keys_dir)
+        self.start(model, tokenizer)
+
+    def start(self, model, tokenizer) -> None:
+        """Serve an already loaded model (load() calls this; so do benchmarks that build weights in memory)."""
         import torch
 
-        self._model, self._tokenizer = load_model_and_tokenizer(self.model_dir, self.dtype_name,
-                                                                self.device_name, self.keys_dir)
-        self._eos_ids = _eos_token_ids(self._model, self._tokenizer)
+        self._model, self._tokenizer = model, tokenizer
+        self._eos_ids = frozenset(_eos_token_ids(self._model, self._tokenizer))
+        self._weight_bytes = weight_bytes(self._model)
+        kv_tokens = self._scheduler_config.kv_cache_tokens or self._derived_kv_tokens()
+        self._scheduler = BatchScheduler(self._scheduler_config.max_batch_size,
+                                         self._scheduler_config.max_batch_tokens, kv_tokens)
         with torch.no_grad():
             self._model(input_ids=torch.tensor([[self._tokenizer.bos_token_id or 0]], device=self._device))
+        self._worker = threading.Thread(target=self._serve_forever, name="engine", daemon=True)
+        self._worker.start()
         self._ready.set()
-        log.info("loaded %s from %s on %s", self.model_name, self.model_dir, self.device_name)
+        log.info("serving %s on %s (%s/%s): %.1f MB of weights, KV cache %d tokens",
+                 self.model_name, self._device, self.quantization.mode, self.quantization.method,
+                 self._weight_bytes / 1e6, kv_tokens)
 
     @property
     def _device(self):
         return self._model.device
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        return list(
-            self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        )
-
-    def encode_text(self, text: str) -> list[int]:
-        ids = self._tokenizer.encode(text, add_special_tokens=True)
-        bos = self._tokenizer.bos_token_id
-        return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def emit(item) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
-
-        loop.run_in_executor(self._executor, self._run_guarded, request, emit, cancelled)
-        try:
-            while True:
-                item = await events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason:
-                    return
-        finally:
-            cancelled.set()
-
-    def _run_guarded(self, request: GenerationRequest, emit: Callable, cancelled: threading.Event) -> None:
-        try:
-            self._run(request, emit, cancelled)
-        except BaseException as exc:  # surfaced to the awaiting request, never lost in the thread
-            log.exception("generation %s failed", request.request_id)
-            emit(exc)
-
-    def _run(self, request: GenerationRequest, emit: Callable, cancelled: threading.Event) -> None:
+    def _derived_kv_tokens(self) -> int:
+        """KV slots that fit the memory budget: GPU memory fraction, or memory.cpu_kv_cache_bytes."""
         import torch
 
-        params = request.sampling
-        decoder = IncrementalDecoder(self._tokenizer, params.stop)
-        generator = make_generator(params, self._device)
-        with torch.no_grad():
-            if cancelled.is_set():
-                return
-            output = self._model(
-                input_ids=torch.tensor([request.prompt_token_ids], device=self._device), use_cache=True
-            )
-            for produced in range(1, params.max_tokens + 1):
-                if cancelled.is_set():
-                    return
-                token = sample_next_token(output.logits[0, -1], params, generator)
-                if token in self._eos_ids:
-                    emit(TokenEvent(decoder.flush(), [token], "stop", produced))
-                    return
-                delta, stopped = decoder.push(token)
-                if stopped:
-                    emit(TokenEvent(delta, [token], "stop", produced))
-                    return
-                if produced == params.max_tokens:
-                    emit(TokenEvent(delta + decoder.flush(), [token], "length", produced))
-                    return
-                emit(TokenEvent(delta, [token], None, produced))
-                output = self._model(
-                    input_ids=torch.tensor([[token]], device=self._device),
-                    cache=output.cache,
-                    use_cache=True,
-                )
+        from ..planner import kv_bytes_per_token
+
+        element = torch.empty((), dtype=self._model.dtype).element_size()
+        per_token = kv_bytes_per_token(self._model.config.to_dict(), element)
+        if self._device.type == "cuda":
+            total = torch.cuda.get_device_properties(self._device).total_memory
+            budget = total * self._memory.gpu_memory_fraction - torch.cuda.memory_allocated(self._device)
+            budget -= 0.1 * total  # activations and allocator slack
+        else:
+            budget = self._memory.cpu_kv_cache_bytes
+        if budget < per_token * 256:
+            raise ModelLoadError(f"only {budget / 2**20:.0f} MiB are left for the KV cache after the weights; "
+                                 "raise memory.gpu_memory_fraction, quantise (quantization.mode int8/int4) "
+                                 "or set scheduler.kv_cache_tokens")
+        return int(budget // per_token)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return chat_prompt_ids(self._tokenizer, messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        return text_prompt_ids(self._tokenizer, text)
+
+    def stats(self) -> EngineStats:
+        return self._scheduler.stats(self._weight_bytes) if self._scheduler else EngineStats()
+
+    # --- the worker thread --------------------------------------------------------------------------
+
+    def _serve_forever(self) -> None:
+        import torch
+
+        scheduler = self._scheduler
+        while not scheduler.closed:
+            if not scheduler.wait_for_work():
+                continue
+            try:
+                with torch.no_grad():
+                    self._step()
+            except Exception as exc:  # fail the affected requests, keep serving the next ones
+                log.exception("engine step failed")
+                scheduler.publish([(s, exc) for s in scheduler.running])
+                scheduler.running, self._batch = [], None
+                scheduler.kv_used_tokens = 0
+
+    def _step(self) -> None:
+        scheduler = self._scheduler
+        cancelled = [(s, s.cancelled_event()) for s in scheduler.take_cancelled()]
+        scheduler.publish(cancelled)
+        self._drop_finished()
+        joining = scheduler.admit()
+        if joining:
+            events: list = []
+            self._prefill(joining, events)
+            scheduler.publish(events)  # first tokens go out before the next decode step
+            self._drop_finished()
+        if scheduler.running:
+            events = []
+            self._decode(events)
+            scheduler.publish(events)
+            self._drop_finished()
+        scheduler.kv_used_tokens = self._batch.rows * self._batch.columns if self._batch else 0
+
+    def _prefill(self, joining: list[Sequence], events: list) -> None:
+        from transformers import DynamicCache
+
+        from .padded_batch import PaddedBatch
+        from .sampling import make_generator
+
+        self._scheduler.running.extend(joining)  # first: should this step fail, they fail with it
+        for sequence in joining:
+            sequence.generator = make_generator(sequence.request.sampling, self._device)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        ids, mask, positions = PaddedBatch.left_padded_inputs(
+            [s.request.prompt_token_ids for s in joining], pad, self._device)
+        output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             cache=DynamicCache(config=self._model.config), use_cache=True, logits_to_keep=1)
+        tokens = self._sample(output.logits[:, -1], joining)
+        batch = PaddedBatch(output.cache, mask, mask.sum(dim=1), tokens)
+        batch.zero_padding()
+        for sequence, token in zip(joining, tokens.tolist()):
+            events.append((sequence, sequence.accept(token)))
+        if self._batch is None:
+            self._batch = batch
+        else:
+            self._batch.merge(batch)
+
+    def _decode(self, events: list) -> None:
+        batch = self._batch
+        ids, mask, positions = batch.decode_inputs()
+        output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=batch.cache,
+                             use_cache=True)
+        running = self._scheduler.running
+        batch.next_tokens = self._sample(output.logits[:, -1], running)
+        for sequence, token in zip(running, batch.next_tokens.tolist()):
+            events.append((sequence, sequence.accept(token)))
+
+    def _drop_finished(self) -> None:
+        running = self._scheduler.running
+        keep = [i for i, s in enumerate(running) if not s.finished]
+        if len(keep) == len(running):
+            return
+        self._scheduler.running = [running[i] for i in keep]
+        if keep:
+            self._batch.keep(keep)
+        else:
+            self._batch = None
+
+    def _sample(self, logits, sequences: list[Sequence]):
+        """Next token per row: one argmax for all greedy rows, per-row sampling for the others."""
+        import torch
+
+        from .sampling import sample_next_token
+
+        tokens = torch.argmax(logits, dim=-1)
+        for row, sequence in enumerate(sequences):
+            params = sequence.request.sampling
+            if params.temperature > 0:
+                tokens[row] = sample_next_token(logits[row], params, sequence.generator)
+        return tokens
 
 
 def _eos_token_ids(model, tokenizer) -> set[int]:

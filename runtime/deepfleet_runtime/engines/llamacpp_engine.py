@@ -1,0 +1,125 @@
+"""The llama.cpp engine (CPU and edge): a GGUF file (q8_0, q4_0, q2_k, …) through llama-cpp-python.
+
+llama.cpp runs one sequence at a time here, so the shared BatchScheduler is used with a batch of
+one: it queues requests, applies the finish rules and delivers events, exactly as for the
+transformers engine. The chat template and tokenizer come from the GGUF file itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from ..config import LlamaCppSection
+from .base import EngineStats, ModelLoadError
+from .scheduler import BatchScheduler, ScheduledEngine, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class _GgufTokenizer:
+    """The decode() that IncrementalDecoder needs, over llama.cpp's own vocabulary."""
+
+    def __init__(self, llama):
+        self._llama = llama
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._llama.detokenize(ids, special=not skip_special_tokens).decode("utf-8", errors="replace")
+
+
+class LlamaCppEngine(ScheduledEngine):
+    """Serves one GGUF file with llama-cpp-python."""
+
+    def __init__(self, model_name: str, model_path: Path, settings: LlamaCppSection = LlamaCppSection()):
+        super().__init__()
+        self.model_name = model_name
+        self.model_path = Path(model_path)
+        self.settings = settings
+        self._llama = None
+        self._formatter = None
+
+    @property
+    def reasoning_token_ids(self) -> tuple[int, int] | None:
+        ids = [self._llama.tokenize(marker.encode(), add_bos=False, special=True) for marker in ("<think>", "</think>")]
+        return (ids[0][0], ids[1][0]) if all(len(i) == 1 for i in ids) else None
+
+    def load(self) -> None:
+        """Open the GGUF file, read its chat template, start the worker."""
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise ModelLoadError(f"the llamacpp engine needs llama-cpp-python ({exc}); install "
+                                 "deepfleet-runtime[llamacpp]") from None
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"{self.model_path} does not exist; convert a model with "
+                                 "`deepfleet-runtime convert-gguf MODEL_DIR --out FILE.gguf`")
+        try:
+            self._llama = Llama(str(self.model_path), n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
+                                n_threads=self.settings.n_threads or None, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"llama.cpp cannot load {self.model_path}: {exc}") from exc
+        metadata = self._llama.metadata
+        template = metadata.get("tokenizer.chat_template")
+        if template:
+            vocab = self._llama
+            self._formatter = Jinja2ChatFormatter(
+                template, eos_token=_token_text(vocab, vocab.token_eos()), bos_token=_token_text(vocab, vocab.token_bos()))
+        self._tokenizer = _GgufTokenizer(self._llama)
+        self._eos_ids = frozenset({self._llama.token_eos()})
+        self._scheduler = BatchScheduler(1, self.settings.n_ctx, self.settings.n_ctx)
+        self._worker = threading.Thread(target=self._serve_forever, name="llamacpp", daemon=True)
+        self._worker.start()
+        self._ready.set()
+        log.info("loaded %s from %s (%s)", self.model_name, self.model_path, metadata.get("general.file_type"))
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        if self._formatter is None:
+            raise ModelLoadError(f"{self.model_path} carries no chat template; use /v1/completions")
+        prompt = self._formatter(messages=messages).prompt
+        return self._llama.tokenize(prompt.encode(), add_bos=False, special=True)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self._llama.tokenize(text.encode(), add_bos=True, special=False)
+
+    def stats(self) -> EngineStats:
+        if not self._scheduler:
+            return EngineStats()
+        return self._scheduler.stats(self.model_path.stat().st_size)
+
+    def _serve_forever(self) -> None:
+        scheduler = self._scheduler
+        while not scheduler.closed:
+            if not scheduler.wait_for_work():
+                continue
+            scheduler.take_cancelled()  # drops cancelled requests still in the queue
+            for sequence in scheduler.admit():
+                scheduler.running = [sequence]
+                try:
+                    self._run(sequence)
+                except Exception as exc:
+                    log.exception("generation %s failed", sequence.request_id)
+                    scheduler.publish([(sequence, exc)])
+                scheduler.running, scheduler.kv_used_tokens = [], 0
+
+    def _run(self, sequence: Sequence) -> None:
+        params = sequence.request.sampling
+        prompt = sequence.request.prompt_token_ids
+        if params.seed is not None:
+            self._llama.set_seed(params.seed)
+        tokens = self._llama.generate(prompt, top_k=params.top_k, top_p=params.top_p, min_p=0.0,
+                                      temp=params.temperature, repeat_penalty=1.0, reset=True)
+        for token in tokens:
+            if any(s is sequence for s in self._scheduler.take_cancelled()):
+                self._scheduler.publish([(sequence, sequence.cancelled_event())])
+                return
+            event = sequence.accept(token)
+            self._scheduler.kv_used_tokens = len(prompt) + sequence.produced
+            self._scheduler.publish([(sequence, event)])
+            if sequence.finished:
+                return
+
+
+def _token_text(llama, token: int) -> str:
+    return llama.detokenize([token], special=True).decode("utf-8", errors="replace")

@@ -1,0 +1,173 @@
+"""The vLLM engine (production GPUs): a supervised `vllm serve` child on loopback behind our server.
+
+Our server stays the only thing exposed: it renders the chat template, checks limits and splits
+reasoning as for every engine, then streams a completion for the prompt token ids from the child
+(127.0.0.1 only). The child's argv comes from runtime.yaml (render_vllm_argv); it is restarted when
+it crashes, and /ready answers 200 only while it is up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+
+from ..config import RuntimeConfig
+from ..quantize import QuantizationPlan
+from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
+from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
+from .supervisor import ChildSupervisor
+
+log = logging.getLogger(__name__)
+
+
+def render_vllm_argv(config: RuntimeConfig, plan: QuantizationPlan) -> list[str]:
+    """The `vllm serve` command line for runtime.yaml."""
+    settings, scheduler = config.vllm, config.scheduler
+    dtype = "bfloat16" if plan.mode == "bf16" else config.dtype
+    argv = [_executable(settings.executable), "serve", str(config.model.path),
+            "--host", "127.0.0.1", "--port", str(settings.port),
+            "--served-model-name", config.model.name,
+            "--dtype", dtype,
+            "--tensor-parallel-size", str(settings.tensor_parallel_size),
+            "--pipeline-parallel-size", str(settings.pipeline_parallel_size),
+            "--gpu-memory-utilization", str(config.memory.gpu_memory_fraction),
+            "--max-num-seqs", str(scheduler.max_batch_size),
+            "--max-num-batched-tokens", str(scheduler.max_batch_tokens)]
+    if settings.max_model_len:
+        argv += ["--max-model-len", str(settings.max_model_len)]
+    if plan.vllm_quantization:
+        argv += ["--quantization", plan.vllm_quantization]
+    if settings.ray_address:
+        argv += ["--distributed-executor-backend", "ray"]
+    return argv + list(settings.extra_args)
+
+
+def _executable(name: str) -> str:
+    """`vllm` from our own venv when it is there (systemd's PATH does not hold the venv), else as given."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if "/" not in name and beside.is_file() else name
+
+
+def vllm_environment(config: RuntimeConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: memory knobs, GPU selection, Ray address, no usage reporting."""
+    env = dict(os.environ if base is None else base)
+    env["PYTORCH_CUDA_ALLOC_CONF"] = config.memory.pytorch_cuda_alloc_conf
+    env["VLLM_NO_USAGE_STATS"] = "1"
+    env["DO_NOT_TRACK"] = "1"
+    if ":" in config.device:
+        env["CUDA_VISIBLE_DEVICES"] = config.device.split(":", 1)[1]
+    if config.vllm.ray_address:
+        env["RAY_ADDRESS"] = config.vllm.ray_address
+    return env
+
+
+class VllmEngine:
+    """Streams completions from a supervised vllm child."""
+
+    def __init__(self, config: RuntimeConfig, plan: QuantizationPlan):
+        self.model_name = config.model.name
+        self.config = config
+        self.argv = render_vllm_argv(config, plan)
+        self.base_url = f"http://127.0.0.1:{config.vllm.port}"
+        self.supervisor = ChildSupervisor(self.argv, f"{self.base_url}/health", vllm_environment(config),
+                                          config.vllm.restart_backoff_s, config.vllm.ready_timeout_s, "vllm")
+        self._tokenizer = None
+        self._client: httpx.AsyncClient | None = None
+        self._in_flight: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._tokenizer is not None and self.supervisor.up
+
+    @property
+    def reasoning_token_ids(self) -> tuple[int, int] | None:
+        return think_token_ids(self._tokenizer)
+
+    def load(self) -> None:
+        """Read the tokenizer, start the child and wait until it answers."""
+        from transformers import AutoTokenizer
+
+        path = Path(self.config.model.path)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read the tokenizer in {path}: {exc}") from exc
+        self.supervisor.start()
+        if not self.supervisor.wait_up(self.config.vllm.ready_timeout_s):
+            raise ModelLoadError(f"vllm did not come up on {self.base_url} within "
+                                 f"{self.config.vllm.ready_timeout_s:.0f} s; see its log ({' '.join(self.argv)})")
+        log.info("vllm serves %s on %s", self.model_name, self.base_url)
+
+    def close(self) -> None:
+        self.supervisor.stop()
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return chat_prompt_ids(self._tokenizer, messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        return text_prompt_ids(self._tokenizer, text)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self._in_flight))
+
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            stream = self._in_flight.get(request_id)
+        if stream is not None:
+            stream.cancelled = True
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        if self._client is None:
+            self._client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
+        state = _StreamState()
+        with self._lock:
+            self._in_flight[request.request_id] = state
+        try:
+            async with self._client.stream("POST", "/v1/completions", json=self._body(request)) as response:
+                if response.status_code != 200:
+                    detail = (await response.aread()).decode(errors="replace")[:300]
+                    raise RuntimeError(f"vllm answered {response.status_code}: {detail}")
+                async for event in _events(response):
+                    if state.cancelled:
+                        yield TokenEvent("", [], "cancelled", event.completion_tokens)
+                        return
+                    yield event
+                    if event.finish_reason:
+                        return
+        finally:
+            with self._lock:
+                self._in_flight.pop(request.request_id, None)
+
+    def _body(self, request: GenerationRequest) -> dict:
+        params = request.sampling
+        body = {"model": self.model_name, "prompt": request.prompt_token_ids, "max_tokens": params.max_tokens,
+                "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k or -1,
+                "stop": list(params.stop), "ignore_eos": params.ignore_eos, "stream": True,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+
+class _StreamState:
+    cancelled = False
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[TokenEvent]:
+    """TokenEvents from vLLM's completion SSE stream (usage on every chunk gives the token count)."""
+    async for line in response.aiter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[len("data: "):])
+        usage = chunk.get("usage") or {}
+        for choice in chunk.get("choices", []):
+            yield TokenEvent(choice.get("text") or "", [], choice.get("finish_reason"),
+                             usage.get("completion_tokens", 0))
