@@ -45,6 +45,7 @@ class Gateway:
             exception_handlers={HTTPException: _http_error},
             lifespan=self._lifespan,
         )
+        self.app.router.redirect_slashes = False  # exactly the allowlisted paths; "/v1/models/" is 404
         self.admin_app = create_admin_app(self.pool)
         self.metrics_app = Starlette(routes=[Route("/metrics", self._metrics)])
 

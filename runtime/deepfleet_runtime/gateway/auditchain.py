@@ -91,7 +91,7 @@ def verify_chain(directory: Path, public_key=None) -> VerifyReport:
                     raise ChainBroken(f"{where}: file name says it starts at record {first_seq}, "
                                       f"but its first record is {seq}")
                 if seq != expected_seq:
-                    what = "missing" if seq > expected_seq else "out of order or repeated"
+                    what = "missing or reordered" if seq > expected_seq else "repeated or reordered"
                     raise ChainBroken(f"{where}: expected record {expected_seq}, found {seq} "
                                       f"(records {what})")
                 if record_prev != prev:

@@ -51,11 +51,11 @@ class TokenBucket:
             self.level = min(self.capacity, self.level + amount)
 
     def resize(self, capacity: int, now: float) -> None:
-        """Apply a changed limit, keeping what was used."""
+        """Apply a changed limit; what was used (capacity - level) stays used."""
         if capacity != self.capacity:
             self._refill(now)
-            self.level = min(capacity, self.level) if self.capacity else float(capacity)
-            self.capacity = capacity
+            used = self.capacity - self.level if self.capacity else 0.0
+            self.capacity, self.level = capacity, capacity - used
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from deepfleet_runtime.gateway.app import Gateway
 from deepfleet_runtime.gateway.config import load_gateway_config
 from deepfleet_runtime.serving import SideServer, build_server, serve_with_side_servers, tcp_listener, unix_listener
 from tests.conftest import free_port
+
+RUNTIME_COMMAND = str(Path(sys.executable).parent / "deepfleet-runtime")
 
 
 @dataclass(frozen=True)
@@ -150,3 +154,51 @@ def gateway(tmp_path_factory, gateway_pki, runtime_url):
                           "other-model": {"models": ["another-model"]}})
     with running_gateway(site):
         yield site
+
+
+@dataclass
+class RuntimeProcess:
+    """A `deepfleet-runtime serve` replica as its own process (so a test can kill it)."""
+
+    process: subprocess.Popen
+    url: str
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def runtime_process(root: Path, model_dir: Path):
+    """Start a runtime replica serving the tiny model as "tiny"; wait until it is ready."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = {"model": {"name": "tiny", "path": str(model_dir)}, "server": {"host": "127.0.0.1", "port": port},
+              "limits": {"max_prompt_tokens": 256, "max_tokens": 64, "default_max_tokens": 16}}
+    (root / "runtime.yaml").write_text(yaml.safe_dump(config))
+    log = open(root / "runtime.log", "wb")
+    process = subprocess.Popen([RUNTIME_COMMAND, "serve", "--config", str(root / "runtime.yaml")],
+                               stdout=log, stderr=subprocess.STDOUT)
+    replica = RuntimeProcess(process, f"http://127.0.0.1:{port}")
+    try:
+        wait_until_ready(f"{replica.url}/ready", process, root / "runtime.log")
+        yield replica
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+        log.close()
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120, **kwargs) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2, **kwargs).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
