@@ -7,11 +7,13 @@ Every setting the roles read is listed, with its default, in roles/defaults.py.
 """
 
 from roles.base import base
+from roles.firewall import firewall
 from roles.gateway import gateway
 from roles.model import model
 from roles.runtime import runtime
 
 base()
+firewall()  # closed before anything serves (off unless firewall_enabled)
 model()
 runtime()
 gateway()

@@ -72,11 +72,11 @@ def test_services_run_unprivileged_and_secrets_are_closed(site):
 
 
 def test_dry_diff_shows_exactly_an_inventory_override(site, tmp_path):
-    inventory = site.with_overrides(tmp_path / "inventory.json", runtime_max_tokens=77)
+    inventory = site.with_overrides(tmp_path / "inventory.json", runtime_max_prompt_tokens=77)
     result = site.deploy(inventory, dry=True, diff=True)
     assert result.changed_operations == ["deepfleet runtime | Runtime config"]
-    assert re.search(r"-\s+max_tokens: 1024\n", result.log) and re.search(r"\+\s+max_tokens: 77\n", result.log)
-    assert "1024" in _on_host(site, "grep max_tokens: /etc/deepfleet/runtime.yaml")  # dry: nothing applied
+    assert re.search(r"-\s+max_prompt_tokens: 4096\n", result.log) and re.search(r"\+\s+max_prompt_tokens: 77\n", result.log)
+    assert "4096" in _on_host(site, "grep max_prompt_tokens: /etc/deepfleet/runtime.yaml")  # dry: nothing applied
 
 
 def test_secrets_never_appear_in_verbose_deploy_output(site, tmp_path):
