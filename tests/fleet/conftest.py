@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,12 @@ class Site:
     @property
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.host.ports['gateway_port']}/v1"
+
+    def on_host(self, command: str) -> str:
+        """Run a shell command on the host as root; its stdout."""
+        result = subprocess.run(["docker", "exec", self.host.container, "sh", "-c", command],
+                                capture_output=True, text=True, check=True)
+        return result.stdout
 
     def deploy(self, inventory: Path | None = None, **kwargs) -> DeployResult:
         env = {"DEEPFLEET_HOSTS_FILE": str(inventory or self.inventory)}

@@ -19,8 +19,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from ..schema import error_body
 from .audit import AuditError, AuditLog, utc_now_iso
 from .auth import KeyRecord, KeyStore
@@ -28,6 +26,7 @@ from .config import GatewayConfig
 from .limits import AdmissionQueue, KeyLimiter, QueueFull, Refusal
 from .metrics import GatewayMetrics
 from .payload import BadRequest, Inspected, inspect_body
+from .upstream_http import UpstreamError
 from .upstreams import Forwarded, UpstreamPool, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -161,8 +160,8 @@ class ApiEndpoint:
                                                    inspected.upstream_body if inspected else body,
                                                    buffered=not streaming)
         except UpstreamUnavailable as exc:
-            return await self._refuse(ex, send, 503, f"the model service is unavailable: {exc}; retry with "
-                                      "backoff", type_="server_error", code="upstream_unavailable",
+            return await self._refuse(ex, send, exc.status, f"the model service is unavailable: {exc}; retry "
+                                      "with backoff", type_="server_error", code="upstream_unavailable",
                                       retry_after=max(1, math.ceil(self.config.routing.health_interval_s)))
         try:
             response = ex.forwarded.response
@@ -175,7 +174,11 @@ class ApiEndpoint:
 
     async def _relay_whole(self, ex: Exchange, send) -> None:
         response = ex.forwarded.response
-        content = response.content
+        try:
+            content = await response.read()
+        except UpstreamError as exc:  # a streamed request's error answer broke off
+            return await self._refuse(ex, send, 502, f"the model service broke off its answer: {exc}",
+                                      type_="server_error")
         ex.status = response.status_code
         if ex.status == 200 and ex.inspected:
             _read_completion(ex, content)
@@ -197,7 +200,7 @@ class ApiEndpoint:
                     "headers": [*_SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         events, done = _SseSplitter(), None
         try:
-            async for chunk in ex.forwarded.response.aiter_raw():
+            async for chunk in ex.forwarded.response.iter_raw():
                 out = []
                 for event, data in events.feed(chunk):
                     if data == "[DONE]":
@@ -206,8 +209,8 @@ class ApiEndpoint:
                         out.append(event)
                 if out:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-        except httpx.HTTPError as exc:
-            ex.error = f"the upstream stream broke: {type(exc).__name__}: {exc}"
+        except UpstreamError as exc:
+            ex.error = f"the upstream stream broke: {exc}"
         ex.status = 200 if done else 502
         if not done and not ex.error:
             ex.error = "the upstream stream ended without [DONE]"

@@ -10,30 +10,35 @@ a replica dying mid-generation is retried too; a stream that breaks after its fi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import ssl
 from dataclasses import dataclass, field
 
-import httpx
-
 from .config import GatewayConfig, upstream_name
+from .upstream_http import (HttpPool, UpstreamConnectError, UpstreamDisconnected, UpstreamError,
+                            UpstreamProtocolError, UpstreamResponse, UpstreamTimeout)
 
 log = logging.getLogger(__name__)
 
 # Failures after which nothing reached the client and the request can go to another replica.
-_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError,
-              httpx.ReadError, httpx.WriteError)
+_RETRYABLE = (UpstreamConnectError, UpstreamDisconnected, UpstreamProtocolError)
 
 
 class UpstreamUnavailable(Exception):
-    """No replica could take the request; the message says what was tried."""
+    """No replica could answer: 503, or 504 when one went silent; the message says what was tried."""
+
+    def __init__(self, message: str, status: int = 503):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
 class Replica:
     name: str
     url: str
+    http: HttpPool = field(repr=False)
     release: str = ""
     quantization: str = ""
     healthy: bool = False  # decided by the first health check, before the gateway takes traffic
@@ -56,7 +61,7 @@ class Forwarded:
     """An upstream answer being relayed; `aclose` exactly once, when the relay is over."""
 
     replica: Replica
-    response: httpx.Response
+    response: UpstreamResponse
     attempts: int
     _open: bool = field(default=True, repr=False)
 
@@ -72,16 +77,17 @@ class UpstreamPool:
 
     def __init__(self, config: GatewayConfig):
         self.routing = config.routing
-        self.replicas = {upstream_name(u): Replica(upstream_name(u), u.url.rstrip("/"), u.release, u.quantization)
-                         for u in config.upstreams}
-        verify: ssl.SSLContext | bool = True
+        tls = None
         if config.upstream_tls:
-            verify = ssl.create_default_context(cafile=str(config.upstream_tls.ca))
-            verify.minimum_version = ssl.TLSVersion.TLSv1_3
-            verify.load_cert_chain(str(config.upstream_tls.cert), str(config.upstream_tls.key))
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.routing.read_timeout_s, connect=self.routing.connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256), verify=verify)
+            tls = ssl.create_default_context(cafile=str(config.upstream_tls.ca))
+            tls.minimum_version = ssl.TLSVersion.TLSv1_3
+            tls.load_cert_chain(str(config.upstream_tls.cert), str(config.upstream_tls.key))
+        self.replicas = {}
+        for upstream in config.upstreams:
+            url = upstream.url.rstrip("/")
+            http = HttpPool(url, tls, self.routing.connect_timeout_s, self.routing.read_timeout_s)
+            name = upstream_name(upstream)
+            self.replicas[name] = Replica(name, url, http, upstream.release, upstream.quantization)
         self.retries = 0  # attempts beyond the first, over the pool's life
         self._checker: asyncio.Task | None = None
 
@@ -112,20 +118,24 @@ class UpstreamPool:
             replica.outstanding += 1
             forwarded = None
             try:
-                request = self.client.build_request(method, replica.url + path, headers=headers, content=body)
-                forwarded = Forwarded(replica, await self.client.send(request, stream=True), attempt)
+                forwarded = Forwarded(replica, await replica.http.request(method, path, headers, body), attempt)
                 if buffered:
-                    await forwarded.response.aread()
+                    await forwarded.response.read()
             except _RETRYABLE as exc:
                 if forwarded:
                     await forwarded.aclose()
                 else:
                     replica.outstanding -= 1
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                errors.append(f"{replica.name}: {reason}")
-                if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-                    self._mark_down(replica, reason)
+                errors.append(f"{replica.name}: {exc}")
+                if isinstance(exc, UpstreamConnectError):
+                    self._mark_down(replica, str(exc))
                 continue
+            except UpstreamTimeout as exc:
+                if forwarded:
+                    await forwarded.aclose()
+                else:
+                    replica.outstanding -= 1
+                raise UpstreamUnavailable(f"{replica.name}: {exc}", status=504) from None
             except BaseException:
                 if forwarded:
                     await forwarded.aclose()
@@ -160,11 +170,15 @@ class UpstreamPool:
 
     async def _check(self, replica: Replica) -> None:
         try:
-            response = await self.client.get(f"{replica.url}/ready", timeout=self.routing.health_timeout_s)
+            response = await replica.http.request("GET", "/ready", {}, timeout_s=self.routing.health_timeout_s)
+            try:
+                body = await response.read()
+            finally:
+                await response.aclose()
             ok = response.status_code == 200
             reason = "" if ok else f"/ready answered HTTP {response.status_code}"
-            info = response.json() if ok else {}
-        except (httpx.HTTPError, ValueError) as exc:
+            info = json.loads(body) if ok else {}
+        except (UpstreamError, ValueError) as exc:
             ok, reason, info = False, f"{type(exc).__name__}: {exc}", {}
         if ok:
             replica.failed_checks, replica.good_checks = 0, replica.good_checks + 1
@@ -197,4 +211,5 @@ class UpstreamPool:
     async def aclose(self) -> None:
         if self._checker:
             self._checker.cancel()
-        await self.client.aclose()
+        for replica in self.replicas.values():
+            replica.http.close()
