@@ -4,12 +4,16 @@ verify`, and every kind of tampering found."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -220,3 +224,45 @@ def test_a_failing_disk_fails_the_append(tmp_path, monkeypatch):
         log.close()
 
     asyncio.run(run())
+
+
+def _documented_verifier() -> str:
+    """The plain-Python verifier printed in docs/gateway.md."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "gateway.md").read_text()
+    start = doc.index("```python\nimport glob, hashlib, json")
+    return doc[start + len("```python\n"):doc.index("```", start + 10)]
+
+
+def test_the_verifier_in_the_docs_agrees(tmp_path):
+    section = AuditSection(dir=tmp_path / "audit", rotate_bytes=600, retention_days=7)
+    write_records(section, 20)
+    os.utime(chain_files(section.dir)[0][1], (time.time() - 8 * 86400,) * 2)
+    write_records(section, 5)  # with a retention record now
+    run = lambda: subprocess.run([sys.executable, "-c", _documented_verifier(), str(section.dir)],  # noqa: E731
+                                 capture_output=True, text=True, check=True).stdout
+    assert run().startswith(f"OK, {verify_chain(section.dir).last_seq + 1} records")
+    path, lines = lines_of(section.dir)[1]
+    lines[0] = lines[0].replace(b"p", b"q", 1)
+    path.write_bytes(b"".join(lines))
+    assert "edited" in run()
+
+
+def test_checkpoint_signatures_verify_with_openssl(tmp_path):
+    """docs/gateway.md: any Ed25519 implementation can check a checkpoint (here OpenSSL 3)."""
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl")
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "signing.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    (tmp_path / "signing.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    section = AuditSection(dir=tmp_path / "audit", checkpoint_key=tmp_path / "signing.key", checkpoint_every=3)
+    write_records(section, 3, Ed25519Signer(tmp_path / "signing.key"))
+    checkpoint = [json.loads(line) for _, lines in lines_of(section.dir) for line in lines][3]
+    (tmp_path / "msg").write_text(f"deepfleet-audit-checkpoint:v1:{checkpoint['covers_seq']}:{checkpoint['covers_hash']}")
+    (tmp_path / "sig").write_bytes(base64.b64decode(checkpoint["signature"]))
+    result = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "signing.pub"),
+                             "-rawin", "-in", str(tmp_path / "msg"), "-sigfile", str(tmp_path / "sig")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "Signature Verified Successfully" in result.stdout
