@@ -95,11 +95,11 @@ def test_keys_cli_creates_lists_and_revokes_without_printing_hashes(tmp_path, ca
     from deepfleet.cli import main
 
     keyring = str(tmp_path / "keys.json")
-    assert main(["keys", "--keyring", keyring, "create", "clinic-a", "--rpm", "60", "--models", "m1", "m2"]) == 0
+    assert main(["keys", "create", "clinic-a", "--keyring", keyring, "--rpm", "60", "--models", "m1", "m2"]) == 0
     key = capsys.readouterr().out.splitlines()[1]
     assert key.startswith("dfk-")
-    assert main(["keys", "--keyring", keyring, "revoke", "clinic-a"]) == 0
-    assert main(["keys", "--keyring", keyring, "list"]) == 0
+    assert main(["keys", "revoke", "clinic-a", "--keyring", keyring]) == 0
+    assert main(["keys", "list", "--keyring", keyring]) == 0
     listing = capsys.readouterr().out
     assert "clinic-a" in listing and "m1,m2" in listing and "revoked" in listing and " 60 " in listing
     assert key not in listing and load_keyring(tmp_path / "keys.json")[0]["sha256"] not in listing

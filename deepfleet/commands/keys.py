@@ -7,10 +7,13 @@ from pathlib import Path
 
 
 def register(commands) -> None:
+    import argparse
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--keyring", type=Path, default=None, help="default: <state>/api-keys.json")
     keys = commands.add_parser("keys", help="API keys for the gateway")
-    keys.add_argument("--keyring", type=Path, default=None, help="default: <state>/api-keys.json")
     sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = sub.add_parser("create", help="create a key; it is shown only once")
+    create = sub.add_parser("create", parents=[common], help="create a key; it is shown only once")
     create.add_argument("name")
     create.add_argument("--rpm", type=int, help="requests per minute (default: the gateway's; 0 = unlimited)")
     create.add_argument("--tpm", type=int, help="tokens per minute, prompt + completion (0 = unlimited)")
@@ -19,10 +22,10 @@ def register(commands) -> None:
     create.add_argument("--audit-content", choices=["full", "sha256"],
                         help="audit prompts and completions in full or as SHA-256 only (default: the gateway's)")
     create.set_defaults(func=create_command)
-    revoke = sub.add_parser("revoke", help="revoke a key (hosts refuse it after the next deploy)")
+    revoke = sub.add_parser("revoke", parents=[common], help="revoke a key (hosts refuse it after the next deploy)")
     revoke.add_argument("name")
     revoke.set_defaults(func=revoke_command)
-    listing = sub.add_parser("list", help="keys, their limits and state (never the keys themselves)")
+    listing = sub.add_parser("list", parents=[common], help="keys, their limits and state (never the keys themselves)")
     listing.set_defaults(func=list_command)
 
 
