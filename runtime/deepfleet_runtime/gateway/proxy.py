@@ -190,7 +190,7 @@ class ApiEndpoint:
             return await _send_json(send, 503, error_body(f"{exc}; the response was withheld",
                                                           "server_error"), ex.request_id)
         headers = [(b"content-type", response.headers.get("content-type", "application/json").encode()),
-                   (b"x-request-id", ex.request_id.encode())]
+                   (b"content-length", str(len(content)).encode()), (b"x-request-id", ex.request_id.encode())]
         await send({"type": "http.response.start", "status": ex.status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 

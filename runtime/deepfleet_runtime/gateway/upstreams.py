@@ -115,33 +115,15 @@ class UpstreamPool:
                 self.retries += 1
                 await asyncio.sleep(self._backoff(attempt - 1))
             tried.add(replica.name)
-            replica.outstanding += 1
-            forwarded = None
             try:
-                forwarded = Forwarded(replica, await replica.http.request(method, path, headers, body), attempt)
-                if buffered:
-                    await forwarded.response.read()
+                forwarded = await self._attempt(replica, attempt, method, path, headers, body, buffered)
             except _RETRYABLE as exc:
-                if forwarded:
-                    await forwarded.aclose()
-                else:
-                    replica.outstanding -= 1
                 errors.append(f"{replica.name}: {exc}")
                 if isinstance(exc, UpstreamConnectError):
                     self._mark_down(replica, str(exc))
                 continue
             except UpstreamTimeout as exc:
-                if forwarded:
-                    await forwarded.aclose()
-                else:
-                    replica.outstanding -= 1
                 raise UpstreamUnavailable(f"{replica.name}: {exc}", status=504) from None
-            except BaseException:
-                if forwarded:
-                    await forwarded.aclose()
-                else:
-                    replica.outstanding -= 1
-                raise
             status = forwarded.response.status_code
             if status >= 500 and attempt < self.routing.max_attempts and self.choose(exclude=tried):
                 errors.append(f"{replica.name}: HTTP {status}")
@@ -151,6 +133,22 @@ class UpstreamPool:
             return forwarded
         detail = "; ".join(errors) or "no healthy replica is in service"
         raise UpstreamUnavailable(f"no replica could answer ({detail})")
+
+    async def _attempt(self, replica: Replica, attempt: int, method: str, path: str, headers: dict, body: bytes,
+                       buffered: bool) -> Forwarded:
+        """One try on `replica`; whatever fails, its count of requests in flight stays right."""
+        replica.outstanding += 1
+        response = None
+        try:
+            response = await replica.http.request(method, path, headers, body)
+            if buffered:
+                await response.read()
+        except BaseException:
+            replica.outstanding -= 1
+            if response is not None:
+                await response.aclose()
+            raise
+        return Forwarded(replica, response, attempt)
 
     def _backoff(self, retry: int) -> float:
         """Exponential backoff with jitter before retry number `retry` (1, 2, ...)."""
@@ -178,6 +176,8 @@ class UpstreamPool:
             ok = response.status_code == 200
             reason = "" if ok else f"/ready answered HTTP {response.status_code}"
             info = json.loads(body) if ok else {}
+            if not isinstance(info, dict):
+                ok, reason, info = False, "/ready did not answer a JSON object", {}
         except (UpstreamError, ValueError) as exc:
             ok, reason, info = False, f"{type(exc).__name__}: {exc}", {}
         if ok:
