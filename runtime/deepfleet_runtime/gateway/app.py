@@ -39,13 +39,14 @@ class Gateway:
         self._add_live_metrics()
         endpoint = ApiEndpoint(config, KeyStore(config.api_keys_file), KeyLimiter(config.limits), self.queue,
                                self.pool, self.audit, self.metrics)
-        self.app = Starlette(
+        routes = Starlette(
             routes=[Route("/health", self._health), Route("/ready", self._ready),
                     *(Route(path, endpoint, methods=methods) for path, methods in API_ROUTES.items())],
             exception_handlers={HTTPException: _http_error},
             lifespan=self._lifespan,
         )
-        self.app.router.redirect_slashes = False  # exactly the allowlisted paths; "/v1/models/" is 404
+        routes.router.redirect_slashes = False  # exactly the allowlisted paths; "/v1/models/" is 404
+        self.app = _FastPath(endpoint, routes)
         self.admin_app = create_admin_app(self.pool)
         self.metrics_app = Starlette(routes=[Route("/metrics", self._metrics)])
 
@@ -91,6 +92,20 @@ class Gateway:
                               lambda: {(): self.audit.records_written}, kind="counter"))
         self.metrics.add(Live("deepfleet_gateway_audit_fsyncs_total", "fdatasync calls (one per batch).", (),
                               lambda: {(): self.audit.fsyncs}, kind="counter"))
+
+
+class _FastPath:
+    """API requests go straight to the endpoint (every streamed event passes through `send`, and
+    Starlette's middleware wraps each one); the rest (health, 404, 405, lifespan) to Starlette."""
+
+    def __init__(self, endpoint: ApiEndpoint, routes: Starlette):
+        self.endpoint, self.routes = endpoint, routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in API_ROUTES.get(scope["path"], ()):
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
 
 
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -365,6 +365,9 @@ class _SseSplitter:
             if end < 0:
                 return
             event, self._pending = self._pending[:end + 2], self._pending[end + 2:]
+            if event.startswith(b"data: ") and event.count(b"\n") == 2:  # what the runtime sends
+                yield event, event[6:-2].decode("utf-8", "replace")
+                continue
             data = "\n".join(line[5:].lstrip(" ") for line in event.decode("utf-8", "replace").splitlines()
                              if line.startswith("data:"))
             yield event, data

@@ -72,14 +72,8 @@ class UpstreamResponse:
         reader, length = self._conn.reader, self.headers.get("content-length")
         try:
             if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                while True:
-                    size_line = await self._read(reader.readuntil(b"\r\n"))
-                    size = int(size_line.split(b";", 1)[0], 16)
-                    if size == 0:
-                        while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":
-                            pass  # trailers
-                        break
-                    yield (await self._read(reader.readexactly(size + 2)))[:-2]
+                while chunk := await self._read(_next_chunk(reader)):
+                    yield chunk
             elif length is not None:
                 remaining = int(length)
                 while remaining:
@@ -190,6 +184,16 @@ class HttpPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+
+async def _next_chunk(reader: asyncio.StreamReader) -> bytes:
+    """The next chunk of a chunked body; b"" after the last one (trailers skipped)."""
+    size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+    if size:
+        return (await reader.readexactly(size + 2))[:-2]
+    while await reader.readuntil(b"\r\n") != b"\r\n":
+        pass
+    return b""
 
 
 def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
