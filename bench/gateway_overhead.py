@@ -5,7 +5,7 @@ one with its audit log on disk (the real setup: one fdatasync per batch of recor
 it on tmpfs (to show what the fsync costs). Requests alternate between the paths, so machine
 noise hits all of them alike.
 
-    .venv/bin/python bench/gateway_overhead.py [--requests 300] [--streams 6] [--seconds 8]
+    .venv/bin/python bench/gateway_overhead.py [--requests 300] [--streams 10] [--seconds 8]
 
 Last line: JSON with p50_added_ms (target <= 2), p99_added_ms (<= 10), stream_ratio (>= 0.95),
 rps_gateway and the figures behind them.
@@ -144,7 +144,7 @@ def throughput(make_client, seconds: float, workers: int = 8) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--streams", type=int, default=6)
+    parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
 
@@ -184,8 +184,8 @@ def main() -> None:
             lat = latencies(clients, args.requests, short_chat)
             models = latencies(clients, args.requests, list_models)
             rates = {"direct": [], "gateway": []}
-            for _ in range(args.streams):
-                for name in rates:
+            for round_number in range(args.streams):
+                for name in (("direct", "gateway") if round_number % 2 else ("gateway", "direct")):
                     rates[name].append(stream_rate(clients[name]))
             for client in clients.values():
                 client.close()
