@@ -26,7 +26,7 @@ from .paths import LOCAL_INVENTORY, cache_dir, state_dir
 
 MODEL_NAME = "tiny-deepseek-v3"
 KEY_NAME = "demo"
-PORT_SETTINGS = ("runtime_port", "gateway_port")
+PORT_SETTINGS = ("runtime_port", "gateway_port", "gateway_metrics_port")  # hosts share this network
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
-"""The fleet's internal PKI: a CA that never leaves the control machine, and host certificates.
+"""The fleet's internal PKI: a CA that never leaves the control machine, and what it issues.
 
 Layout of a PKI directory:
     ca.key (0600)  ca.crt
-    hosts/<host>/server.key (0600)  hosts/<host>/server.crt
+    hosts/<host>/server.key (0600)  hosts/<host>/server.crt    TLS server (gateway; runtime over mTLS)
+    hosts/<host>/client.key (0600)  hosts/<host>/client.crt    the host's gateway as a TLS client
+                                                               of runtimes on other hosts (mTLS)
+    hosts/<host>/audit-signing.key (0600)  .../audit-signing.pub   Ed25519 audit checkpoints
+
+Certificates are reissued by the deploy when their names change, when the CA changed, or when
+they are within RENEW_BEFORE of expiry; the new files are pushed and the service restarted.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .atomicfile import write_atomic
 
 CA_DAYS = 3650
-SERVER_DAYS = 397  # the CA/Browser Forum ceiling; the deploy renews well before expiry
+LEAF_DAYS = 397  # the CA/Browser Forum ceiling; the deploy renews well before expiry
 RENEW_BEFORE = datetime.timedelta(days=30)
 
 
@@ -80,13 +86,56 @@ def ensure_server_cert(pki_dir: Path, host_name: str, server_names: list[str]) -
     more than RENEW_BEFORE from expiry; otherwise a new key and certificate are issued.
     Returns the paths and whether a new certificate was issued.
     """
+    return _ensure_leaf(pki_dir, host_name, "server", server_names, ExtendedKeyUsageOID.SERVER_AUTH)
+
+
+def ensure_client_cert(pki_dir: Path, host_name: str) -> tuple[CertPair, bool]:
+    """A client certificate (CN and SAN = `host_name`) for the gateway on `host_name` to present
+    to runtimes on other hosts; kept and renewed like server certificates."""
+    return _ensure_leaf(pki_dir, host_name, "client", [host_name], ExtendedKeyUsageOID.CLIENT_AUTH)
+
+
+def ensure_audit_signing_key(pki_dir: Path, host_name: str) -> CertPair:
+    """The Ed25519 key `host_name`'s gateway signs audit checkpoints with (`cert` is the public
+    key, PEM, for `deepfleet-runtime audit verify --public-key`); created once, kept."""
+    host_dir = Path(pki_dir) / "hosts" / host_name
+    pair = CertPair(host_dir / "audit-signing.pub", host_dir / "audit-signing.key")
+    if pair.key.exists() and pair.cert.exists():
+        return pair
+    key = ed25519.Ed25519PrivateKey.generate()
+    host_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(pair.key, _key_pem(key), mode=0o600)
+    write_atomic(pair.cert, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pair
+
+
+def certificate_status(pki_dir: Path) -> list[dict]:
+    """Every certificate under `pki_dir`: path, subject, names, expiry, days left."""
+    rows = []
+    for path in sorted(Path(pki_dir).glob("**/*.crt")):
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = [str(v) for v in sans.get_values_for_type(x509.DNSName)] + \
+                    [str(v) for v in sans.get_values_for_type(x509.IPAddress)]
+        except x509.ExtensionNotFound:
+            names = []
+        expires = cert.not_valid_after_utc
+        rows.append({"path": str(path.relative_to(pki_dir)), "subject": cert.subject.rfc4514_string(),
+                     "names": names, "expires": expires.isoformat(timespec="seconds"),
+                     "days_left": (expires - _now()).days})
+    return rows
+
+
+def _ensure_leaf(pki_dir: Path, host_name: str, kind: str, names: list[str], usage) -> tuple[CertPair, bool]:
     ca = ca_paths(pki_dir)
     if not (ca.cert.exists() and ca.key.exists()):
         raise PkiError(f"no CA in {pki_dir}; create it with `deepfleet pki init` (or run `deepfleet demo`)")
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
     host_dir = Path(pki_dir) / "hosts" / host_name
-    pair = CertPair(host_dir / "server.crt", host_dir / "server.key")
-    wanted = sorted(set(server_names))
+    pair = CertPair(host_dir / f"{kind}.crt", host_dir / f"{kind}.key")
+    wanted = sorted(set(names))
     if pair.cert.exists() and pair.key.exists() and _still_good(pair.cert, ca_cert, wanted):
         return pair, False
     ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
@@ -99,10 +148,10 @@ def ensure_server_cert(pki_dir: Path, host_name: str, server_names: list[str]) -
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
+        .not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in wanted]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
         .sign(ca_key, hashes.SHA256())

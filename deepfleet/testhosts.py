@@ -31,7 +31,7 @@ from .atomicfile import write_atomic
 IMAGE_REPOSITORY = "deepfleet-testhost"
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "ca-certificates",
-            "python3", "python3-venv", "iproute2", "procps")
+            "python3", "python3-venv", "iproute2", "procps", "nftables")
 MASKED_UNITS = ("systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
                 "getty@tty1.service", "console-getty.service", "systemd-timesyncd.service",
                 "systemd-networkd.service", "systemd-resolved.service", "sys-kernel-debug.mount",
@@ -184,8 +184,13 @@ class TestFleet:
         fleet.hosts = [TestHost(**host) for host in state["hosts"]]
         return fleet
 
-    def start(self, count: int, image: str, port_names: tuple[str, ...] = (), name_prefix: str = "h") -> None:
-        """Start `count` hosts from `image`, each with an sshd port and one port per name."""
+    def start(self, count: int, image: str, port_names: tuple[str, ...] = (), name_prefix: str = "h",
+              network: str = "host") -> None:
+        """Start `count` hosts from `image`, each with an sshd port and one port per name.
+
+        `network="none"` gives each host its own network namespace with only loopback (reach it
+        with pyinfra's @docker connector; tests add links to it): for firewall tests, whose rules
+        must never touch this machine's own network."""
         _require_docker()
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fleet_id = self.fleet_id or secrets.token_hex(4)
@@ -195,7 +200,7 @@ class TestFleet:
             name = f"{name_prefix}{index}"
             host = TestHost(name, f"deepfleet-{self.fleet_id}-{name}", next(ports),
                             {port_name: next(ports) for port_name in port_names})
-            self._run_container(host, image, public_key)
+            self._run_container(host, image, public_key, network)
             self.hosts.append(host)
             self._save()
         self.known_hosts_path.write_text("")
@@ -247,7 +252,7 @@ class TestFleet:
         return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                              serialization.PublicFormat.OpenSSH).decode()
 
-    def _run_container(self, host: TestHost, image: str, public_key: str) -> None:
+    def _run_container(self, host: TestHost, image: str, public_key: str, network: str) -> None:
         config_dir = self.workdir / "hosts" / host.name
         config_dir.mkdir(parents=True, exist_ok=True)
         config_dir.chmod(0o755)  # sshd's StrictModes: root-owned, not group/world writable
@@ -256,8 +261,10 @@ class TestFleet:
         _docker(
             "run", "--detach", "--name", host.container,
             "--label", "deepfleet.testhost=1", "--label", f"deepfleet.fleet={self.fleet_id}",
-            "--network", "host", "--hostname", host.name, "--add-host", f"{host.name}:127.0.0.1",
+            "--network", network, "--hostname", host.name, "--add-host", f"{host.name}:127.0.0.1",
             "--cap-add", "SYS_ADMIN", "--cgroupns", "private",
+            # Firewall rules only ever inside a host's own network namespace, never this machine's:
+            *(["--cap-add", "NET_ADMIN"] if network != "host" else []),
             "--tmpfs", "/run", "--tmpfs", "/run/lock", "--stop-signal", "SIGRTMIN+3",
             "--volume", f"{config_dir}:{CONFIG_MOUNT}:ro",
             image, "/sbin/init",

@@ -8,12 +8,14 @@ roles/platform.py; the GPU roles skip themselves, saying why, where they do not 
 model, the runtime, the gateway. Every setting the roles read is in roles/defaults.py.
 """
 
+from roles.firewall import firewall
 from roles.gateway import gateway
 from roles.model import model
 from roles.platform import host_platform
 from roles.runtime import runtime
 
 host_platform()
+firewall()  # closed before anything serves (off unless firewall_enabled)
 model()
 runtime()
 gateway()

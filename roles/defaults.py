@@ -94,12 +94,37 @@ DEFAULTS = {
     "runtime_ready_timeout_s": 600,  # how long a deploy waits for the model to load
     "runtime_wheel_extras": ["transformers"],  # engine extras: + quantization (int8/int4), llamacpp, vllm
 
-    # --- gateway: what clients talk to (TLS 1.3, API keys) ---------------------------------------
+    # --- gateway: what clients talk to (TLS 1.3, API keys, limits, audit; docs/gateway.md) -----
     "gateway_listen_address": "0.0.0.0",
     "gateway_port": 8443,
     "gateway_server_names": [],  # extra DNS names / IPs in the certificate (host name always in)
     "gateway_pki_dir": ".deepfleet/pki",  # control: the CA (`deepfleet pki init`) and host certs
     "gateway_api_keyring": ".deepfleet/api-keys.json",  # control: key ids + hashes, never keys
+    # Runtime replicas behind this gateway, [{"name": "gpu2", "url": "https://10.0.0.12:8000"}];
+    # empty = this host's runtime on loopback. https:// replicas are reached with mutual TLS.
+    "gateway_upstreams": [],
+    "gateway_metrics_port": 9464,  # Prometheus metrics, on 127.0.0.1 only
+    "gateway_admin_socket": "/run/deepfleet-gateway/admin.sock",  # drain/undrain (root + service user)
+    "gateway_max_body_bytes": 1048576,
+    "gateway_max_in_flight": 64,  # requests forwarded at once; more wait in the queue
+    "gateway_max_queued": 256,  # when this many wait, new requests get 503 at once
+    "gateway_queue_timeout_s": 30,
+    "gateway_default_rpm": 600,  # per-key limits for keys created without their own; 0 = unlimited
+    "gateway_default_tpm": 600000,
+    "gateway_default_concurrency": 16,
+    "gateway_audit_dir": None,  # default: <deepfleet_state_dir>/audit
+    "gateway_audit_content": "full",  # "full" (prompts and completions) or "sha256" (hashes only)
+    "gateway_audit_rotate_mb": 64,  # and a new file each UTC day
+    "gateway_audit_retention_days": 0,  # 0 = keep every file
+    "gateway_audit_signing": False,  # Ed25519-signed checkpoints; the public key stays in gateway_pki_dir
+    "gateway_audit_checkpoint_every": 1000,
+
+    # --- firewall (nftables): only SSH and the gateway port, from the networks listed ------------
+    "firewall_enabled": False,  # opt in; when on, both source lists below must be set
+    "firewall_ssh_port": None,  # default: the inventory's ssh_port, else 22
+    "firewall_ssh_sources": [],  # CIDRs allowed to reach SSH, e.g. ["10.0.0.0/24"]
+    "firewall_gateway_sources": [],  # CIDRs allowed to reach the gateway port
+    "firewall_runtime_sources": [],  # CIDRs of gateways on other hosts that reach this runtime (mTLS)
 
     # === runtime, Docker mode (roles/runtime.py, roles/runtime_container.py) =========================
     "runtime_mode": "systemd",  # systemd: venv + unit on the host | docker: the engine in a container

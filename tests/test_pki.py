@@ -6,8 +6,13 @@ import stat
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from deepfleet.pki import PkiError, ensure_server_cert, init_ca
+from deepfleet import pki
+from deepfleet.pki import (PkiError, certificate_status, ensure_audit_signing_key, ensure_client_cert,
+                           ensure_server_cert, init_ca)
 
 
 def _sans(path):
@@ -63,3 +68,38 @@ def test_server_cert_is_reissued_for_a_new_ca(tmp_path):
     init_ca(tmp_path / "pki")
     _, issued = ensure_server_cert(tmp_path / "pki", "h1", ["h1"])
     assert issued
+
+
+def test_client_certificate_is_for_client_auth_only(tmp_path):
+    ca, _ = init_ca(tmp_path / "pki")
+    pair, issued = ensure_client_cert(tmp_path / "pki", "gw1")
+    assert issued and stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert _sans(pair.cert) == ["gw1"]
+    _, issued_again = ensure_client_cert(tmp_path / "pki", "gw1")
+    assert not issued_again
+
+
+def test_certificates_near_expiry_are_renewed(tmp_path, monkeypatch):
+    init_ca(tmp_path / "pki")
+    monkeypatch.setattr(pki, "LEAF_DAYS", 20)  # already inside the 30-day renewal window
+    pair, _ = ensure_server_cert(tmp_path / "pki", "h1", ["h1"])
+    short = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    monkeypatch.setattr(pki, "LEAF_DAYS", 397)
+    _, issued = ensure_server_cert(tmp_path / "pki", "h1", ["h1"])
+    assert issued
+    renewed = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    assert renewed.not_valid_after_utc > short.not_valid_after_utc
+    rows = {row["path"]: row for row in certificate_status(tmp_path / "pki")}
+    assert rows["hosts/h1/server.crt"]["days_left"] >= 390 and rows["hosts/h1/server.crt"]["names"] == ["h1"]
+
+
+def test_audit_signing_key_is_ed25519_and_kept(tmp_path):
+    pair = ensure_audit_signing_key(tmp_path / "pki", "h1")
+    assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+    public = serialization.load_pem_public_key(pair.cert.read_bytes())
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+    before = pair.key.read_bytes()
+    assert ensure_audit_signing_key(tmp_path / "pki", "h1").key.read_bytes() == before

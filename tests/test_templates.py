@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import configparser
 
+import pytest
 import yaml
 from pyinfra.api.util import get_template
 
 from deepfleet_runtime.configfile import from_mapping
 from deepfleet_runtime.config import RuntimeConfig
 from deepfleet_runtime.gateway.config import GatewayConfig
-from roles.common import TEMPLATES
+from roles.common import TEMPLATES, RoleError
 from roles.defaults import DEFAULTS
 from roles.gateway import gateway_yaml_context, server_names
 from roles.runtime import runtime_yaml_context, unit_context
@@ -61,20 +62,47 @@ def test_runtime_yaml_carries_engine_quantization_and_scheduler_settings():
     assert config.llamacpp.n_ctx == 2048
 
 
+def _gateway_config(settings, release=""):
+    text = _render("gateway.yaml.j2", **gateway_yaml_context(settings, "gpu1", release))
+    return from_mapping(GatewayConfig, yaml.safe_load(text), "gateway.yaml")
+
+
 def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
-    settings = {**DEFAULTS, "runtime_port": 9123, "gateway_port": 443, "deepfleet_config_dir": "/etc/df"}
-    config = from_mapping(GatewayConfig, yaml.safe_load(_render("gateway.yaml.j2", **gateway_yaml_context(settings))),
-                          "gateway.yaml")
-    assert config.upstream.url == "http://127.0.0.1:9123"
+    settings = {**DEFAULTS, "runtime_port": 9123, "gateway_port": 443, "deepfleet_config_dir": "/etc/df",
+                "runtime_max_tokens": 77, "gateway_default_rpm": 5}
+    config = _gateway_config(settings, release="abc123")
+    assert [(u.name, u.url, u.release) for u in config.upstreams] == [("gpu1", "http://127.0.0.1:9123", "abc123")]
+    assert config.upstream_tls is None
     assert config.listen.port == 443
     assert str(config.tls.key) == "/etc/df/tls/server.key"
     assert str(config.api_keys_file) == "/etc/df/api_keys.json"
+    assert (config.limits.max_tokens, config.limits.default_rpm) == (77, 5)
+    assert str(config.audit.dir) == "/var/lib/deepfleet/audit" and config.audit.checkpoint_key is None
+    assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9464)
+
+
+def test_gateway_yaml_with_remote_replicas_uses_mutual_tls_and_signing():
+    settings = {**DEFAULTS, "gateway_audit_signing": True, "gateway_audit_dir": "/srv/audit",
+                "gateway_upstreams": [{"name": "gpu2", "url": "https://10.0.0.12:8000"},
+                                      {"url": "https://10.0.0.13:8000"}]}
+    config = _gateway_config(settings)
+    assert [(u.name, u.url) for u in config.upstreams] == [("gpu2", "https://10.0.0.12:8000"),
+                                                           ("10.0.0.13:8000", "https://10.0.0.13:8000")]
+    assert str(config.upstream_tls.cert) == "/etc/deepfleet/tls/client.crt"
+    assert str(config.audit.checkpoint_key) == "/etc/deepfleet/tls/audit-signing.key"
+    assert str(config.audit.dir) == "/srv/audit"
+
+
+def test_a_malformed_upstream_setting_names_the_fix():
+    with pytest.raises(RoleError, match="gateway_upstreams"):
+        gateway_yaml_context({**DEFAULTS, "gateway_upstreams": ["10.0.0.12"]}, "gpu1")
 
 
 def test_units_run_the_runtime_as_the_service_user_with_hardening():
     settings = {**DEFAULTS, "deepfleet_user": "svc", "deepfleet_home": "/srv/df"}
     for name, command in (("deepfleet-runtime", "serve"), ("deepfleet-gateway", "gateway")):
-        unit = _unit(_render(f"systemd/{name}.service.j2", **unit_context(settings, "/etc/x.yaml")))
+        unit = _unit(_render(f"systemd/{name}.service.j2", audit_dir="/var/lib/deepfleet/audit",
+                             **unit_context(settings, "/etc/x.yaml")))
         service = unit["Service"]
         assert service["User"] == "svc"
         assert service["ExecStart"] == f"/srv/df/venv/bin/deepfleet-runtime {command} --config /etc/x.yaml"

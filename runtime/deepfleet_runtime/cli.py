@@ -10,7 +10,8 @@ import sys
 from .configfile import ConfigError
 
 # One module per command; each defines register(subparsers) and sets `func` on its parser.
-COMMAND_MODULES = ("serve", "gateway", "tiny_model", "wait_ready", "model", "plan", "convert_gguf")
+COMMAND_MODULES = ("serve", "gateway", "gateway_admin", "audit", "tiny_model", "wait_ready", "model", "plan",
+                   "convert_gguf")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,8 +42,12 @@ class RequestError(Exception):
 
 
 def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool = True,
-               reasoning_parser: str = "none", metrics: RuntimeMetrics | None = None) -> Starlette:
-    """Build the ASGI app; with load_in_background the engine loads while /health already answers."""
+               reasoning_parser: str = "none", metrics: RuntimeMetrics | None = None,
+               labels: dict[str, str] | None = None) -> Starlette:
+    """Build the ASGI app; with load_in_background the engine loads while /health already answers.
+
+    `labels` (e.g. the model release and quantisation) are reported by /ready, so a gateway can
+    label its audit records with what actually served them."""
     state = {"load_error": None}
     metrics = metrics or RuntimeMetrics(engine)
 
@@ -59,7 +63,7 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
 
     async def ready(_: Request) -> JSONResponse:
         if engine.ready:
-            return JSONResponse({"status": "ready", "model": engine.model_name})
+            return JSONResponse({"status": "ready", "model": engine.model_name, **(labels or {})})
         detail = state["load_error"] or "model is loading"
         return JSONResponse({"status": "not ready", "detail": detail}, 503)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import subprocess
 
 import openai
 import pytest
@@ -17,12 +16,6 @@ MESSAGES = [{"role": "user", "content": "Hello from the tests"}]
 def _client(site, key=None):
     http = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(site.ca_cert)))
     return openai.OpenAI(base_url=site.base_url, api_key=key or site.api_key, http_client=http, max_retries=0)
-
-
-def _on_host(site, command: str) -> str:
-    result = subprocess.run(["docker", "exec", site.host.container, "sh", "-c", command],
-                            capture_output=True, text=True, check=True)
-    return result.stdout
 
 
 def test_first_deploy_changed_the_host(site):
@@ -59,8 +52,8 @@ def test_second_deploy_reports_no_changes(site):
 
 
 def test_services_run_unprivileged_and_secrets_are_closed(site):
-    assert _on_host(site, "ps -o user= -C deepfleet-runtime -C python3 | sort -u").split() == ["deepfleet"]
-    modes = _on_host(site, "stat -c '%n %U:%G %a' /etc/deepfleet/tls/server.key /etc/deepfleet/tls "
+    assert site.on_host("ps -o user= -C deepfleet-runtime -C python3 | sort -u").split() == ["deepfleet"]
+    modes = site.on_host("stat -c '%n %U:%G %a' /etc/deepfleet/tls/server.key /etc/deepfleet/tls "
                            "/etc/deepfleet/api_keys.json /opt/deepfleet/venv")
     assert modes.split("\n")[:4] == [
         "/etc/deepfleet/tls/server.key root:deepfleet 640",
@@ -68,21 +61,21 @@ def test_services_run_unprivileged_and_secrets_are_closed(site):
         "/etc/deepfleet/api_keys.json root:deepfleet 640",
         "/opt/deepfleet/venv root:root 755",
     ]
-    assert site.api_key not in _on_host(site, "cat /etc/deepfleet/api_keys.json")
+    assert site.api_key not in site.on_host("cat /etc/deepfleet/api_keys.json")
 
 
 def test_dry_diff_shows_exactly_an_inventory_override(site, tmp_path):
-    inventory = site.with_overrides(tmp_path / "inventory.json", runtime_max_tokens=77)
+    inventory = site.with_overrides(tmp_path / "inventory.json", runtime_max_prompt_tokens=77)
     result = site.deploy(inventory, dry=True, diff=True)
     assert result.changed_operations == ["deepfleet runtime | Runtime config"]
-    assert re.search(r"-\s+max_tokens: 1024\n", result.log) and re.search(r"\+\s+max_tokens: 77\n", result.log)
-    assert "1024" in _on_host(site, "grep max_tokens: /etc/deepfleet/runtime.yaml")  # dry: nothing applied
+    assert re.search(r"-\s+max_prompt_tokens: 4096\n", result.log) and re.search(r"\+\s+max_prompt_tokens: 77\n", result.log)
+    assert "4096" in site.on_host("grep max_prompt_tokens: /etc/deepfleet/runtime.yaml")  # dry: nothing applied
 
 
 def test_secrets_never_appear_in_verbose_deploy_output(site, tmp_path):
     key_pem = (site.inventory.parent / "pki" / "hosts" / "h1" / "server.key").read_text()
     key_body = "".join(key_pem.splitlines()[1:-1])
-    _on_host(site, "rm /etc/deepfleet/tls/server.key")
+    site.on_host("rm /etc/deepfleet/tls/server.key")
     result = site.deploy(verbosity=3, diff=True)
     assert result.changed_operations[0] == "deepfleet gateway | Gateway server key"
     for secret in (key_body[:40], key_body[-40:], site.api_key):

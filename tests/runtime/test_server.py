@@ -149,3 +149,18 @@ def test_a_request_beyond_the_kv_cache_is_a_400(tiny_model_dir):
     small.close()
     assert response.status_code == 400
     assert "raise scheduler.kv_cache_tokens" in response.json()["error"]["message"]
+
+
+def test_ready_reports_release_and_quantization_for_gateways(tmp_path):
+    from types import SimpleNamespace
+
+    from deepfleet_runtime.commands.serve import serving_labels
+
+    release = tmp_path / "tiny@0123abcd"
+    release.mkdir()
+    (tmp_path / "tiny@current").symlink_to(release.name)
+    config = SimpleNamespace(model=SimpleNamespace(path=tmp_path / "tiny@current"),
+                             quantization=SimpleNamespace(mode="int8"))
+    assert serving_labels(config) == {"release": "0123abcd", "quantization": "int8"}
+    config.model.path = tmp_path / "plain"
+    assert serving_labels(config)["release"] == ""

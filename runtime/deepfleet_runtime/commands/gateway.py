@@ -1,7 +1,9 @@
-"""`deepfleet-runtime gateway --config gateway.yaml`: the TLS 1.3 gateway in front of the runtime."""
+"""`deepfleet-runtime gateway --config gateway.yaml`: the TLS 1.3 gateway in front of the runtime,
+with its metrics on a loopback listener and its admin API on a unix socket."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -12,11 +14,23 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
-    from ..gateway.app import create_gateway_app
+    from ..gateway.app import Gateway
+    from ..gateway.audit import AuditError
     from ..gateway.config import load_gateway_config
-    from ..serving import serve
+    from ..serving import SideServer, build_server, serve_with_side_servers, tcp_listener, unix_listener
 
     config = load_gateway_config(args.config)
-    serve(create_gateway_app(config), config.listen.host, config.listen.port,
-          tls_cert=config.tls.cert, tls_key=config.tls.key)
+    try:
+        gateway = Gateway(config)
+        side = []
+        if config.metrics:
+            side.append(SideServer(gateway.metrics_app, tcp_listener(config.metrics.host, config.metrics.port)))
+        if config.admin_socket:
+            side.append(SideServer(gateway.admin_app, unix_listener(config.admin_socket)))
+    except (AuditError, OSError) as exc:
+        print(f"deepfleet-runtime gateway: {exc}", file=sys.stderr)
+        return 2
+    main = build_server(gateway.app, config.listen.host, config.listen.port,
+                        tls_cert=config.tls.cert, tls_key=config.tls.key)
+    serve_with_side_servers(main, side)
     return 0

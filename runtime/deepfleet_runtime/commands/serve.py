@@ -13,6 +13,14 @@ def register(commands) -> None:
     parser.set_defaults(func=run)
 
 
+def serving_labels(config) -> dict[str, str]:
+    """What /ready reports about the model: its release (the `<name>@<release>` directory the path
+    resolves to, e.g. through `<name>@current`) and its quantisation."""
+    resolved = Path(config.model.path).resolve().name
+    release = resolved.rpartition("@")[2] if "@" in resolved else ""
+    return {"release": release, "quantization": config.quantization.mode}
+
+
 def run(args) -> int:
     from ..config import load_runtime_config
     from ..engines import build_engine
@@ -30,8 +38,8 @@ def run(args) -> int:
         print(f"deepfleet-runtime: {args.config}: {exc}", file=sys.stderr)
         return 2
     try:
-        serve(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser),
-              config.server.host, config.server.port)
+        serve(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser,
+                         labels=serving_labels(config)), config.server.host, config.server.port)
     finally:
         engine.close()
     return 0

@@ -1,89 +1,112 @@
-"""The gateway's ASGI app: an allowlist of routes, API-key auth, streaming pass-through upstream."""
+"""The gateway's pieces, wired: the public API app (an allowlist of routes), the admin app (unix
+socket) and the metrics app (loopback), sharing keys, limits, replicas and the audit log."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import logging
-import uuid
 
-import httpx
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from ..schema import error_body
+from .admin import create_admin_app
+from .audit import AuditLog, Ed25519Signer
 from .auth import KeyStore
 from .config import GatewayConfig
+from .limits import AdmissionQueue, KeyLimiter
+from .metrics import GatewayMetrics, Live
+from .proxy import ApiEndpoint
+from .upstreams import UpstreamPool
 
-log = logging.getLogger(__name__)
-
-# Response headers that belong to one hop and must not be copied from upstream.
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+API_ROUTES = {"/v1/chat/completions": ["POST"], "/v1/completions": ["POST"], "/v1/models": ["GET"]}
 
 
-def create_gateway_app(config: GatewayConfig) -> Starlette:
-    """Build the gateway app for `config`; the upstream client lives as long as the app."""
-    keys = KeyStore(config.api_keys_file)
-    timeout = httpx.Timeout(config.upstream.read_timeout_s, connect=config.upstream.connect_timeout_s)
-    client = httpx.AsyncClient(base_url=config.upstream.url, timeout=timeout,
-                               limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+class Gateway:
+    """One gateway process's state and its three ASGI apps: `app`, `admin_app`, `metrics_app`."""
 
-    async def health(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    async def ready(_: Request) -> JSONResponse:
-        try:
-            upstream = await client.get("/ready", timeout=5.0)
-        except httpx.HTTPError as exc:
-            return JSONResponse({"status": "not ready", "detail": f"upstream unreachable: {exc}"}, 503)
-        return JSONResponse(upstream.json(), upstream.status_code)
-
-    async def forward(request: Request):
-        key_id = keys.identify(_bearer_token(request))
-        if key_id is None:
-            return JSONResponse(error_body("Incorrect or missing API key. Pass it as "
-                                           "'Authorization: Bearer <key>'.", code="invalid_api_key"), 401)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        headers = {"content-type": request.headers.get("content-type", "application/json"),
-                   "x-request-id": request_id}
-        upstream_request = client.build_request(request.method, request.url.path, headers=headers,
-                                                content=await request.body())
-        try:
-            upstream = await client.send(upstream_request, stream=True)
-        except httpx.HTTPError as exc:
-            log.warning("upstream failed for %s: %s", request_id, exc)
-            return JSONResponse(error_body("the model server is unavailable; retry with backoff",
-                                           type_="server_error"), 503, headers={"Retry-After": "1"})
-        response_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-        response_headers["x-request-id"] = request_id
-        return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
-                                 headers=response_headers, background=BackgroundTask(upstream.aclose))
-
-    async def not_found(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(error_body(exc.detail or "not found", code=str(exc.status_code)), exc.status_code)
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        signer = Ed25519Signer(config.audit.checkpoint_key) if config.audit.checkpoint_key else None
+        self.audit = AuditLog(config.audit, signer)
+        self.pool = UpstreamPool(config)
+        self.queue = AdmissionQueue(config.limits.max_in_flight, config.limits.max_queued,
+                                    config.limits.queue_timeout_s)
+        self.metrics = GatewayMetrics()
+        self._add_live_metrics()
+        endpoint = ApiEndpoint(config, KeyStore(config.api_keys_file), KeyLimiter(config.limits), self.queue,
+                               self.pool, self.audit, self.metrics)
+        routes = Starlette(
+            routes=[Route("/health", self._health), Route("/ready", self._ready),
+                    *(Route(path, endpoint, methods=methods) for path, methods in API_ROUTES.items())],
+            exception_handlers={HTTPException: _http_error},
+            lifespan=self._lifespan,
+        )
+        routes.router.redirect_slashes = False  # exactly the allowlisted paths; "/v1/models/" is 404
+        self.app = _FastPath(endpoint, routes)
+        self.admin_app = create_admin_app(self.pool)
+        self.metrics_app = Starlette(routes=[Route("/metrics", self._metrics)])
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette):
-        yield
-        await client.aclose()
+    async def _lifespan(self, _: Starlette):
+        await self.pool.start()
+        try:
+            yield
+        finally:
+            await self.pool.aclose()
+            await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
 
-    return Starlette(
-        routes=[
-            Route("/health", health),
-            Route("/ready", ready),
-            Route("/v1/models", forward),
-            Route("/v1/chat/completions", forward, methods=["POST"]),
-            Route("/v1/completions", forward, methods=["POST"]),
-        ],
-        exception_handlers={HTTPException: not_found},
-        lifespan=lifespan,
-    )
+    async def _health(self, _: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def _ready(self, _: Request) -> JSONResponse:
+        replicas = self.pool.replicas.values()
+        serving = sum(1 for r in replicas if r.healthy and not r.draining)
+        body = {"status": "ready" if serving else "not ready", "replicas_serving": serving,
+                "replicas": len(replicas)}
+        return JSONResponse(body, 200 if serving else 503)
+
+    async def _metrics(self, _: Request) -> PlainTextResponse:
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def _add_live_metrics(self) -> None:
+        replicas = self.pool.replicas.values
+        for name, help_text, read in (
+            ("in_flight", "Requests forwarded now.", lambda: {(): self.queue.in_flight}),
+            ("queued", "Requests waiting for a slot.", lambda: {(): self.queue.queued}),
+        ):
+            self.metrics.add(Live(f"deepfleet_gateway_{name}", help_text, (), read))
+        for name, help_text, field in (
+            ("healthy", "1 if the replica passes health checks.", "healthy"),
+            ("draining", "1 if the replica is drained.", "draining"),
+            ("outstanding", "Requests in flight on the replica.", "outstanding"),
+        ):
+            self.metrics.add(Live(f"deepfleet_gateway_upstream_{name}", help_text, ("replica",),
+                                  lambda field=field: {(r.name,): float(getattr(r, field)) for r in replicas()}))
+        self.metrics.add(Live("deepfleet_gateway_upstream_retries_total", "Attempts on another replica.", (),
+                              lambda: {(): self.pool.retries}, kind="counter"))
+        self.metrics.add(Live("deepfleet_gateway_audit_records_total", "Request records written.", (),
+                              lambda: {(): self.audit.records_written}, kind="counter"))
+        self.metrics.add(Live("deepfleet_gateway_audit_fsyncs_total", "fdatasync calls (one per batch).", (),
+                              lambda: {(): self.audit.fsyncs}, kind="counter"))
 
 
-def _bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+class _FastPath:
+    """API requests go straight to the endpoint (every streamed event passes through `send`, and
+    Starlette's middleware wraps each one); the rest (health, 404, 405, lifespan) to Starlette."""
+
+    def __init__(self, endpoint: ApiEndpoint, routes: Starlette):
+        self.endpoint, self.routes = endpoint, routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in API_ROUTES.get(scope["path"], ()):
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
+
+
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse(error_body(exc.detail or "not found", code=str(exc.status_code)), exc.status_code)

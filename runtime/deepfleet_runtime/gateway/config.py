@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ..configfile import load_yaml_config
+from ..configfile import ConfigError, load_yaml_config
 
 
 @dataclass(frozen=True)
@@ -22,17 +24,105 @@ class TlsSection:
 
 @dataclass(frozen=True)
 class UpstreamSection:
-    url: str = "http://127.0.0.1:8000"  # the runtime, on loopback
+    """One runtime replica. `release` and `quantization` label audit records until the replica's
+    own /ready reports them."""
+
+    url: str  # http://127.0.0.1:8000 on the same host; https://... (mTLS) on another host
+    name: str = ""  # how the admin socket and metrics name it; defaults to the URL's host:port
+    release: str = ""
+    quantization: str = ""
+
+
+@dataclass(frozen=True)
+class UpstreamTlsSection:
+    """TLS to https:// upstreams: the CA that signed their certificates and this gateway's client
+    certificate (mutual TLS)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class RoutingSection:
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 600.0
+    read_timeout_s: float = 600.0  # between two bytes from an upstream (a long generation streams)
+    max_attempts: int = 3  # tries of one request, each on a different replica
+    backoff_base_s: float = 0.05  # before retry n: base * 2**(n-1), capped, times a random 0.5-1.0
+    backoff_max_s: float = 1.0
+    health_interval_s: float = 2.0  # active checks: GET /ready on every replica
+    health_timeout_s: float = 2.0
+    unhealthy_after: int = 2  # consecutive failed checks before a replica gets no traffic
+    healthy_after: int = 1  # consecutive good checks before it gets traffic again
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    max_tokens: int = 1024  # the runtime's limit: larger max_tokens get 400 here already
+    default_max_tokens: int = 256  # what the runtime uses when a request does not say
+    max_in_flight: int = 64  # requests forwarded at once (all keys together)
+    max_queued: int = 256  # requests waiting for a slot; beyond that 503 at once
+    queue_timeout_s: float = 30.0  # a queued request waiting longer gets 503
+    default_rpm: int = 600  # per key, for keys that set no limit of their own; 0 = unlimited
+    default_tpm: int = 600_000
+    default_concurrency: int = 16
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    dir: Path
+    content: Literal["full", "sha256"] = "full"  # prompts and completions, or only their SHA-256
+    rotate_bytes: int = 64 << 20  # a new file when the current one would grow past this
+    rotate_daily: bool = True  # and at the first record of each UTC day
+    retention_days: int = 0  # delete files older than this (0 = keep forever)
+    checkpoint_key: Path | None = None  # Ed25519 private key (PEM): signed checkpoints in the chain
+    checkpoint_every: int = 1000  # records between two checkpoints
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    host: str = "127.0.0.1"  # loopback only: Prometheus scrapes it on the host
+    port: int = 9464
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     tls: TlsSection
-    api_keys_file: Path  # JSON of key ids and SHA-256 hashes, never the keys themselves
+    api_keys_file: Path  # JSON of key ids, SHA-256 hashes and limits, never the keys themselves
+    upstreams: list[UpstreamSection]
+    audit: AuditSection
     listen: ListenSection = field(default_factory=ListenSection)
-    upstream: UpstreamSection = field(default_factory=UpstreamSection)
+    upstream_tls: UpstreamTlsSection | None = None
+    routing: RoutingSection = field(default_factory=RoutingSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    metrics: MetricsSection | None = field(default_factory=MetricsSection)
+    admin_socket: Path | None = None  # unix socket for drain/undrain (docs/gateway.md)
+
+    def __post_init__(self):
+        if not self.upstreams:
+            raise ConfigError("upstreams: list at least one runtime replica (url: http://127.0.0.1:8000)")
+        names = [upstream_name(u) for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"upstreams: names must be unique, got {', '.join(names)}; set `name:` on each")
+        if any(u.url.startswith("https://") for u in self.upstreams) and self.upstream_tls is None:
+            raise ConfigError("upstreams: an https:// upstream needs an upstream_tls section "
+                              "(ca, cert, key: the gateway's client certificate)")
+        if self.metrics is not None and not _is_loopback(self.metrics.host):
+            raise ConfigError(f"metrics: host {self.metrics.host} is not a loopback address; metrics "
+                              "are served on loopback only (127.0.0.1 or ::1)")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def upstream_name(upstream: UpstreamSection) -> str:
+    """The replica's name: its `name`, else host:port of its URL."""
+    return upstream.name or upstream.url.split("://", 1)[-1].rstrip("/")
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

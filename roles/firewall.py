@@ -1,0 +1,71 @@
+"""The firewall role (nftables): a host admits SSH and the gateway port only from the networks the
+inventory lists (and the runtime port only from gateways on other hosts); the rest is dropped.
+
+Off unless `firewall_enabled`. It replaces only its own table (`inet deepfleet`), atomically, after
+`nft -c` has checked the new ruleset; established connections (this deploy's SSH session) go on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt, files, server, systemd
+
+from .common import RoleError, template
+from .defaults import DEFAULTS
+
+def firewall_context(settings: Mapping) -> dict:
+    """Sets and rules for templates/firewall.nft.j2; RoleError names a missing or bad setting."""
+    admitted = [("ssh", settings["firewall_ssh_port"] or settings.get("ssh_port") or 22, "firewall_ssh_sources"),
+                ("gateway", settings["gateway_port"], "firewall_gateway_sources"),
+                ("runtime", settings["runtime_port"], "firewall_runtime_sources")]
+    sets, rules = [], []
+    for name, port, setting in admitted:
+        sources = settings[setting] or []
+        if not sources and setting != "firewall_runtime_sources":
+            raise RoleError(f"firewall_enabled is set but {setting} is empty: list the networks allowed to "
+                            f"reach {name} (port {port}), e.g. [\"10.0.0.0/24\"], or it would be unreachable")
+        networks = [_network(source, setting) for source in sources]
+        for family, version, nft_type in (("ip", 4, "ipv4_addr"), ("ip6", 6, "ipv6_addr")):
+            elements = [str(n) for n in networks if n.version == version]
+            if elements:
+                sets.append({"name": f"{name}_v{version}", "type": nft_type, "elements": elements})
+                rules.append({"port": int(port), "family": family, "set": f"{name}_v{version}"})
+    return {"sets": sets, "rules": rules}
+
+
+def _network(source: str, setting: str):
+    try:
+        return ipaddress.ip_network(source, strict=False)
+    except (TypeError, ValueError):
+        raise RoleError(f"{setting}: {source!r} is not a network; write an address or CIDR like "
+                        "10.0.0.0/24 or fd00::/64") from None
+
+
+@deploy("deepfleet firewall", data_defaults=DEFAULTS)
+def firewall():
+    """Install nftables if missing, render the ruleset, check it, load it (again only if it changed)."""
+    data = host.data
+    if not data.firewall_enabled:
+        host.noop("firewall_enabled is off")
+        return
+    context = firewall_context({key: data.get(key) for key in [*DEFAULTS, "ssh_port"]})
+    ruleset_path = f"{data.deepfleet_config_dir}/firewall.nft"
+    if "nftables" not in (host.get_fact(DebPackages) or {}):
+        apt.packages(name="Install nftables", packages=["nftables"], update=True)
+    ruleset = files.template(name="Firewall ruleset", src=template("firewall.nft.j2"), dest=ruleset_path,
+                             user="root", group="root", mode="0640", **context)
+    server.shell(name="Check the firewall ruleset", commands=[f"nft -c -f {ruleset_path}"], _if=ruleset.did_change)
+    unit = files.template(name="Firewall systemd unit", src=template("systemd/deepfleet-firewall.service.j2"),
+                          dest="/etc/systemd/system/deepfleet-firewall.service", user="root", group="root",
+                          mode="0644", ruleset_path=ruleset_path)
+    systemd.daemon_reload(name="Reload systemd units for deepfleet-firewall", _if=unit.did_change)
+    systemd.service(name="Enable and start deepfleet-firewall", service="deepfleet-firewall.service",
+                    running=True, enabled=True)
+    # nft -f replaces the table in one transaction: no moment without rules.
+    server.shell(name="Load the changed firewall ruleset", commands=[f"nft -f {ruleset_path}"],
+                 _if=ruleset.did_change)

@@ -1,0 +1,49 @@
+"""`deepfleet-runtime gateway-admin status|drain|undrain`: the gateway's admin socket, from a shell.
+
+Rolling updates drain a replica with `gateway-admin drain NAME --wait 60` (exit 0 once nothing is
+in flight on it, 1 if requests were still running at the deadline), update it, then `undrain`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_SOCKET = Path("/run/deepfleet-gateway/admin.sock")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("gateway-admin", help="show, drain or undrain the gateway's upstreams")
+    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help=f"default: {DEFAULT_SOCKET}")
+    sub = parser.add_subparsers(dest="admin_command", required=True)
+    sub.add_parser("status", help="every upstream's state (JSON)")
+    drain = sub.add_parser("drain", help="send no new requests to an upstream")
+    drain.add_argument("name")
+    drain.add_argument("--wait", type=float, default=0.0, help="seconds to wait for in-flight requests")
+    undrain = sub.add_parser("undrain", help="send requests to an upstream again")
+    undrain.add_argument("name")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import httpx
+
+    transport = httpx.HTTPTransport(uds=str(args.socket))
+    try:
+        with httpx.Client(transport=transport, base_url="http://gateway", timeout=getattr(args, "wait", 0.0) + 10) as client:
+            if args.admin_command == "status":
+                response = client.get("/upstreams")
+            elif args.admin_command == "drain":
+                response = client.post(f"/upstreams/{args.name}/drain", params={"wait_s": args.wait})
+            else:
+                response = client.post(f"/upstreams/{args.name}/undrain")
+    except httpx.TransportError as exc:
+        print(f"deepfleet-runtime gateway-admin: cannot reach the admin socket {args.socket} ({exc}); is the "
+              "gateway running, and may this user open the socket (try sudo)?", file=sys.stderr)
+        return 2
+    body = response.json()
+    print(json.dumps(body, indent=1))
+    if response.status_code != 200:
+        return 2
+    return 0 if body.get("idle", True) else 1

@@ -1,0 +1,74 @@
+"""The admin API on the gateway's unix socket: replica state, drain and undrain (docs/gateway.md).
+
+    GET  /upstreams                       every replica's state
+    GET  /upstreams/{name}                one replica's state
+    POST /upstreams/{name}/drain[?wait_s=N]  no new requests; with wait_s, answer when none is in
+                                          flight (or after N seconds: "idle": false)
+    POST /upstreams/{name}/undrain        take requests again
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .upstreams import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+
+def create_admin_app(pool: UpstreamPool) -> Starlette:
+    """The admin ASGI app for `pool` (served on a unix socket only: whoever can open it may drain)."""
+
+    def replica_or_404(request: Request):
+        replica = pool.replicas.get(request.path_params["name"])
+        if replica is None:
+            known = ", ".join(pool.replicas)
+            return None, JSONResponse({"error": f"no upstream named {request.path_params['name']!r}; "
+                                                f"known: {known}"}, 404)
+        return replica, None
+
+    async def upstreams(_: Request) -> JSONResponse:
+        return JSONResponse({"upstreams": [r.state() for r in pool.replicas.values()]})
+
+    async def upstream(request: Request) -> JSONResponse:
+        replica, missing = replica_or_404(request)
+        return missing or JSONResponse(replica.state())
+
+    async def drain(request: Request) -> JSONResponse:
+        replica, missing = replica_or_404(request)
+        if missing:
+            return missing
+        try:
+            wait_s = float(request.query_params.get("wait_s", "0"))
+        except ValueError:
+            return JSONResponse({"error": "wait_s must be a number of seconds"}, 400)
+        if not replica.draining:
+            log.info("draining replica %s (%d in flight)", replica.name, replica.outstanding)
+        replica.draining = True
+        deadline = time.monotonic() + wait_s
+        while replica.outstanding and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return JSONResponse(replica.state() | {"idle": replica.outstanding == 0})
+
+    async def undrain(request: Request) -> JSONResponse:
+        replica, missing = replica_or_404(request)
+        if missing:
+            return missing
+        if replica.draining:
+            log.info("undraining replica %s", replica.name)
+        replica.draining = False
+        return JSONResponse(replica.state())
+
+    return Starlette(routes=[
+        Route("/upstreams", upstreams),
+        Route("/upstreams/{name}", upstream),
+        Route("/upstreams/{name}/drain", drain, methods=["POST"]),
+        Route("/upstreams/{name}/undrain", undrain, methods=["POST"]),
+    ])

@@ -1,0 +1,179 @@
+"""Per-key limits (token buckets for requests/min and tokens/min, concurrency) and the global queue.
+
+A request reserves one request and its worst case of tokens (prompt estimate + max_tokens) up
+front; when it completes, the reservation is settled against the real usage: unused tokens go
+back to the bucket, extra ones are taken (the bucket may go negative, which delays the key's next
+requests). Refusals say how long to wait: the HTTP layer turns that into 429 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from .auth import KeyRecord
+from .config import LimitsSection
+
+
+class TokenBucket:
+    """`capacity` tokens, refilled continuously at capacity per minute; capacity 0 = unlimited."""
+
+    def __init__(self, capacity: int, now: float):
+        self.capacity = capacity
+        self.level = float(capacity)
+        self._stamp = now
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self._stamp) * self.capacity / 60.0)
+        self._stamp = now
+
+    def wait_for(self, amount: int, now: float) -> float:
+        """Seconds until `amount` tokens are there (0 = now); math.inf if they never can be."""
+        if self.capacity == 0:
+            return 0.0
+        if amount > self.capacity:
+            return math.inf
+        self._refill(now)
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+
+    def take(self, amount: float, now: float) -> None:
+        if self.capacity:
+            self._refill(now)
+            self.level -= amount
+
+    def give_back(self, amount: float, now: float) -> None:
+        if self.capacity:
+            self._refill(now)
+            self.level = min(self.capacity, self.level + amount)
+
+    def resize(self, capacity: int, now: float) -> None:
+        """Apply a changed limit; what was used (capacity - level) stays used."""
+        if capacity != self.capacity:
+            self._refill(now)
+            used = self.capacity - self.level if self.capacity else 0.0
+            self.capacity, self.level = capacity, capacity - used
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request may not run now, and how long to wait before retrying (None: never)."""
+
+    reason: str
+    retry_after_s: float | None
+
+
+class Reservation:
+    """A request's share of its key's limits; `settle` once, when the request is over."""
+
+    def __init__(self, limiter: "_KeyState", tokens: int):
+        self._limiter, self.tokens, self._settled = limiter, tokens, False
+
+    def settle(self, used_tokens: int) -> None:
+        """Return unused tokens (or take the extra ones) and free the concurrency slot."""
+        if self._settled:
+            return
+        self._settled = True
+        now = time.monotonic()
+        self._limiter.tokens.give_back(self.tokens - used_tokens, now)
+        self._limiter.active -= 1
+
+
+class _KeyState:
+    def __init__(self, rpm: int, tpm: int, now: float):
+        self.requests = TokenBucket(rpm, now)
+        self.tokens = TokenBucket(tpm, now)
+        self.active = 0
+
+
+class KeyLimiter:
+    """Token buckets and concurrency counts for every key, sized from the key or the defaults."""
+
+    def __init__(self, defaults: LimitsSection):
+        self._defaults = defaults
+        self._keys: dict[str, _KeyState] = {}
+
+    def _limits(self, key: KeyRecord) -> tuple[int, int, int]:
+        d = self._defaults
+        pick = lambda own, default: default if own is None else own  # noqa: E731
+        return (pick(key.rpm, d.default_rpm), pick(key.tpm, d.default_tpm),
+                pick(key.concurrency, d.default_concurrency))
+
+    def reserve(self, key: KeyRecord, tokens: int) -> Reservation | Refusal:
+        """Reserve one request and `tokens` tokens for `key`, or say why not."""
+        now = time.monotonic()
+        rpm, tpm, concurrency = self._limits(key)
+        state = self._keys.get(key.key_id)
+        if state is None:
+            state = self._keys[key.key_id] = _KeyState(rpm, tpm, now)
+        state.requests.resize(rpm, now)
+        state.tokens.resize(tpm, now)
+        if concurrency and state.active >= concurrency:
+            return Refusal(f"this key already has {state.active} requests in flight (its limit is "
+                           f"{concurrency}); wait for one to finish", 1.0)
+        token_wait = state.tokens.wait_for(tokens, now)
+        if token_wait == math.inf:
+            return Refusal(f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), "
+                           f"more than the key's limit of {tpm} tokens per minute; lower max_tokens "
+                           "or shorten the prompt", None)
+        request_wait = state.requests.wait_for(1, now)
+        if request_wait or token_wait:
+            which = "requests" if request_wait >= token_wait else "tokens"
+            limit = rpm if which == "requests" else tpm
+            return Refusal(f"rate limit of {limit} {which} per minute reached for this key",
+                           max(request_wait, token_wait))
+        state.requests.take(1, now)
+        state.tokens.take(tokens, now)
+        state.active += 1
+        return Reservation(state, tokens)
+
+
+class QueueFull(Exception):
+    """The gateway is at capacity: answer 503 at once (load shedding)."""
+
+
+class AdmissionQueue:
+    """At most `max_in_flight` requests run; up to `max_queued` wait (first come, first served)."""
+
+    def __init__(self, max_in_flight: int, max_queued: int, timeout_s: float):
+        self.max_in_flight, self.max_queued, self.timeout_s = max_in_flight, max_queued, timeout_s
+        self.in_flight = 0
+        self._waiting: deque[asyncio.Future] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line if needed; QueueFull when the line is full or too slow."""
+        if self.in_flight < self.max_in_flight and not self._waiting:
+            self.in_flight += 1
+            return
+        if len(self._waiting) >= self.max_queued:
+            raise QueueFull(f"the gateway is at capacity ({self.in_flight} requests in flight, "
+                            f"{len(self._waiting)} queued)")
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await asyncio.wait_for(turn, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise QueueFull(f"no capacity within {self.timeout_s:.0f}s") from None
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # the slot was handed over as we were cancelled: pass it on
+            raise
+        finally:
+            if turn in self._waiting:
+                self._waiting.remove(turn)
+
+    def release(self) -> None:
+        """Free a slot: hand it to the first one waiting, else count it free."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the slot passes over; in_flight stays the same
+                return
+        self.in_flight -= 1

@@ -1,0 +1,373 @@
+"""The gateway's API endpoint (an ASGI app): key -> body checks -> limits -> queue -> replica ->
+relay -> audit record, durable before the response completes.
+
+Order of refusals: 401 (key), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
+(the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer). Every
+request that reaches an API route gets one audit record, refused ones included. A client that
+goes away cancels the upstream request (its record says 499).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schema import error_body
+from .audit import AuditError, AuditLog, utc_now_iso
+from .auth import KeyRecord, KeyStore
+from .config import GatewayConfig
+from .limits import AdmissionQueue, KeyLimiter, QueueFull, Refusal
+from .metrics import GatewayMetrics
+from .payload import BadRequest, Inspected, inspect_body
+from .upstream_http import UpstreamError
+from .upstreams import Forwarded, UpstreamPool, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+@dataclass
+class Exchange:
+    """One request's facts, gathered on its way through; they become its audit record."""
+
+    route: str
+    client: str | None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+    time: str = field(default_factory=utc_now_iso)
+    key: KeyRecord | None = None
+    inspected: Inspected | None = None
+    forwarded: Forwarded | None = None
+    status: int = 0
+    error: str | None = None
+    completion: list[str] = field(default_factory=list)
+    usage: dict | None = None
+    recorded: bool = False
+
+    def used_tokens(self) -> int:
+        """Tokens to charge the key: the upstream's usage, else an estimate of what was produced."""
+        if self.usage:
+            return int(self.usage.get("prompt_tokens", 0)) + int(self.usage.get("completion_tokens", 0))
+        if self.forwarded is None or self.inspected is None:
+            return 0
+        return self.inspected.prompt_estimate + len(self.completion)
+
+
+class ApiEndpoint:
+    """The ASGI app behind /v1/chat/completions, /v1/completions and /v1/models."""
+
+    def __init__(self, config: GatewayConfig, keys: KeyStore, limiter: KeyLimiter, queue: AdmissionQueue,
+                 pool: UpstreamPool, audit: AuditLog, metrics: GatewayMetrics):
+        self.config, self.keys, self.limiter, self.queue = config, keys, limiter, queue
+        self.pool, self.audit, self.metrics = pool, audit, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        client = scope.get("client")
+        ex = Exchange(scope["path"], client[0] if client else None)
+        try:
+            await self._serve(ex, scope, receive, send)
+        finally:
+            key_id = ex.key.key_id if ex.key else ""
+            self.metrics.requests.inc(ex.route, ex.status, key_id)
+            self.metrics.latency.observe(time.monotonic() - ex.started, ex.route)
+            if ex.usage:
+                self.metrics.tokens.inc(key_id, "prompt", amount=ex.usage.get("prompt_tokens", 0))
+                self.metrics.tokens.inc(key_id, "completion", amount=ex.usage.get("completion_tokens", 0))
+
+    async def _serve(self, ex: Exchange, scope, receive, send) -> None:
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        ex.key = self.keys.identify(_bearer_token(headers.get("authorization", "")))
+        if ex.key is None:
+            return await self._refuse(ex, send, 401, "Incorrect or missing API key. Pass it as "
+                                      "'Authorization: Bearer <key>'.", code="invalid_api_key")
+        body = b""
+        if scope["method"] == "POST":
+            try:
+                body = await _read_body(receive, headers, self.config.limits.max_body_bytes)
+                ex.inspected = inspect_body(body, ex.route == "/v1/chat/completions", self.config.limits)
+            except ClientGone:
+                ex.status, ex.error = 499, "the client closed the connection while sending"
+                return await self._record(ex)
+            except _TooLarge:
+                return await self._refuse(ex, send, 413, f"the request body is larger than "
+                                          f"{self.config.limits.max_body_bytes} bytes", code="request_too_large")
+            except BadRequest as exc:
+                return await self._refuse(ex, send, 400, exc.message, param=exc.param)
+            allowed = ex.key.models
+            if allowed is not None and ex.inspected.model not in allowed:
+                return await self._refuse(ex, send, 403, f"this API key may not use model "
+                                          f"'{ex.inspected.model}'; it may use: {', '.join(allowed) or 'none'}",
+                                          param="model", code="model_not_allowed")
+        tokens = ex.inspected.prompt_estimate + ex.inspected.max_tokens if ex.inspected else 0
+        reservation = self.limiter.reserve(ex.key, tokens)
+        if isinstance(reservation, Refusal):
+            if reservation.retry_after_s is None:
+                return await self._refuse(ex, send, 400, reservation.reason, param="max_tokens")
+            return await self._refuse(ex, send, 429, reservation.reason, code="rate_limit_exceeded",
+                                      type_="rate_limit_error", retry_after=reservation.retry_after_s)
+        try:
+            try:
+                await self.queue.acquire()
+            except QueueFull as exc:
+                return await self._refuse(ex, send, 503, f"{exc}; retry with backoff", type_="server_error",
+                                          code="overloaded", retry_after=1)
+            try:
+                await self._relay_watching_client(ex, scope["method"], body, receive, send)
+            finally:
+                self.queue.release()
+        finally:
+            reservation.settle(ex.used_tokens())
+
+    async def _relay_watching_client(self, ex: Exchange, method: str, body: bytes, receive, send) -> None:
+        """Relay the exchange; if the client disconnects first, cancel it (and the upstream request)."""
+        work = asyncio.ensure_future(self._relay(ex, method, body, send))
+        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            watch.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            if not ex.recorded:
+                ex.status, ex.error = 499, "the client closed the connection; the upstream request was cancelled"
+                await self._record(ex)
+            return
+        work.result()
+
+    async def _relay(self, ex: Exchange, method: str, body: bytes, send) -> None:
+        inspected = ex.inspected
+        streaming = bool(inspected and inspected.stream)
+        upstream_headers = {"content-type": "application/json", "x-request-id": ex.request_id}
+        try:
+            ex.forwarded = await self.pool.forward(method, ex.route, upstream_headers,
+                                                   inspected.upstream_body if inspected else body,
+                                                   buffered=not streaming)
+        except UpstreamUnavailable as exc:
+            return await self._refuse(ex, send, exc.status, f"the model service is unavailable: {exc}; retry "
+                                      "with backoff", type_="server_error", code="upstream_unavailable",
+                                      retry_after=max(1, math.ceil(self.config.routing.health_interval_s)))
+        try:
+            response = ex.forwarded.response
+            if streaming and response.status_code == 200:
+                await self._relay_stream(ex, send)
+            else:
+                await self._relay_whole(ex, send)
+        finally:
+            await ex.forwarded.aclose()
+
+    async def _relay_whole(self, ex: Exchange, send) -> None:
+        response = ex.forwarded.response
+        try:
+            content = await response.read()
+        except UpstreamError as exc:  # a streamed request's error answer broke off
+            return await self._refuse(ex, send, 502, f"the model service broke off its answer: {exc}",
+                                      type_="server_error")
+        ex.status = response.status_code
+        if ex.status == 200 and ex.inspected:
+            _read_completion(ex, content)
+        elif ex.status >= 400:
+            ex.error = _upstream_error_message(content)
+        try:
+            await self._record(ex)
+        except AuditError as exc:
+            return await _send_json(send, 503, error_body(f"{exc}; the response was withheld",
+                                                          "server_error"), ex.request_id)
+        headers = [(b"content-type", response.headers.get("content-type", "application/json").encode()),
+                   (b"content-length", str(len(content)).encode()), (b"x-request-id", ex.request_id.encode())]
+        await send({"type": "http.response.start", "status": ex.status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _relay_stream(self, ex: Exchange, send) -> None:
+        """Pass SSE events on as they come; hold back `[DONE]` until the audit record is durable."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*_SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
+        events, done = _SseSplitter(), None
+        try:
+            async for chunk in ex.forwarded.response.iter_raw():
+                out = []
+                for event, data in events.feed(chunk):
+                    if data == "[DONE]":
+                        done = event
+                    elif _stream_event(ex, data):
+                        out.append(event)
+                if out:
+                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        except UpstreamError as exc:
+            ex.error = f"the upstream stream broke: {exc}"
+        ex.status = 200 if done else 502
+        if not done and not ex.error:
+            ex.error = "the upstream stream ended without [DONE]"
+        try:
+            await self._record(ex)
+        except AuditError as exc:
+            done, ex.error = None, f"{exc}; the end of the response was withheld"
+        if done is None:
+            failure = json.dumps(error_body(ex.error, "server_error"))
+            await send({"type": "http.response.body", "body": f"data: {failure}\n\n".encode(), "more_body": False})
+        else:
+            await send({"type": "http.response.body", "body": done, "more_body": False})
+
+    async def _refuse(self, ex: Exchange, send, status: int, message: str, param: str | None = None,
+                      code: str | None = None, type_: str = "invalid_request_error",
+                      retry_after: float | None = None) -> None:
+        ex.status, ex.error = status, message
+        try:
+            await self._record(ex)
+        except AuditError as exc:
+            status, message, retry_after, type_ = 503, str(exc), 1, "server_error"
+        extra = [(b"retry-after", str(max(1, math.ceil(retry_after))).encode())] if retry_after else []
+        await _send_json(send, status, error_body(message, type_, param, code), ex.request_id, extra)
+
+    async def _record(self, ex: Exchange) -> None:
+        """Write the exchange's audit record and wait until it is durable."""
+        ex.recorded = True
+        await self.audit.append(self._audit_record(ex))
+
+    def _audit_record(self, ex: Exchange) -> dict:
+        inspected, forwarded, key = ex.inspected, ex.forwarded, ex.key
+        replica = forwarded.replica if forwarded else None
+        record: dict[str, Any] = {
+            "type": "request", "time": ex.time, "request_id": ex.request_id,
+            "key_id": key.key_id if key else None, "client": ex.client, "route": ex.route,
+            "model": inspected.model if inspected else None,
+            "replica": replica.name if replica else None,
+            "release": replica.release if replica else None,
+            "quantization": replica.quantization if replica else None,
+            "attempts": forwarded.attempts if forwarded else 0,
+            "params": inspected.params if inspected else {},
+        }
+        if inspected:
+            policy = (key.audit_content if key else None) or self.config.audit.content
+            completion = "".join(ex.completion) if forwarded else None
+            if policy == "full":
+                record["prompt"], record["completion"] = inspected.prompt, completion
+            else:
+                record["prompt_sha256"] = _sha256_json(inspected.prompt)
+                record["completion_sha256"] = _sha256_json(completion) if completion is not None else None
+        usage = ex.usage or {}
+        record.update({"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+                       "status": ex.status, "error": ex.error,
+                       "latency_ms": round((time.monotonic() - ex.started) * 1000, 1)})
+        return record
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive, headers: dict, limit: int) -> bytes:
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge()
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _wait_for_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_json(send, status: int, payload: dict, request_id: str, extra_headers=()) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"x-request-id", request_id.encode()), *extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _bearer_token(header: str) -> str | None:
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _read_completion(ex: Exchange, content: bytes) -> None:
+    try:
+        payload = json.loads(content)
+        ex.usage = payload.get("usage")
+        choice = payload["choices"][0]
+        ex.completion.append(choice["message"]["content"] if "message" in choice else choice["text"])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        ex.error = "the upstream answer did not have the expected shape"
+
+
+def _stream_event(ex: Exchange, data: str) -> bool:
+    """Take usage and text from one stream event; False if the client must not see it."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return True
+    if not isinstance(payload, dict):
+        return True
+    choices = payload.get("choices")
+    if payload.get("usage") and not choices:
+        ex.usage = payload["usage"]
+        return ex.inspected.include_usage
+    for choice in choices or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text") if isinstance(choice, dict) else None
+        if isinstance(text, str) and text:
+            ex.completion.append(text)
+    return True
+
+
+def _upstream_error_message(content: bytes) -> str:
+    try:
+        return str(json.loads(content)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return content[:200].decode("utf-8", "replace")
+
+
+def _sha256_json(value) -> str:
+    """SHA-256 of a string's UTF-8 bytes, or of compact sorted JSON for anything else (chat messages)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True,
+                                                            separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class _SseSplitter:
+    """Splits a byte stream into whole server-sent events: yields (event bytes, data text)."""
+
+    def __init__(self):
+        self._pending = b""
+
+    def feed(self, chunk: bytes):
+        self._pending += chunk
+        while True:
+            end = self._pending.find(b"\n\n")
+            if end < 0:
+                return
+            event, self._pending = self._pending[:end + 2], self._pending[end + 2:]
+            if event.startswith(b"data: ") and event.count(b"\n") == 2:  # what the runtime sends
+                yield event, event[6:-2].decode("utf-8", "replace")
+                continue
+            data = "\n".join(line[5:].lstrip(" ") for line in event.decode("utf-8", "replace").splitlines()
+                             if line.startswith("data:"))
+            yield event, data

@@ -1,0 +1,54 @@
+"""The firewall ruleset as the role renders it, checked by nft itself in a throwaway namespace."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from pyinfra.api.util import get_template
+
+from roles.common import TEMPLATES, RoleError
+from roles.defaults import DEFAULTS
+from roles.firewall import firewall_context
+
+SETTINGS = {**DEFAULTS, "firewall_enabled": True, "firewall_ssh_sources": ["10.0.0.0/24", "fd00::/64"],
+            "firewall_gateway_sources": ["10.0.0.0/16", "192.168.7.9"], "ssh_port": 2222}
+
+
+def _render(settings) -> str:
+    return get_template(str(TEMPLATES / "firewall.nft.j2")).render(**firewall_context(settings))
+
+
+def test_only_ssh_and_gateway_from_their_networks():
+    text = _render(SETTINGS)
+    assert "policy drop;" in text
+    assert "tcp dport 2222 ip saddr @ssh_v4 accept" in text and "tcp dport 2222 ip6 saddr @ssh_v6 accept" in text
+    assert "tcp dport 8443 ip saddr @gateway_v4 accept" in text and "gateway_v6" not in text
+    assert "elements = { 10.0.0.0/16, 192.168.7.9/32 }" in text
+    assert "8000" not in text and "9464" not in text  # runtime and metrics ports: no rule, dropped
+
+
+def test_runtime_port_opens_only_to_listed_gateways():
+    text = _render({**SETTINGS, "firewall_runtime_sources": ["10.0.0.5"]})
+    assert "tcp dport 8000 ip saddr @runtime_v4 accept" in text
+
+
+@pytest.mark.parametrize("override, setting", [({"firewall_ssh_sources": []}, "firewall_ssh_sources"),
+                                               ({"firewall_gateway_sources": ["not-a-net"]}, "firewall_gateway_sources")])
+def test_missing_or_bad_sources_name_the_setting(override, setting):
+    with pytest.raises(RoleError, match=setting):
+        firewall_context({**SETTINGS, **override})
+
+
+@pytest.mark.skipif(not shutil.which("nft") or not shutil.which("unshare"), reason="needs nft and unshare")
+def test_nft_accepts_the_ruleset_in_a_private_network_namespace(tmp_path):
+    ruleset = tmp_path / "firewall.nft"
+    ruleset.write_text(_render({**SETTINGS, "firewall_runtime_sources": ["10.0.0.5", "fd00::5"]}))
+    # A new network namespace of our own: this machine's rules are never touched.
+    result = subprocess.run(["unshare", "--net", "sh", "-c", f"nft -f {ruleset} && nft -f {ruleset} && nft list ruleset"],
+                            capture_output=True, text=True)
+    if result.returncode and "Operation not permitted" in result.stderr:
+        pytest.skip("no permission to create a network namespace here")
+    assert result.returncode == 0, result.stderr
+    assert "table inet deepfleet" in result.stdout and result.stdout.count("chain input") == 1
