@@ -23,7 +23,7 @@ def test_plan_shows_exactly_one_changed_value_then_up_converges(site, tmp_path):
     converged = _deepfleet(site.inventory, "plan")
     assert (converged.returncode, converged.stdout.strip()) == (0, "No changes: the hosts are converged.")
 
-    changed = site.with_overrides(tmp_path / "inventory.json", runtime_default_max_tokens=55)
+    changed = site.with_overrides(tmp_path / "inventory.json", runtime_max_batch_size=9)
     try:
         plan = _deepfleet(changed, "plan")
         assert plan.returncode == 2, plan.stderr
@@ -32,8 +32,8 @@ def test_plan_shows_exactly_one_changed_value_then_up_converges(site, tmp_path):
         diff = plan.stdout.split("Diffs:")[1]
         assert "--- [h1] /etc/deepfleet/runtime.yaml" in diff
         changed_lines = [line for line in diff.splitlines() if line.lstrip().startswith(("+ ", "- "))]
-        assert [line.split()[1:] for line in changed_lines] == [["default_max_tokens:", "256"],
-                                                              ["default_max_tokens:", "55"]]
+        assert [line.split()[1:] for line in changed_lines] == [["max_batch_size:", "32"],
+                                                              ["max_batch_size:", "9"]]
 
         up = _deepfleet(changed, "up")
         assert up.returncode == 0, up.stderr[-2000:]

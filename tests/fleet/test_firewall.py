@@ -18,9 +18,10 @@ import pytest
 from deepfleet import testhosts
 from deepfleet.apikeys import create_key
 from deepfleet.deployrun import run_deploy
+from deepfleet.demo import MODEL_NAME
+from deepfleet.modelkeys import create_model_keys
 from deepfleet.paths import LOCAL_INVENTORY, cache_dir
 from deepfleet.pki import init_ca
-from deepfleet.demo import MODEL_NAME
 
 pytestmark = pytest.mark.fleet
 
@@ -100,7 +101,9 @@ def walled_host(tmp_path_factory, tiny_model_dir):
              *map(str, probe_ports))
         ca, _ = init_ca(root / "pki")
         create_key(root / "keys.json", "tests")
+        model_keys, _ = create_model_keys(root / "model-keys")
         data = {"model_name": MODEL_NAME, "model_source": str(tiny_model_dir), "deepfleet_cache_dir": str(cache_dir()),
+                "model_keys_dir": str(model_keys.path),
                 "gateway_pki_dir": str(root / "pki"), "gateway_api_keyring": str(root / "keys.json"),
                 "gateway_server_names": [HOST_ADDRESS], "firewall_enabled": True,
                 "firewall_ssh_port": host.ssh_port, "firewall_ssh_sources": [f"{ALLOWED}/32"],

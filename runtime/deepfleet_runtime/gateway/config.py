@@ -54,6 +54,8 @@ class RoutingSection:
     health_timeout_s: float = 2.0
     unhealthy_after: int = 2  # consecutive failed checks before a replica gets no traffic
     healthy_after: int = 1  # consecutive good checks before it gets traffic again
+    wait_for_replica_s: float = 10.0  # with no replica in service (a restart), hold a request this long,
+    #                                   re-checking the down ones every 0.25 s, before answering 503
 
 
 @dataclass(frozen=True)

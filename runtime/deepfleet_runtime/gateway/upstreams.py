@@ -90,6 +90,7 @@ class UpstreamPool:
             self.replicas[name] = Replica(name, url, http, upstream.release, upstream.quantization)
         self.retries = 0  # attempts beyond the first, over the pool's life
         self._checker: asyncio.Task | None = None
+        self._probe: asyncio.Future | None = None  # one round of checks shared by waiting requests
 
     def choose(self, exclude: set[str] = frozenset()) -> Replica | None:
         """The healthy, undrained replica with the fewest requests in flight (ties: at random)."""
@@ -109,6 +110,8 @@ class UpstreamPool:
         errors: list[str] = []
         for attempt in range(1, self.routing.max_attempts + 1):
             replica = self.choose(exclude=tried)
+            if replica is None and attempt == 1:
+                replica = await self._wait_for_replica()
             if replica is None:
                 break
             if attempt > 1:
@@ -149,6 +152,23 @@ class UpstreamPool:
                 await response.aclose()
             raise
         return Forwarded(replica, response, attempt)
+
+    async def _wait_for_replica(self) -> Replica | None:
+        """No replica is in service (one restarting, or all drained): re-check the down ones every
+        0.25 s for up to routing.wait_for_replica_s, so a short restart holds requests instead of
+        failing them. Requests waiting together share one round of checks."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.routing.wait_for_replica_s
+        while loop.time() < deadline:
+            if self._probe is None or self._probe.done():
+                down = [r for r in self.replicas.values() if not r.healthy]
+                self._probe = asyncio.ensure_future(asyncio.gather(*(self._check(r) for r in down)))
+            await asyncio.shield(self._probe)
+            replica = self.choose()
+            if replica is not None:
+                return replica
+            await asyncio.sleep(0.25)
+        return None
 
     def _backoff(self, retry: int) -> float:
         """Exponential backoff with jitter before retry number `retry` (1, 2, ...)."""

@@ -94,6 +94,28 @@ def test_connect_failures_and_5xx_are_retried_on_another_replica(tmp_path, gatew
             assert max(r["attempts"] for r in records) > 1 and {r["replica"] for r in records} == {"good"}
 
 
+def test_a_request_is_held_while_the_only_replica_comes_back(tmp_path, gateway_pki, runtime_url):
+    site = write_gateway(tmp_path / "gw", gateway_pki, [{"name": "only", "url": runtime_url}],
+                         {"tester": {"rpm": 0}}, routing={"health_interval_s": 60})
+    with running_gateway(site):
+        pool = site.gateway.pool
+        pool.replicas["only"].healthy = False  # as if it had been restarting: the periodic check is a minute away
+        with site.http() as client:
+            assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert pool.replicas["only"].healthy
+
+
+def test_with_no_replica_back_in_time_the_answer_is_503(tmp_path, gateway_pki):
+    site = write_gateway(tmp_path / "gw", gateway_pki, [{"name": "gone", "url": f"http://127.0.0.1:{free_port()}"}],
+                         {"tester": {"rpm": 0}}, routing={"health_interval_s": 60, "wait_for_replica_s": 0.6})
+    with running_gateway(site):
+        started = time.monotonic()
+        with site.http() as client:
+            response = client.post("/v1/chat/completions", json=CHAT)
+        assert response.status_code == 503 and "Retry-After" in response.headers
+        assert time.monotonic() - started >= 0.6
+
+
 def test_a_replica_killed_under_load_fails_no_request(tmp_path, gateway_pki, runtime_url, tiny_model_dir):
     with runtime_process(tmp_path / "r2", tiny_model_dir) as doomed:
         site = write_gateway(tmp_path / "gw", gateway_pki, [{"name": "r1", "url": runtime_url},
