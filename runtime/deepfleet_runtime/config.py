@@ -27,8 +27,17 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class ServerSection:
-    host: str = "127.0.0.1"  # the engine listens on loopback only; the gateway faces clients
+    host: str = "127.0.0.1"  # loopback, unless gateways on other hosts reach it (then with `tls`)
     port: int = 8000
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """TLS 1.3 on the runtime's port, for gateways on other hosts (mutual TLS with client_ca)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # only clients with a certificate from this CA (the gateways)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class RuntimeConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     reasoning_parser: Literal["none", "deepseek_r1"] = "none"  # split <think>…</think> into reasoning_content
     server: ServerSection = field(default_factory=ServerSection)
+    tls: TlsSection | None = None  # None: plain HTTP (on loopback, for a gateway on the same host)
     limits: LimitsSection = field(default_factory=LimitsSection)
     quantization: QuantizationSection = field(default_factory=QuantizationSection)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
