@@ -39,8 +39,12 @@ def test_cpu_host_builds_a_debian_based_image_and_runs_it_without_gpus(wheelhous
         'CMD ["serve", "--config", "/etc/deepfleet/runtime.yaml"]')
     run = find(ops, "Runtime container deepfleet-runtime").shell()[0]
     assert "--gpus" not in run and '--user "$(id -u deepfleet):$(id -g deepfleet)"' in run
-    for mount in ("/etc/deepfleet/runtime.yaml:/etc/deepfleet/runtime.yaml:ro", "/var/lib/deepfleet:/var/lib/deepfleet"):
+    # The current release's config (docker resolves the `current` link at each start, so a restart
+    # after a release switch reads the new one) and every model release it may name.
+    for mount in ("/opt/deepfleet/releases/current/runtime.yaml:/opt/deepfleet/releases/current/runtime.yaml:ro",
+                  "/opt/deepfleet/models:/opt/deepfleet/models:ro", "/var/lib/deepfleet:/var/lib/deepfleet"):
         assert f"--volume {mount} " in run
+    assert run.endswith(" serve --config /opt/deepfleet/releases/current/runtime.yaml")
     assert [r["extras"] for r in wheelhouse.requests] == [[], ["transformers"]]
     assert find(ops, "Install deepfleet-runtime (offline, from the wheelhouse)").shell()[1].endswith(
         "deepfleet_runtime-0.1.0-py3-none-any.whl")  # no engine extras on the host

@@ -64,7 +64,8 @@ def test_dual_a100_runtime_is_vllm_in_a_gpu_container_across_both_gpus(dual_a100
     assert dockerfile.splitlines()[2] == "FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS python"
     assert "deepfleet_runtime-0.1.0-py3-none-any.whl[vllm]" in dockerfile
     run = find(dual_a100, "Runtime container deepfleet-runtime").shell()[0]
-    assert re.search(r" --gpus all deepfleet-runtime:[0-9a-f]{16} serve --config /etc/deepfleet/runtime.yaml$", run)
+    assert re.search(r" --gpus all deepfleet-runtime:[0-9a-f]{16} serve --config /opt/deepfleet/releases/current/runtime.yaml$",
+                     run)
     assert "--shm-size 32g" in run and "--restart unless-stopped" in run
 
 
