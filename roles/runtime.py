@@ -32,6 +32,7 @@ from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
 from .gpu_facts import has_nvidia_gpu
 from .model import activate_model, local_release, models_dir
+from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
 from .runtime_container import remove_container, runtime_image, runtime_in_container
@@ -61,6 +62,8 @@ def runtime_yaml_context(settings: Mapping, model_dir: str, listen_host: str = "
     file paths (roles.tls.tls_paths) when gateways on other hosts reach this runtime."""
     context = {key[len("runtime_"):]: value for key, value in settings.items()
                if key.startswith("runtime_") and not key.startswith(_DEPLOY_ONLY_SETTINGS)}
+    context.setdefault("vllm_host_ip", "")
+    context.setdefault("vllm_network_interface", "")
     return context | {"model_name": settings["model_name"], "model_dir": model_dir,
                       "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys", "listen_host": listen_host,
                       "tls": {"cert": tls["server.crt"], "key": tls["server.key"], "client_ca": tls["ca.crt"]}
@@ -147,6 +150,8 @@ def runtime():
     # Gateway-only hosts and Docker mode keep the light package (gateway, tools) in the host venv;
     # the engine's extras go where the engine runs.
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
+    if data.ray_head and holds_model(host):
+        extras += (RAY_EXTRA,)
     wheelhouse = build_wheelhouse(target_platform(), cache / "wheelhouse", PROJECT_ROOT / "runtime",
                                   extras=extras, log=logger.info)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
@@ -159,9 +164,13 @@ def runtime():
         skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")
         return
     model = activate_model()
+    if data.ray_head:
+        ray(restart_inputs=[install])  # before the runtime: vLLM on a Ray head needs the cluster
     if not runs_runtime(host):
         skip_role("Runtime service", f"a Ray worker of {data.ray_head}, whose runtime serves the model")
         return
+    if data.ray_head:
+        settings |= head_runtime_settings(settings)
 
     certificates = host_certificates(settings, client=True) if runtime_needs_tls(host) else []
     if certificates and mode == "docker":

@@ -75,6 +75,8 @@ class VllmSection:
     pipeline_parallel_size: int = 1
     max_model_len: int = 0  # 0 = the model's own
     ray_address: str = ""  # "host:6379" for a multi-node Ray cluster; empty = single node
+    host_ip: str = ""  # multi-node: this host's address on the cluster network (VLLM_HOST_IP)
+    network_interface: str = ""  # multi-node: that network's NIC for NCCL and Gloo (e.g. "ens8")
     extra_args: list[str] = field(default_factory=list)
     restart_backoff_s: float = 2.0  # first wait before restarting a crashed child (doubles, max 60 s)
     ready_timeout_s: float = 1800.0  # how long a start may take before it counts as failed
