@@ -19,7 +19,7 @@ from pyinfra.operations import apt, files, server, systemd
 from .common import RoleError, template
 from .defaults import DEFAULTS
 from .ray import cluster_members, ray_ports
-from .topology import gateway_hosts, runtime_address, runtime_needs_tls
+from .topology import gateway_hosts, holds_model, runtime_address, runtime_needs_tls
 
 
 def firewall_context(settings: Mapping) -> dict:
@@ -51,7 +51,7 @@ def fleet_sources(settings: dict) -> dict:
     if runtime_needs_tls(host) and not settings["firewall_runtime_sources"]:
         settings["firewall_runtime_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
                                                 if gateway.name != host.name]
-    if settings["ray_head"]:
+    if settings["ray_head"] and holds_model(host):
         peers = [member for member in cluster_members(host) if member.name != host.name]
         settings["ray_sources"] = [runtime_address(peer) for peer in peers]
         settings["ray_ports"] = ray_ports(settings, is_head=host.name == settings["ray_head"])

@@ -26,9 +26,9 @@ def setting(host: Host, key: str):
 
 
 def _members(inventory, group: str) -> list[Host] | None:
-    """The hosts of `group`, or None when the inventory has no such group."""
+    """The hosts of `group`, or None when the inventory has no such group (or an empty one)."""
     hosts = inventory.get_group(group, default=None)
-    return list(hosts) if hosts is not None else None
+    return list(hosts) if hosts else None
 
 
 def gpu_nodes(inventory) -> list[Host]:

@@ -35,6 +35,8 @@ from pyinfra.api.inventory import Inventory
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
+from deepfleet.inventory import load_inventory
+
 HOSTS = Path(__file__).resolve().parent / "hosts"
 PLANS = Path(__file__).resolve().parent / "plans"
 
@@ -72,12 +74,14 @@ def with_facts(facts: dict, **changes) -> dict:
 
 
 def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, inventory: Path | None = None,
-         host_name: str = "h1") -> list[PlannedOp]:
-    """The operations `deploy` (a @deploy function or a deploy file) would run on one host."""
+         host_name: str | None = None) -> list[PlannedOp]:
+    """The operations `deploy` (a @deploy function or a deploy file) would run on one host: `host_name`
+    of `inventory` (which may hold several; the others are only read, e.g. by the topology), or
+    the only one."""
     if inventory is not None:
         inv = inventory_file(inventory, data)
     else:
-        inv = Inventory(([(host_name, dict(data or {}))], {}))
+        inv = Inventory(([(host_name or "h1", dict(data or {}))], {}))
     state = State(inv, Config())
     state.set_stage(StateStage.Prepare)
     notes: dict[str, list[str]] = defaultdict(list)
@@ -88,7 +92,7 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
     def noop(host, description):
         notes[host.current_op_hash].append(description)
 
-    (target,) = list(inv)
+    (target,) = [inv.get_host(host_name)] if host_name else list(inv)
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(Host, "get_fact", get_fact))
         stack.enter_context(mock.patch.object(Host, "noop", noop))
@@ -113,18 +117,8 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
 
 
 def inventory_file(path: Path, override_data: dict | None = None) -> Inventory:
-    """An inventory file's groups, hosts and group_data/<group>.py, read the way pyinfra's CLI reads
-    them (pyinfra_cli itself is not imported: it monkey-patches the whole test process for gevent)."""
-    groups, hosts = {}, []
-    for group, members in runpy.run_path(str(path)).items():
-        if group.startswith("_") or not isinstance(members, list):
-            continue
-        entries = [member if isinstance(member, tuple) else (member, {}) for member in members]
-        hosts += entries
-        data_file = path.parent / "group_data" / f"{group}.py"
-        data = runpy.run_path(str(data_file)) if data_file.exists() else {}
-        groups[group] = ([name for name, _ in entries], {k: v for k, v in data.items() if not k.startswith("__")})
-    return Inventory((hosts, {}), override_data=override_data, **groups)
+    """An inventory file read the way pyinfra's CLI reads it (deepfleet.inventory)."""
+    return load_inventory(path, override_data)
 
 
 def changed(ops: list[PlannedOp]) -> list[str]:
