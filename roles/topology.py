@@ -91,3 +91,26 @@ def fleet_upstreams(gateway: Host) -> list[dict]:
     if explicit:
         return list(explicit)
     return [{"name": node.name, "url": replica_url(node)} for node in replicas(gateway.inventory)]
+
+
+# Settings the fleet workflows (deepfleet rollout, deepfleet status) read about each host.
+WORKFLOW_SETTINGS = ("deepfleet_home", "gateway_admin_socket", "model_name", "runtime_port",
+                     "runtime_ready_timeout_s", "rollout_drain_timeout_s", "rollout_healthy_timeout_s",
+                     "rollout_smoke_prompt", "rollout_smoke_max_tokens")
+
+
+def describe(host: Host) -> dict:
+    """What `deepfleet rollout` and `deepfleet status` need to know about a host, resolved here (by
+    the roles' own topology and defaults): its jobs, its Ray group, the settings they read."""
+    members = [node.name for node in gpu_nodes(host.inventory)
+               if setting(node, "ray_head") and setting(node, "ray_head") == setting(host, "ray_head")]
+    return {
+        "name": host.name,
+        "order": [other.name for other in host.inventory].index(host.name),
+        "gateway": runs_gateway(host),
+        "replica": runs_runtime(host),
+        "holds_model": holds_model(host),
+        "ray_workers": [name for name in members if name != host.name] if runs_runtime(host) else [],
+        "sudo": bool(host.data.get("_sudo")),
+        "settings": {key: setting(host, key) for key in WORKFLOW_SETTINGS},
+    }

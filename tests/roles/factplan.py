@@ -20,6 +20,7 @@ import io
 import json
 import os
 import runpy
+import types
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -34,8 +35,6 @@ from pyinfra.api.host import Host
 from pyinfra.api.inventory import Inventory
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
-
-from deepfleet.inventory import load_inventory
 
 HOSTS = Path(__file__).resolve().parent / "hosts"
 PLANS = Path(__file__).resolve().parent / "plans"
@@ -117,8 +116,31 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
 
 
 def inventory_file(path: Path, override_data: dict | None = None) -> Inventory:
-    """An inventory file read the way pyinfra's CLI reads it (deepfleet.inventory)."""
-    return load_inventory(path, override_data)
+    """An inventory file read the way pyinfra's CLI reads it: its groups (lists of names or (name,
+    data) tuples), the group named after the file, group_data/<group>.py next to it (all.py for
+    every host). pyinfra_cli itself is not imported: it monkey-patches the whole test process for
+    gevent."""
+    groups = {key: value for key, value in runpy.run_path(str(path)).items() if _is_group(key, value)}
+    all_hosts: list[str] = []
+    for members in groups.values():
+        for member in members:
+            name = member[0] if isinstance(member, tuple) else member
+            if name not in all_hosts:
+                all_hosts.append(name)
+    groups.setdefault(path.stem, list(all_hosts))
+    group_data = {}
+    for file in sorted((path.parent / "group_data").glob("*.py")):
+        attrs = runpy.run_path(str(file))
+        group_data[file.stem] = {key: value for key, value in attrs.items() if not key.startswith("__")
+                                 and not isinstance(value, (types.ModuleType, types.FunctionType, type))}
+    with_data = {name: (members, group_data.get(name, {})) for name, members in groups.items()}
+    return Inventory((all_hosts, group_data.get("all", {})), override_data=override_data, **with_data)
+
+
+def _is_group(key: str, value) -> bool:
+    if key.startswith("_") or not isinstance(value, list):
+        return False
+    return all(isinstance(item, str) or (isinstance(item, tuple) and len(item) == 2) for item in value)
 
 
 def changed(ops: list[PlannedOp]) -> list[str]:
