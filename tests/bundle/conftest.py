@@ -1,4 +1,4 @@
-"""A real bundle signing key (GnuPG, made once per session) and small bundles signed with it.
+"""Small bundles, signed with the session's real bundle signing key (tests/conftest.py).
 
 The files of a small bundle are stand-ins (a few bytes named like a .deb, a wheel, an image
 tarball): what is tested here is the manifest, the signature and the checks, which read bytes and
@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deepfleet.bundle.lock import LOCK_FILE, created_at, lock_text, new_lock
-from deepfleet.bundle.manifest import write_manifest
-from deepfleet.bundle.signing import ensure_signer
+from tests.conftest import make_bundle
 
 SMALL_FILES = {
     "apt/debian-12-amd64/pool/python3-venv_3.11.2-1+b1_amd64.deb": b"a deb",
@@ -26,24 +24,10 @@ SMALL_FILES = {
 }
 
 
-@pytest.fixture(scope="session")
-def signer(tmp_path_factory):
-    signer = ensure_signer(tmp_path_factory.mktemp("keys") / "bundle-keys", log=lambda _: None)
-    yield signer
-    signer.close()
-
-
 @pytest.fixture
 def small_bundle(tmp_path, signer):
     """A signed bundle of SMALL_FILES and a lock, in tmp_path/bundle."""
-    root = tmp_path / "bundle"
-    for name, content in SMALL_FILES.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(content)
-    lock = new_lock()
-    (root / LOCK_FILE).write_text(lock_text(lock))
-    write_manifest(root, lock["created"], signer, created_at(lock))
-    return root
+    return make_bundle(tmp_path / "bundle", signer, SMALL_FILES)
 
 
 def copy_bundle(root: Path, to: Path) -> Path:

@@ -159,19 +159,28 @@ def test_installed_trees_are_identical_except_host_specific_files(offline_site):
     assert len(listings[0]) > 1000  # the venv, the model release, configs: a real tree was compared
 
 
+_LIST_TREE = r"""
+import hashlib, json, os, stat, sys
+found = {}
+for top in sys.argv[1:]:
+    for directory, _, names in os.walk(top):
+        for name in names:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                content = "-> " + os.readlink(path)
+            else:
+                with open(path, "rb") as handle:
+                    content = hashlib.sha256(handle.read()).hexdigest()
+            found[path] = "%o %d:%d %s" % (info.st_mode, info.st_uid, info.st_gid, content)
+print(json.dumps(found))
+"""
+
+
 def _tree(host: testhosts.TestHost) -> dict[str, str]:
-    """{path: sha256, or "-> target" for links, plus mode and owner} of every file under TREES."""
-    script = (f"find {' '.join(TREES)} \\( -type f -o -type l \\) -printf '%p %M %u:%g %l\\n' | sort; "
-              f"find {' '.join(TREES)} -type f -print0 | sort -z | xargs -0 sha256sum")
-    entries: dict[str, str] = {}
-    for line in on_host(host, script).splitlines():
-        if line.startswith("/"):
-            path, mode, owner, *target = line.split(" ")
-            entries[path] = f"{mode} {owner} {' '.join(target)}"
-        else:
-            digest, path = line.split("  ", 1)
-            entries[path] += f" {digest}"
-    return entries
+    """{path: "mode uid:gid sha256" (or "-> target" for links)} of every file under TREES."""
+    return json.loads(subprocess.run(["docker", "exec", host.container, "python3", "-c", _LIST_TREE, *TREES],
+                                     capture_output=True, text=True, check=True).stdout)
 
 
 def test_a_second_deploy_changes_nothing(offline_site):
