@@ -41,6 +41,19 @@ class StagedTree(FactBase):
         return {"complete": json.loads(marker) if marker.strip() else None, "staged": sizes}
 
 
+def still_to_send(src_root: str, files: dict[str, dict], staged: dict[str, int], staging: str) -> list[PartialUpload]:
+    """What the host lacks of `files`, given the sizes it holds in `staging`: whole files, or the rest
+    of a file cut short (a file longer than it should be is damaged and sent again from the start)."""
+    uploads = []
+    for path, entry in sorted(files.items()):
+        held = staged.get(path, 0)
+        held = held if held <= entry["size"] else 0
+        if held < entry["size"] or (entry["size"] == 0 and path not in staged):
+            uploads.append(PartialUpload(posixpath.join(src_root, path), posixpath.join(staging, path),
+                                         entry["size"], held))
+    return uploads
+
+
 @operation()
 def push_tree(src_root: str, files: dict[str, dict], dest_dir: str, transport: str = "ssh"):
     """
@@ -63,14 +76,9 @@ def push_tree(src_root: str, files: dict[str, dict], dest_dir: str, transport: s
     if state["complete"] == manifest:
         host.noop(f"{dest_dir} holds these {len(files)} files")
         return
-    uploads, held_total = [], 0
-    for path, entry in sorted(files.items()):
-        held = state["staged"].get(path, 0)
-        held = held if held <= entry["size"] else 0  # longer than it should be: damaged, send it again
-        held_total += held
-        if held < entry["size"] or (entry["size"] == 0 and path not in state["staged"]):
-            uploads.append(PartialUpload(posixpath.join(src_root, path), posixpath.join(staging, path),
-                                         entry["size"], held))
+    uploads = still_to_send(src_root, files, state["staged"], staging)
+    held_total = sum(upload.offset for upload in uploads) + sum(
+        files[path]["size"] for path, size in state["staged"].items() if path in files and size == files[path]["size"])
     directories = sorted({posixpath.dirname(posixpath.join(staging, path)) for path in files} | {staging})
     yield StringCommand("install", "-d", "-m", "0755", QuoteString(parent))
     yield StringCommand("install", "-d", "-m", "0700", *upload_owner(), *[QuoteString(d) for d in directories])

@@ -19,7 +19,7 @@ from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import files
 
 from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, TargetPlatform, Wheelhouse, build_wheelhouse
+from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
 
 from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
 from .defaults import DEFAULTS
@@ -107,13 +107,15 @@ def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: lis
     if (host.get_fact(JsonFile, path=marker) or {}).get("install_id") == install_id:
         host.noop(f"{venv} already holds wheelhouse {install_id}")
         return
-    pip = f"{venv}/bin/pip"
     requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
     yield StringCommand("test", "-x", f"{venv}/bin/python", "||", "python3", "-m", "venv", venv)
-    yield StringCommand(pip, "install", "--quiet", "--no-index", "--disable-pip-version-check",
+    # With SOURCE_DATE_EPOCH the compiled .pyc files are hash-based, not stamped with install times:
+    # two hosts installed from the same wheels hold the same bytes.
+    pip_install = ("env", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}", f"{venv}/bin/pip", "install")
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check",
                         "--find-links", QuoteString(deps_dir), QuoteString(requirement))
     # Same version number, new code: replace the runtime itself without touching its dependencies.
-    yield StringCommand(pip, "install", "--quiet", "--no-index", "--no-deps", "--force-reinstall",
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--no-deps", "--force-reinstall",
                         "--disable-pip-version-check", QuoteString(runtime_wheel))
     yield StringCommand("printf", "'%s\\n'", QuoteString(json.dumps({"install_id": install_id})), ">",
                         QuoteString(marker))
