@@ -104,7 +104,8 @@ def dearmor(armored: str) -> bytes:
     try:
         start = next(i for i, line in enumerate(lines) if line.startswith("-----BEGIN PGP PUBLIC KEY BLOCK"))
     except StopIteration:
-        raise SigningError("not an ASCII-armoured OpenPGP public key (no BEGIN PGP PUBLIC KEY BLOCK line)") from None
+        raise SigningError("not an ASCII-armoured OpenPGP public key (no BEGIN PGP PUBLIC KEY BLOCK line); "
+                           "use the signer's bundle-signing.asc") from None
     body = []
     for line in lines[start + 1:]:
         if line.startswith(("=", "-----END")):
@@ -124,7 +125,10 @@ def verify_detached(data: Path, signature: Path, trusted_key: Path) -> str:
                            f"{PUBLIC_KEY_FILE} there (from the build machine's <state>/bundle-keys/)")
     with tempfile.TemporaryDirectory(prefix="deepfleet-gpgv-") as scratch:
         keyring = Path(scratch) / "trusted.gpg"
-        keyring.write_bytes(dearmor(Path(trusted_key).read_text()))
+        try:
+            keyring.write_bytes(dearmor(Path(trusted_key).read_text()))
+        except SigningError as exc:
+            raise SigningError(f"the trusted key {trusted_key} is {exc}") from None
         result = subprocess.run(["gpgv", "--status-fd", "1", "--keyring", str(keyring), str(signature), str(data)],
                                 capture_output=True, text=True)
     valid = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("[GNUPG:] VALIDSIG")]

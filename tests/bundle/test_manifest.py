@@ -64,6 +64,9 @@ def test_a_bundle_signed_by_another_key_is_refused(small_bundle, tmp_path):
 def test_a_missing_signature_or_trusted_key_says_so(small_bundle, signer, tmp_path):
     with pytest.raises(BundleError, match="does not exist; copy the signer's bundle-signing.asc"):
         verify_bundle(small_bundle, tmp_path / "nowhere.asc")
+    (tmp_path / "model-verify.pub").write_text("-----BEGIN PUBLIC KEY-----\nMCow\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(BundleError, match="model-verify.pub is not an ASCII-armoured OpenPGP public key"):
+        verify_bundle(small_bundle, tmp_path / "model-verify.pub")
     (small_bundle / "bundle.json.asc").unlink()
     with pytest.raises(BundleError, match="bundle.json.asc is missing"):
         verify_bundle(small_bundle, signer.public_key_path)
