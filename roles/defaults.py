@@ -139,4 +139,20 @@ DEFAULTS = {
     "runtime_container_shm_size": "16g",
     "runtime_container_memlock": "-1:-1",  # docker run --ulimit memlock (soft:hard bytes; -1: unlimited)
     "runtime_container_restart": "unless-stopped",  # docker's restart policy
+
+    # === air-gapped installs: one signed bundle (deepfleet/bundle/, roles/bundle.py; docs/air-gapped.md) ===
+    # Set bundle_dir and the site deploy verifies the bundle (refused before any host changes if a file
+    # or the signature is wrong), then hosts install only from it: its apt repository is their one
+    # package source, wheels with --no-index, images with docker load; nothing contacts the outside.
+    "bundle_dir": None,  # control: a bundle from `deepfleet bundle build INVENTORY --out DIR`
+    "bundle_trusted_key": ".deepfleet/bundle-keys/bundle-signing.asc",  # control: the signer's public key
+    # What `deepfleet bundle build` needs to know of hosts it cannot reach (the deploy reads facts):
+    "bundle_host_os": None,  # e.g. "debian-12", "ubuntu-22.04" (required to build a bundle)
+    "bundle_host_machine": "x86_64",  # uname -m: x86_64 | aarch64
+    "bundle_host_gpu": False,  # the host has an NVIDIA GPU: the driver, CUDA and toolkit packages go in
+    "bundle_host_kernel": None,  # GPU hosts: `uname -r` (the driver is built against its headers)
+    "bundle_resolver_images": {  # per OS, a container image whose package manager resolves the closure
+        "debian-12": "debian:12", "ubuntu-22.04": "ubuntu:22.04", "ubuntu-24.04": "ubuntu:24.04",
+        "rocky-9": "rockylinux:9",
+    },
 }

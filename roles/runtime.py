@@ -19,13 +19,14 @@ from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import files
 
 from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, TargetPlatform, Wheelhouse, build_wheelhouse
+from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
 
 from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
 from .gpu_facts import has_nvidia_gpu
 from .model import activate_model, current_model_path
+from .offline import offline, offline_settings, wheelhouse_from_bundle
 from .runtime_container import remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .transfer import push_files
@@ -106,13 +107,15 @@ def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: lis
     if (host.get_fact(JsonFile, path=marker) or {}).get("install_id") == install_id:
         host.noop(f"{venv} already holds wheelhouse {install_id}")
         return
-    pip = f"{venv}/bin/pip"
     requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
     yield StringCommand("test", "-x", f"{venv}/bin/python", "||", "python3", "-m", "venv", venv)
-    yield StringCommand(pip, "install", "--quiet", "--no-index", "--disable-pip-version-check",
+    # With SOURCE_DATE_EPOCH the compiled .pyc files are hash-based, not stamped with install times:
+    # two hosts installed from the same wheels hold the same bytes.
+    pip_install = ("env", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}", f"{venv}/bin/pip", "install")
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check",
                         "--find-links", QuoteString(deps_dir), QuoteString(requirement))
     # Same version number, new code: replace the runtime itself without touching its dependencies.
-    yield StringCommand(pip, "install", "--quiet", "--no-index", "--no-deps", "--force-reinstall",
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--no-deps", "--force-reinstall",
                         "--disable-pip-version-check", QuoteString(runtime_wheel))
     yield StringCommand("printf", "'%s\\n'", QuoteString(json.dumps({"install_id": install_id})), ">",
                         QuoteString(marker))
@@ -122,15 +125,13 @@ def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: lis
 def runtime():
     """Install the runtime from the wheelhouse, render its config, run it (systemd unit or container), wait."""
     data = host.data
-    settings = {key: data.get(key) for key in DEFAULTS}
+    settings = offline_settings({key: data.get(key) for key in DEFAULTS})
     mode = data.runtime_mode
     if mode not in ("systemd", "docker"):
         raise RoleError(f"runtime_mode is {mode!r}; use 'systemd' or 'docker'")
-    cache = control_path(data.deepfleet_cache_dir, "deepfleet_cache_dir")
     # In Docker mode the engine's extras go into the image; the host keeps the light package.
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" else ()
-    wheelhouse = build_wheelhouse(target_platform(), cache / "wheelhouse", PROJECT_ROOT / "runtime",
-                                  extras=extras, log=logger.info)
+    wheelhouse = _wheelhouse(target_platform(), extras)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
                                  venv=venv_dir(), deps_dir=deps_remote, runtime_wheel=wheel_remote,
@@ -148,8 +149,7 @@ def runtime():
         image_wheels = None
         if data.runtime_image_source == "build":
             base_os = data.runtime_image_base_gpu_os if gpu else data.runtime_image_base_cpu_os
-            image_wheels = build_wheelhouse(image_platform(base_os), cache / "wheelhouse", PROJECT_ROOT / "runtime",
-                                            extras=tuple(data.runtime_wheel_extras), log=logger.info)
+            image_wheels = _wheelhouse(image_platform(base_os), tuple(data.runtime_wheel_extras))
         image = runtime_image(settings, gpu, image_wheels, config_path)
         runtime_in_container(settings, gpu, image, config, config_path, current_model_path(), ready)
         return
@@ -159,6 +159,14 @@ def runtime():
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
                           mode="0644", **unit_context(settings, config_path))
     converge_service("deepfleet-runtime", unit, [install, config, model], ready)
+
+
+def _wheelhouse(target: TargetPlatform, extras: tuple[str, ...]) -> Wheelhouse:
+    """The wheels for `target`: built on the control machine (cached), or an air-gapped host's from its bundle."""
+    if offline():
+        return wheelhouse_from_bundle(target, extras)
+    cache = control_path(host.data.deepfleet_cache_dir, "deepfleet_cache_dir")
+    return build_wheelhouse(target, cache / "wheelhouse", PROJECT_ROOT / "runtime", extras=extras, log=logger.info)
 
 
 def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:

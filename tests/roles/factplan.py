@@ -35,6 +35,8 @@ from pyinfra.api.inventory import Inventory
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
+from deepfleet.inventoryfile import load_inventory
+
 HOSTS = Path(__file__).resolve().parent / "hosts"
 PLANS = Path(__file__).resolve().parent / "plans"
 
@@ -75,7 +77,7 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
          host_name: str = "h1") -> list[PlannedOp]:
     """The operations `deploy` (a @deploy function or a deploy file) would run on one host."""
     if inventory is not None:
-        inv = inventory_file(inventory, data)
+        inv = load_inventory(inventory, data)
     else:
         inv = Inventory(([(host_name, dict(data or {}))], {}))
     state = State(inv, Config())
@@ -110,21 +112,6 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
                                      ("conditional" if conditional else "yes") if is_change else "no",
                                      commands, notes.get(op_hash, [])))
     return planned
-
-
-def inventory_file(path: Path, override_data: dict | None = None) -> Inventory:
-    """An inventory file's groups, hosts and group_data/<group>.py, read the way pyinfra's CLI reads
-    them (pyinfra_cli itself is not imported: it monkey-patches the whole test process for gevent)."""
-    groups, hosts = {}, []
-    for group, members in runpy.run_path(str(path)).items():
-        if group.startswith("_") or not isinstance(members, list):
-            continue
-        entries = [member if isinstance(member, tuple) else (member, {}) for member in members]
-        hosts += entries
-        data_file = path.parent / "group_data" / f"{group}.py"
-        data = runpy.run_path(str(data_file)) if data_file.exists() else {}
-        groups[group] = ([name for name, _ in entries], {k: v for k, v in data.items() if not k.startswith("__")})
-    return Inventory((hosts, {}), override_data=override_data, **groups)
 
 
 def changed(ops: list[PlannedOp]) -> list[str]:
