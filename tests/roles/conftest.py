@@ -28,7 +28,7 @@ class SmallWheelhouse:
 
     def build(self, target, cache_dir, runtime_src, extras=("transformers",), log=None) -> Wheelhouse:
         self.requests.append({"python": target.python, "machine": target.machine, "glibc": target.glibc,
-                              "extras": list(extras)})
+                              "accelerator": target.accelerator, "extras": list(extras)})
         tag = f"cp{target.python.replace('.', '')}-{target.machine}-{'-'.join(extras) or 'base'}"
         deps = cache_dir / f"deps-{tag}"
         deps.mkdir(parents=True, exist_ok=True)
