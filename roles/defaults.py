@@ -27,7 +27,8 @@ DEFAULTS = {
     # The NVIDIA roles skip themselves, with a message, on hosts without an NVIDIA PCI device.
 
     # --- nvidia_driver ---------------------------------------------------------------------------
-    "nvidia_driver_branch": "570",  # pinned driver branch (major version); verify checks it
+    "nvidia_driver_branch": "570",  # pinned driver branch (major version); verify checks it. A runtime on
+    #   CUDA (runtime_device cuda, engine vllm) needs 580+: its torch is a CUDA 13.0 build
     "nvidia_driver_source": "cuda_repo",  # cuda_repo: NVIDIA's CUDA repository (every OS) |
     #   distro: Ubuntu's nvidia-headless-<branch>-server, or Debian 12's non-free nvidia-driver
     "nvidia_driver_open_kernel_modules": True,  # NVIDIA's open modules (Turing and newer); False: proprietary

@@ -3,9 +3,9 @@
 The runtime role builds a wheelhouse for the host on the control machine while planning. For
 fixture plans that would download the real dependencies (for a GPU host: gigabytes of CUDA
 wheels) only to list file names, so `wheelhouse` injects a small prebuilt one at the one seam
-the role uses (roles.runtime.build_wheelhouse) and records which platforms and extras it was asked
-for: the plan tests assert those. The real builder is tested in tests/test_wheelhouse.py and used
-by every fleet deploy.
+the role uses (roles.runtime.build_wheelhouse) and records which platforms, accelerators (the
+constraints file) and extras it was asked for: the plan tests assert those. The real builder is
+tested in tests/test_wheelhouse.py and used by every fleet deploy.
 """
 
 from __future__ import annotations
