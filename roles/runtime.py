@@ -72,10 +72,10 @@ def runtime_accelerator(settings: Mapping) -> str:
     if not (str(settings["runtime_device"]).startswith("cuda") or settings["runtime_engine"] == "vllm"):
         return "cpu"
     if int(str(settings["nvidia_driver_branch"]).split(".")[0]) < CUDA_PINS_MIN_DRIVER_BRANCH:
-        raise RoleError(f"the runtime's CUDA wheels (runtime/constraints-cuda.txt: torch built for CUDA 13.0) need "
-                        f"NVIDIA driver branch {CUDA_PINS_MIN_DRIVER_BRANCH} or newer, and nvidia_driver_branch is "
-                        f"{settings['nvidia_driver_branch']}: set nvidia_driver_branch: \"{CUDA_PINS_MIN_DRIVER_BRANCH}\" "
-                        f"(and cuda_version: \"13.0\") in the inventory")
+        raise RoleError(f"the runtime's CUDA wheels (runtime/constraints-cuda.txt: torch built for CUDA 13.0) "
+                        f"need NVIDIA driver branch {CUDA_PINS_MIN_DRIVER_BRANCH} or newer, and "
+                        f"nvidia_driver_branch is {settings['nvidia_driver_branch']}: set nvidia_driver_branch: "
+                        f"\"{CUDA_PINS_MIN_DRIVER_BRANCH}\" (and cuda_version: \"13.0\") in the inventory")
     return "cuda"
 
 

@@ -88,7 +88,8 @@ def test_docker_mode_mounts_what_runtime_yaml_names(wheelhouse, control_data):
     ops = plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE})
     config = yaml.safe_load(find(ops, "Runtime config").uploads()["/etc/deepfleet/runtime.yaml"])
     args = find(ops, "Runtime container deepfleet-runtime").shell()[0].split()
-    mounts = {value.split(":")[1]: value.split(":")[2:] for flag, value in zip(args, args[1:]) if flag == "--volume"}
+    mounts = {value.split(":")[1]: value.split(":")[2:]
+              for flag, value in zip(args, args[1:]) if flag == "--volume"}
     tmpfs = [value.split(":")[0] for flag, value in zip(args, args[1:]) if flag == "--tmpfs"]
     # <name>@current is a symlink to a sibling release: the whole models directory is mounted.
     assert config["model"]["path"] == "/opt/deepfleet/models/tiny-deepseek-v3@current"

@@ -18,8 +18,8 @@ def test_a_misspelt_setting_stops_the_site_deploy_naming_the_setting_meant(wheel
     data = {**control_data, "runtime_tensor_parallel_size": 2}
     with pytest.raises(RoleError) as error:
         plan(load_case("debian12-nogpu"), SITE_DEPLOY, data=data, host_name="gpu1")
-    assert str(error.value).startswith(
-        "host gpu1: 'runtime_tensor_parallel_size' is not a setting (did you mean 'runtime_vllm_tensor_parallel_size'?)")
+    assert str(error.value).startswith("host gpu1: 'runtime_tensor_parallel_size' is not a setting "
+                                       "(did you mean 'runtime_vllm_tensor_parallel_size'?)")
     assert "roles/defaults.py" in str(error.value)
     assert wheelhouse.requests == []  # nothing was prepared
 
