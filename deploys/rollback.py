@@ -4,5 +4,7 @@ and restart the runtime on it. Run by `deepfleet rollback INVENTORY [--to RELEAS
 import os
 
 from roles.model import rollback
+from roles.settings import check_settings
 
+check_settings()
 rollback(to=os.environ.get("DEEPFLEET_ROLLBACK_TO") or None)

@@ -17,12 +17,12 @@ from deepfleet.bundle.spec import AptSource, BundleSpec, ModelSource, OsTarget, 
 from .common import RoleError, control_path
 from .cuda import cuda_packages
 from .docker import docker_packages, docker_wanted
-from .hostos import SUPPORTED, HostOS
+from .hostos import SUPPORTED, HostOS, image_os
 from .nvidia_container_toolkit import toolkit_packages, toolkit_repo
 from .nvidia_driver import driver_packages
 from .offline import runtime_tarball
 from .packages import PackageRepo
-from .runtime import DISTRO_PYTHON
+from .runtime import runtime_accelerator
 from .runtime_container import tarball_image
 
 # os-release VERSION_CODENAME of each supported apt OS (hosts report it; the build is told the OS).
@@ -48,7 +48,7 @@ def declared_os(settings: Mapping, host_name: str) -> HostOS:
 def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[str], list[PackageRepo]]:
     """The OS packages the platform roles install on this host, and the repositories they come from."""
     gpu = bool(settings["bundle_host_gpu"])
-    packages, repos = list(settings["base_packages"]), []
+    packages, repos = [*os.python.packages, *settings["base_packages"]], []
     if gpu:
         kernel = settings["bundle_host_kernel"]
         if not kernel:
@@ -74,15 +74,14 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
 
 def wheel_targets(settings: Mapping, os: HostOS) -> list[WheelTarget]:
     """The wheelhouses the runtime role installs: the host's venv, and in Docker mode the image's."""
-    python, glibc = DISTRO_PYTHON[(os.id, os.major)]
+    python, accelerator = os.python, runtime_accelerator(settings)
     extras = tuple(settings["runtime_wheel_extras"])
     if settings["runtime_mode"] != "docker":
-        return [WheelTarget(python, os.machine, glibc, extras)]
-    targets = [WheelTarget(python, os.machine, glibc, ())]
+        return [WheelTarget(python.version, os.machine, python.glibc, extras, accelerator)]
+    targets = [WheelTarget(python.version, os.machine, python.glibc, (), accelerator)]
     if settings["runtime_image_source"] == "build":
-        name, _, version = settings[_image_setting(settings) + "_os"].partition("-")
-        image_python, image_glibc = DISTRO_PYTHON[(name, version.split(".")[0])]
-        targets.append(WheelTarget(image_python, os.machine, image_glibc, extras))
+        image = image_os(settings[_image_setting(settings) + "_os"], os.machine).python
+        targets.append(WheelTarget(image.version, os.machine, image.glibc, extras, accelerator))
     return targets
 
 

@@ -3,7 +3,12 @@ name, in host or group data (e.g. `("gpu1", {"runtime_port": 9000})`).
 
 Settings are prefixed with the role that reads them. Paths marked "control" are on the machine
 that runs the deploy (relative ones are taken from the project root); all others are on hosts.
+Host data with one of these prefixes that is not a setting below is refused before a deploy
+starts (roles/settings.py), so a misspelt setting never silently leaves its default in force.
 """
+
+ROLE_PREFIXES = ("base_", "deepfleet_", "nvidia_driver_", "cuda_", "docker_", "nvidia_container_toolkit_",
+                 "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_")
 
 DEFAULTS = {
     # --- base: service account and directories -------------------------------------------------
@@ -12,7 +17,7 @@ DEFAULTS = {
     "deepfleet_home": "/opt/deepfleet",  # venv, wheelhouse, models
     "deepfleet_config_dir": "/etc/deepfleet",  # runtime.yaml, gateway.yaml, tls/, api_keys.json
     "deepfleet_state_dir": "/var/lib/deepfleet",  # writable by the service user
-    "base_packages": ["python3", "python3-venv", "ca-certificates"],
+    "base_packages": ["ca-certificates"],  # besides the runtime's Python, which roles/hostos.py picks per OS
     "deepfleet_cache_dir": ".deepfleet/cache",  # control: wheelhouses and manifests
 
     # === GPU host platform: NVIDIA driver, CUDA, Docker, NVIDIA container toolkit ==================
@@ -22,7 +27,8 @@ DEFAULTS = {
     # The NVIDIA roles skip themselves, with a message, on hosts without an NVIDIA PCI device.
 
     # --- nvidia_driver ---------------------------------------------------------------------------
-    "nvidia_driver_branch": "570",  # pinned driver branch (major version); verify checks it
+    "nvidia_driver_branch": "570",  # pinned driver branch (major version); verify checks it. A runtime on
+    #   CUDA (runtime_device cuda, engine vllm) needs 580+: its torch is a CUDA 13.0 build
     "nvidia_driver_source": "cuda_repo",  # cuda_repo: NVIDIA's CUDA repository (every OS) |
     #   distro: Ubuntu's nvidia-headless-<branch>-server, or Debian 12's non-free nvidia-driver
     "nvidia_driver_open_kernel_modules": True,  # NVIDIA's open modules (Turing and newer); False: proprietary

@@ -31,6 +31,7 @@ from .common import control_path, venv_dir
 from .defaults import DEFAULTS
 from .facts import ModelReleaseState
 from .offline import model_release_from_bundle, offline
+from .runtime_container import CONTAINER
 from .transfer import PartialUpload, resumable_upload, secret_file, upload_owner
 
 GIB = 1 << 30
@@ -213,8 +214,11 @@ def rollback(to: str | None = None):
                                          data.model_name, "--models-dir", QuoteString(models_dir()),
                                          "--keys-dir", QuoteString(host_keys_dir()), "--group",
                                          data.deepfleet_group, "--keep", str(data.model_keep_releases), *target)])
-    systemd.service(name="Restart deepfleet-runtime on the release", service="deepfleet-runtime.service",
-                    restarted=True)
+    if data.runtime_mode == "docker":
+        server.shell(name="Restart the runtime container on the release", commands=[f"docker restart {CONTAINER}"])
+    else:
+        systemd.service(name="Restart deepfleet-runtime on the release", service="deepfleet-runtime.service",
+                        restarted=True)
     server.shell(name="Wait until deepfleet-runtime is ready",
                  commands=[f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
                            f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}"])

@@ -54,7 +54,7 @@ def runtime_image_file(bundle: VerifiedBundle, tarball_name: str) -> tuple[str, 
 
 def wheelhouse_from_bundle(target: TargetPlatform, extras: tuple[str, ...]) -> Wheelhouse:
     """The bundle's wheelhouse for this Python, platform and extras (what build_wheelhouse would make)."""
-    key = WheelTarget(target.python, target.machine, target.glibc, tuple(extras)).key
+    key = WheelTarget(target.python, target.machine, target.glibc, tuple(extras), target.accelerator).key
     bundle = the_bundle()
     try:
         return bundle_wheelhouse(bundle.root, bundle.wheel_entry(key))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
-from pyinfra.facts.server import Arch, LinuxDistribution
+from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
 from deepfleet.digests import sha256_file
@@ -25,18 +25,17 @@ from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
 from .gpu_facts import has_nvidia_gpu
-from .model import activate_model, current_model_path
+from .hostos import RuntimePython, host_os, image_os
+from .model import activate_model, current_model_path, host_keys_dir, models_dir
 from .offline import offline, offline_settings, wheelhouse_from_bundle
-from .runtime_container import remove_container, runtime_image, runtime_in_container
+from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .transfer import push_files
 
 INSTALL_MARKER = ".deepfleet-install.json"
+# runtime/constraints-cuda.txt pins torch's CUDA 13.0 build, which needs this NVIDIA driver branch or newer.
+CUDA_PINS_MIN_DRIVER_BRANCH = 580
 RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
-# Python and glibc of each supported distro's python3 package, for hosts that have no python3
-# yet (the base role installs it before the runtime is installed).
-DISTRO_PYTHON = {("debian", "12"): ("3.11", "2.36"), ("ubuntu", "22"): ("3.10", "2.35"),
-                 ("ubuntu", "24"): ("3.12", "2.39")}
 
 
 # runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
@@ -67,37 +66,44 @@ def unit_context(settings: Mapping, config_path: str) -> dict:
     }
 
 
-def target_platform() -> TargetPlatform:
-    """The host's Python and platform from facts (or from its distro when python3 is not there yet)."""
-    probe = host.get_fact(HostPython)
+def runtime_accelerator(settings: Mapping) -> str:
+    """"cuda" where the runtime uses NVIDIA GPUs (a cuda device, or the vllm engine), else "cpu": the
+    torch build the wheels are pinned to (runtime/constraints-<accelerator>.txt). CUDA pins need a
+    driver branch that runs their CUDA; an older `nvidia_driver_branch` is refused with the fix."""
+    if not (str(settings["runtime_device"]).startswith("cuda") or settings["runtime_engine"] == "vllm"):
+        return "cpu"
+    if int(str(settings["nvidia_driver_branch"]).split(".")[0]) < CUDA_PINS_MIN_DRIVER_BRANCH:
+        raise RoleError(f"the runtime's CUDA wheels (runtime/constraints-cuda.txt: torch built for CUDA 13.0) "
+                        f"need NVIDIA driver branch {CUDA_PINS_MIN_DRIVER_BRANCH} or newer, and "
+                        f"nvidia_driver_branch is {settings['nvidia_driver_branch']}: set nvidia_driver_branch: "
+                        f"\"{CUDA_PINS_MIN_DRIVER_BRANCH}\" (and cuda_version: \"13.0\") in the inventory")
+    return "cuda"
+
+
+def target_platform(accelerator: str) -> TargetPlatform:
+    """The platform of the runtime's Python on this host (roles/hostos.py picks it per OS; the base
+    role installs it): asked from the host, or from the OS's table before it is installed."""
+    python = host_os().python
+    probe = host.get_fact(HostPython, python=python.command)
     if probe:
-        return TargetPlatform(probe["python"], probe["machine"], probe["glibc"])
-    distro = host.get_fact(LinuxDistribution) or {}
-    key = ((distro.get("name") or "").lower(), str(distro.get("major")))
-    if key not in DISTRO_PYTHON:
-        raise RoleError(f"host {host.name} has no python3 and runs {distro.get('name')} "
-                        f"{distro.get('major')}, which deepfleet does not know; install python3 there")
-    python, glibc = DISTRO_PYTHON[key]
-    return TargetPlatform(python, host.get_fact(Arch), glibc)
+        return TargetPlatform(probe["python"], probe["machine"], probe["glibc"], accelerator)
+    return TargetPlatform(python.version, host.get_fact(Arch), python.glibc, accelerator)
 
 
-def image_platform(base_os: str) -> TargetPlatform:
-    """The Python and platform inside a runtime image whose base runs `base_os` ("ubuntu-24.04")."""
-    name, _, version = base_os.partition("-")
-    key = (name.lower(), version.split(".")[0])
-    if key not in DISTRO_PYTHON:
-        known = ", ".join(f"{n}-{v}" for n, v in DISTRO_PYTHON)
-        raise RoleError(f"runtime image base OS {base_os!r} is not one deepfleet knows the Python of ({known})")
-    python, glibc = DISTRO_PYTHON[key]
-    return TargetPlatform(python, host.get_fact(Arch), glibc)
+def image_python(base_os: str) -> RuntimePython:
+    """The Python inside a runtime image whose base runs `base_os` ("ubuntu-24.04")."""
+    return image_os(base_os, host.get_fact(Arch)).python
 
 
 @operation()
-def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: list[str], install_id: str):
+def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: str, runtime_wheel: str,
+                       extras: list[str], install_id: str):
     """
     Install deepfleet-runtime into `venv` from pushed wheels, offline, unless it already holds them.
 
-    + venv: the virtualenv directory (created if missing)
+    + venv: the virtualenv directory (created if missing, re-created if it runs another Python)
+    + python: the interpreter that creates it, e.g. "python3.11"
+    + python_version: its version, e.g. "3.11"
     + deps_dir: remote directory of dependency wheels
     + runtime_wheel: remote path of the deepfleet-runtime wheel
     + extras: engine extras, e.g. ["transformers"]
@@ -108,10 +114,12 @@ def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: lis
         host.noop(f"{venv} already holds wheelhouse {install_id}")
         return
     requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
-    yield StringCommand("test", "-x", f"{venv}/bin/python", "||", "python3", "-m", "venv", venv)
-    # With SOURCE_DATE_EPOCH the compiled .pyc files are hash-based, not stamped with install times:
-    # two hosts installed from the same wheels hold the same bytes.
-    pip_install = ("env", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}", f"{venv}/bin/pip", "install")
+    # With SOURCE_DATE_EPOCH compiled .pyc files are hash-based, not stamped with install times: two
+    # hosts installed from the same wheels hold the same bytes (the venv's own pip included).
+    reproducible = ("env", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
+    yield StringCommand("test", "-x", f"{venv}/bin/python{python_version}", "||", *reproducible, python, "-m",
+                        "venv", "--clear", venv)
+    pip_install = (*reproducible, f"{venv}/bin/pip", "install")
     yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check",
                         "--find-links", QuoteString(deps_dir), QuoteString(requirement))
     # Same version number, new code: replace the runtime itself without touching its dependencies.
@@ -131,11 +139,14 @@ def runtime():
         raise RoleError(f"runtime_mode is {mode!r}; use 'systemd' or 'docker'")
     # In Docker mode the engine's extras go into the image; the host keeps the light package.
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" else ()
-    wheelhouse = _wheelhouse(target_platform(), extras)
+    accelerator = runtime_accelerator(settings)
+    target = target_platform(accelerator)
+    wheelhouse = _wheelhouse(target, extras)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
-                                 venv=venv_dir(), deps_dir=deps_remote, runtime_wheel=wheel_remote,
-                                 extras=list(extras), install_id=wheelhouse.install_id)
+                                 venv=venv_dir(), python=host_os().python.command, python_version=target.python,
+                                 deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
+                                 install_id=wheelhouse.install_id)
 
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
     config = files.template(name="Runtime config", src=template("runtime.yaml.j2"), dest=config_path,
@@ -146,12 +157,15 @@ def runtime():
     model = activate_model()
     if mode == "docker":
         gpu = has_nvidia_gpu()
-        image_wheels = None
+        python = image_wheels = None
         if data.runtime_image_source == "build":
-            base_os = data.runtime_image_base_gpu_os if gpu else data.runtime_image_base_cpu_os
-            image_wheels = _wheelhouse(image_platform(base_os), tuple(data.runtime_wheel_extras))
-        image = runtime_image(settings, gpu, image_wheels, config_path)
-        runtime_in_container(settings, gpu, image, config, config_path, current_model_path(), ready)
+            python = image_python(data.runtime_image_base_gpu_os if gpu else data.runtime_image_base_cpu_os)
+            image_target = TargetPlatform(python.version, host.get_fact(Arch), python.glibc, accelerator)
+            image_wheels = _wheelhouse(image_target, tuple(data.runtime_wheel_extras))
+        image = runtime_image(settings, gpu, python, image_wheels, config_path)
+        args = container_args(settings, image, config_path, models_dir(), host_keys_dir(),
+                              f"/run/{RUNTIME_DIRECTORY}", gpu)
+        runtime_in_container(data.deepfleet_user, args, [config, model], ready)
         return
 
     remove_container(name="Remove the runtime container (systemd mode)", container="deepfleet-runtime")

@@ -46,10 +46,12 @@ class WheelTarget:
     machine: str
     glibc: str
     extras: tuple[str, ...] = ()
+    accelerator: str = "cpu"  # the torch build the wheels are pinned to (runtime/constraints-<accelerator>.txt)
 
     @property
     def key(self) -> str:
-        return f"cp{self.python.replace('.', '')}-{self.machine}-glibc{self.glibc}-{'+'.join(self.extras) or 'light'}"
+        return (f"cp{self.python.replace('.', '')}-{self.machine}-glibc{self.glibc}-{self.accelerator}-"
+                f"{'+'.join(self.extras) or 'light'}")
 
 
 @dataclass(frozen=True)

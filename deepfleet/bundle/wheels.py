@@ -32,7 +32,7 @@ def requirement_for(extras: tuple[str, ...]) -> str:
 
 
 def platform_of(target: WheelTarget) -> TargetPlatform:
-    return TargetPlatform(target.python, target.machine, target.glibc)
+    return TargetPlatform(target.python, target.machine, target.glibc, target.accelerator)
 
 
 def lock_entry(wheelhouse: Wheelhouse, target: WheelTarget) -> dict:

@@ -5,8 +5,8 @@ bundle_host_gpu = True  # the driver, CUDA and the container toolkit go into the
 bundle_host_kernel = "6.1.0-28-amd64"  # `uname -r` on the nodes: the driver is built against its headers
 
 # --- GPU platform: two L40S per node -------------------------------------------------------------------
-nvidia_driver_branch = "570"
-cuda_version = "12.8"
+nvidia_driver_branch = "580"  # the runtime's CUDA wheels (torch for CUDA 13.0) need 580+
+cuda_version = "13.0"
 verify_gpu_count = 2
 
 # --- runtime: vLLM across both GPUs, under systemd -------------------------------------------------------

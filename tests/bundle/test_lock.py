@@ -33,7 +33,7 @@ def test_what_the_lock_lacks_is_listed():
         check_covers(_lock(), spec, Path("old/lock.json"))
     message = str(error.value)
     assert "debian-12-amd64 packages (now needed: docker.io; no longer needed: python3-venv)" in message
-    assert "wheels cp311-x86_64-glibc2.36-light" in message and "image debian:12-slim" in message
+    assert "wheels cp311-x86_64-glibc2.36-cpu-light" in message and "image debian:12-slim" in message
     assert "model other" in message and "Build without --lock" in message
 
 

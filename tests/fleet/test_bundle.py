@@ -34,7 +34,7 @@ pytestmark = pytest.mark.fleet
 REMOVED = ("python3-venv", "python3.11-venv", "python3-pip-whl", "python3-setuptools-whl")
 TREES = ("/opt/deepfleet", "/etc/deepfleet")
 # The files that differ between two hosts installed from one bundle (docs/air-gapped.md lists them).
-HOST_SPECIFIC = ("/etc/deepfleet/tls/server.crt", "/etc/deepfleet/tls/server.key")
+HOST_SPECIFIC = ("/etc/deepfleet/gateway.yaml", "/etc/deepfleet/tls/server.crt", "/etc/deepfleet/tls/server.key")
 
 
 @dataclass

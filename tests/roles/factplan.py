@@ -8,7 +8,9 @@ parsers of /etc/os-release, sysfs and nvidia-smi output run). A fact the case do
 error naming it: the plan never invents host state.
 
 `plan()` runs deploy functions or deploy files exactly as pyinfra's prepare stage does, then lists
-every operation in order with the commands it would run, file uploads with their content.
+every operation in order with the commands it would run, file uploads with their content. With
+`changed=[...]` it also decides the conditional operations (`_if`) as the run would, when exactly
+the operations named like those changed.
 `expect_plan()` compares a plan with its reviewed copy in tests/roles/plans/ (the exact commands
 and files a role produces for one case); DEEPFLEET_WRITE_PLANS=1 rewrites the copies, for review.
 """
@@ -74,8 +76,10 @@ def with_facts(facts: dict, **changes) -> dict:
 
 
 def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, inventory: Path | None = None,
-         host_name: str = "h1") -> list[PlannedOp]:
-    """The operations `deploy` (a @deploy function or a deploy file) would run on one host."""
+         host_name: str = "h1", changed: list[str] | None = None) -> list[PlannedOp]:
+    """The operations `deploy` (a @deploy function or a deploy file) would run on one host; with
+    `changed`, conditional ones are decided ("yes"/"no") as if only the operations whose names
+    contain one of those strings changed the host."""
     if inventory is not None:
         inv = load_inventory(inventory, data)
     else:
@@ -111,7 +115,22 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
             planned.append(PlannedOp(sorted(state.op_meta[op_hash].names)[0],
                                      ("conditional" if conditional else "yes") if is_change else "no",
                                      commands, notes.get(op_hash, [])))
+        if changed is not None:
+            _decide_conditions(state, target, planned, changed)
     return planned
+
+
+def _decide_conditions(state: State, target: Host, planned: list[PlannedOp], changed: list[str]) -> None:
+    """Complete every operation as changed or not, then evaluate the conditional ones' `_if`."""
+    ops = [state.ops[target][op_hash] for op_hash in state.get_op_order() if op_hash in state.ops[target]]
+    for op_data, op in zip(ops, planned):
+        did_change = any(name in op.name for name in changed)
+        op_data.operation_meta.set_complete(True, ["changed"] if did_change else [], None)
+    for op_data, op in zip(ops, planned):
+        if op.change == "conditional":
+            conditions = op_data.global_arguments["_if"]
+            conditions = conditions if isinstance(conditions, list) else [conditions]
+            op.change = "yes" if all(condition() for condition in conditions) else "no"
 
 
 def changed(ops: list[PlannedOp]) -> list[str]:

@@ -52,7 +52,7 @@ def bundle(tmp_path, signer, control_data):
     lock = {"models": {"tiny-deepseek-v3": {"release": manifest.release, "dir": f"models/{manifest.release_name}",
                                             "manifest_sha256": "-"}},
             "os": {"debian-12-amd64": {"packages": ["python3"], "resolver_image": "debian:12", "debs": []}},
-            "wheelhouses": {"cp311-x86_64-glibc2.36-transformers": entry},
+            "wheelhouses": {"cp311-x86_64-glibc2.36-cpu-transformers": entry},
             "images": {"nvidia/cuda:12.8.1-base-ubuntu24.04": {"id": "sha256:1", "sha256": "x",
                                                                 "file": "images/nvidia_cuda_12.8.1-base-ubuntu24.04.tar"}}}
     root = make_bundle(tmp_path / "b", signer, files, lock)

@@ -21,7 +21,7 @@ def test_the_hospital_bundle_holds_the_gpu_stack_for_debian_12_from_the_vendors_
     spec = bundle_spec(_hosts())
     (target,) = spec.os_targets
     assert (target.key, target.resolver_image) == ("debian-12-amd64", "debian:12")
-    assert {"linux-headers-6.1.0-28-amd64", "nvidia-kernel-open-dkms", "cuda-drivers-570", "cuda-toolkit-12-8",
+    assert {"linux-headers-6.1.0-28-amd64", "nvidia-kernel-open-dkms", "cuda-drivers-580", "cuda-toolkit-13-0",
             "docker-ce", "containerd.io", "nvidia-container-toolkit=1.17.8-1", "python3-venv"} <= set(target.packages)
     sources = {source.name: source for source in target.sources}
     assert sorted(sources) == ["cuda", "docker", "nvidia-container-toolkit"]
@@ -30,7 +30,8 @@ def test_the_hospital_bundle_holds_the_gpu_stack_for_debian_12_from_the_vendors_
     assert "signed-by=/etc/apt/keyrings/deepfleet-docker.asc] https://download.docker.com/linux/debian bookworm stable" \
         in sources["docker"].apt_list
     # GPU nodes: vLLM under systemd; the gateway host (until issue 6's upstreams): the default engine.
-    assert [wheel.key for wheel in spec.wheels] == ["cp311-x86_64-glibc2.36-transformers", "cp311-x86_64-glibc2.36-vllm"]
+    assert [wheel.key for wheel in spec.wheels] == ["cp311-x86_64-glibc2.36-cpu-transformers",
+                                                    "cp311-x86_64-glibc2.36-cuda-vllm"]
     assert spec.images == ("nvidia/cuda:12.8.1-base-ubuntu24.04",)  # the toolkit's smoke test, never pulled
     assert [model.name for model in spec.models] == ["deepseek-r1-distill-qwen-32b"]
     assert spec.hosts == {"gpu-1": "debian-12-amd64", "gpu-2": "debian-12-amd64", "gateway-1": "debian-12-amd64"}
@@ -46,7 +47,8 @@ def test_docker_mode_brings_docker_the_image_base_and_the_images_wheels():
     spec = bundle_spec([("h1", settings)])
     assert "docker.io" in spec.os_targets[0].packages and spec.os_targets[0].key == "ubuntu-24.04-amd64"
     assert spec.images == ("debian:12-slim",)
-    assert [wheel.key for wheel in spec.wheels] == ["cp311-x86_64-glibc2.36-transformers", "cp312-x86_64-glibc2.39-light"]
+    assert [wheel.key for wheel in spec.wheels] == ["cp311-x86_64-glibc2.36-cpu-transformers",
+                                                    "cp312-x86_64-glibc2.39-cpu-light"]
 
 
 @pytest.mark.parametrize("settings, message", [
