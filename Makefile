@@ -20,7 +20,7 @@ test: setup host-tools
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml runtime/pyproject.toml runtime/constraints.txt
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml runtime/constraints.txt runtime/constraints-cpu.txt
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml runtime/constraints.tx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@# llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores; pip caches the wheel)
-	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/pip install --quiet --constraint runtime/constraints.txt \
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/pip install --quiet --constraint runtime/constraints-cpu.txt \
 	  -e 'runtime[transformers,quantization,llamacpp]' -e '.[test]'
 	touch $@
 

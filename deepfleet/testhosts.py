@@ -1,11 +1,13 @@
 """Disposable local hosts for the demo and the tests: Debian 12 containers with systemd and sshd.
 
 The image is built locally with debootstrap (no registry is reachable) and cached under a tag
-derived from its recipe, so it is rebuilt only when the recipe changes. Each host runs with
-`--network host` and its own sshd port on 127.0.0.1, so everything stays on loopback; pyinfra
+derived from its recipe, so it is rebuilt only when the recipe changes. By default each host runs
+with `--network host` and its own sshd port on 127.0.0.1, so everything stays on loopback; pyinfra
 reaches it over real SSH with a per-fleet key and a known_hosts file written from the host's
-own key (strict checking, no trust-on-first-use). Teardown removes exactly the containers the
-fleet started. Measured recipe and quirks: ../shared/notes/test-hosts.md.
+own key (strict checking, no trust-on-first-use). With `network="none"` hosts have no network at
+all (an air-gapped site): pyinfra reaches them through its `@docker/<container>` connector
+(docker exec + docker cp). Teardown removes exactly the containers the fleet started. Measured
+recipe and quirks: ../shared/notes/test-hosts.md.
 """
 
 from __future__ import annotations
@@ -145,12 +147,21 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
+NETWORKS = ("host", "none")
+
+
 @dataclass
 class TestHost:
     name: str
     container: str
     ssh_port: int
     ports: dict[str, int] = field(default_factory=dict)
+    network: str = "host"  # "host": loopback, over SSH; "none": no network, through `@docker/<container>`
+
+    @property
+    def inventory_name(self) -> str:
+        """The host's name in a pyinfra inventory (it picks the connector)."""
+        return self.name if self.network == "host" else f"@docker/{self.container}"
 
 
 class TestFleet:
@@ -188,9 +199,12 @@ class TestFleet:
               network: str = "host") -> None:
         """Start `count` hosts from `image`, each with an sshd port and one port per name.
 
-        `network="none"` gives each host its own network namespace with only loopback (reach it
-        with pyinfra's @docker connector; tests add links to it): for firewall tests, whose rules
-        must never touch this machine's own network."""
+        `network="none"`: each host has its own network namespace with only loopback (so ports need
+        not differ); pyinfra reaches it with the @docker connector. Air-gapped installs are tested
+        on such hosts, and firewall tests (which add links to them), whose rules must never touch
+        this machine's own network."""
+        if network not in NETWORKS:
+            raise TestHostError(f"network {network!r}: use one of {', '.join(NETWORKS)}")
         _require_docker()
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fleet_id = self.fleet_id or secrets.token_hex(4)
@@ -199,8 +213,9 @@ class TestFleet:
         for index in range(1, count + 1):
             name = f"{name_prefix}{index}"
             host = TestHost(name, f"deepfleet-{self.fleet_id}-{name}", next(ports),
-                            {port_name: next(ports) for port_name in port_names})
-            self._run_container(host, image, public_key, network)
+                            {port_name: next(ports) for port_name in port_names} if network == "host" else {},
+                            network)
+            self._run_container(host, image, public_key)
             self.hosts.append(host)
             self._save()
         self.known_hosts_path.write_text("")
@@ -215,9 +230,13 @@ class TestFleet:
         return result.returncode == 0 and set(result.stdout.split()) == {"true"}
 
     def inventory_hosts(self, extra_data: dict | None = None) -> list[tuple[str, dict]]:
-        """pyinfra (name, data) pairs for the hosts: SSH settings, sudo, ports, plus `extra_data`."""
+        """pyinfra (name, data) pairs for the hosts: SSH settings, sudo, ports, plus `extra_data`
+        (no-network hosts: `@docker/<container>` names, where pyinfra runs as root)."""
         entries = []
         for host in self.hosts:
+            if host.network == "none":
+                entries.append((host.inventory_name, {**host.ports, **(extra_data or {})}))
+                continue
             data = {
                 "ssh_hostname": "127.0.0.1",
                 "ssh_port": host.ssh_port,
@@ -252,19 +271,20 @@ class TestFleet:
         return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                              serialization.PublicFormat.OpenSSH).decode()
 
-    def _run_container(self, host: TestHost, image: str, public_key: str, network: str) -> None:
+    def _run_container(self, host: TestHost, image: str, public_key: str) -> None:
         config_dir = self.workdir / "hosts" / host.name
         config_dir.mkdir(parents=True, exist_ok=True)
         config_dir.chmod(0o755)  # sshd's StrictModes: root-owned, not group/world writable
         (config_dir / "sshd.conf").write_text(f"Port {host.ssh_port}\nListenAddress 127.0.0.1\n")
         (config_dir / "authorized_keys").write_text(public_key + "\n")
+        name_resolution = ["--add-host", f"{host.name}:127.0.0.1"] if host.network == "host" else []
         _docker(
             "run", "--detach", "--name", host.container,
             "--label", "deepfleet.testhost=1", "--label", f"deepfleet.fleet={self.fleet_id}",
-            "--network", network, "--hostname", host.name, "--add-host", f"{host.name}:127.0.0.1",
-            "--cap-add", "SYS_ADMIN", "--cgroupns", "private",
+            "--network", host.network, "--hostname", host.name, *name_resolution,
             # Firewall rules only ever inside a host's own network namespace, never this machine's:
-            *(["--cap-add", "NET_ADMIN"] if network != "host" else []),
+            *(["--cap-add", "NET_ADMIN"] if host.network != "host" else []),
+            "--cap-add", "SYS_ADMIN", "--cgroupns", "private",
             "--tmpfs", "/run", "--tmpfs", "/run/lock", "--stop-signal", "SIGRTMIN+3",
             "--volume", f"{config_dir}:{CONFIG_MOUNT}:ro",
             image, "/sbin/init",
@@ -277,6 +297,8 @@ class TestFleet:
             result = _docker("exec", host.container, "sh", "-c", probe, check=False)
             if result.returncode == 0 and result.stdout.startswith("ssh-ed25519"):
                 key_type, key_data = result.stdout.split()[:2]
+                if host.network == "none":
+                    return  # reached with docker exec: no host key to trust
                 with open(self.known_hosts_path, "a") as known_hosts:
                     known_hosts.write(f"[127.0.0.1]:{host.ssh_port} {key_type} {key_data}\n")
                 return

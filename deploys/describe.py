@@ -12,8 +12,10 @@ from pathlib import Path
 from pyinfra import host
 
 from deepfleet.remote import ssh_argv
+from roles.settings import check_settings
 from roles.topology import describe
 
+check_settings()
 out = Path(os.environ["DEEPFLEET_DESCRIBE_OUT"])
 record = describe(host) | {"ssh": ssh_argv(host.connector.data, host.name)}
 (out / f"{host.name}.json").write_text(json.dumps(record))

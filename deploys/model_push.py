@@ -7,6 +7,8 @@ interrupted push resumes where it stopped.
 
 from roles.base import base
 from roles.model import model
+from roles.settings import check_settings
 
+check_settings()
 base()
 model()

@@ -8,5 +8,7 @@ For provisioning GPU hosts before a model is ready; deploys/site.py runs the sam
 """
 
 from roles.platform import host_platform
+from roles.settings import check_settings
 
+check_settings()
 host_platform()

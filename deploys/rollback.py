@@ -5,5 +5,7 @@ or a model release id), its model verified first, and restart the runtime on it.
 import os
 
 from roles.release import rollback
+from roles.settings import check_settings
 
+check_settings()
 rollback(to=os.environ.get("DEEPFLEET_ROLLBACK_TO") or None)

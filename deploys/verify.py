@@ -6,6 +6,8 @@ Read-only (it only runs a throwaway `docker run --rm` CUDA container); prints on
 host and fails the hosts that do not match their settings (roles/verify.py says what is checked).
 """
 
+from roles.settings import check_settings
 from roles.verify import verify
 
+check_settings()
 verify()

@@ -4,7 +4,7 @@
     pyinfra inventories/rtx4090.py deploys/site.py -y
     pyinfra inventories/rtx4090.py deploys/verify.py
 
-The runtime runs from its venv under systemd (the transformers engine, bitsandbytes int8); Docker
+The runtime runs from its venv under systemd (the transformers engine, int8 weights); Docker
 and the container toolkit are still installed for CUDA containers and the smoke test. Every
 setting a user would change is in group_data/rtx4090.py.
 """

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import files, server
 
 from .defaults import DEFAULTS
+from .hostos import host_os
+from .packages import install_packages
 
 
 @deploy("deepfleet base", data_defaults=DEFAULTS)
 def base():
-    """Install base packages (only when missing), create the service user and directories."""
+    """Install the runtime's Python and base packages (apt or dnf, only when missing), create the
+    service user and directories."""
     data = host.data
-    installed = host.get_fact(DebPackages) or {}
-    missing = [package for package in data.base_packages if package not in installed]
-    if missing:
-        apt.packages(name=f"Install {', '.join(missing)}", packages=missing, update=True)
+    os = host_os()
+    install_packages("Base", [*os.python.packages, *data.base_packages], os)
 
     server.group(name="Service group", group=data.deepfleet_group, system=True)
     server.user(

@@ -33,6 +33,21 @@ def cuda_repo(os: HostOS, base_url: str) -> PackageRepo:
                        apt_source=f"{root}/ /", dnf_baseurl=root)
 
 
+def cuda_packages(settings, os: HostOS) -> tuple[PackageRepo | None, list[str]]:
+    """The toolkit's repository (None: the OS's own sources) and package, as `cuda_source` and
+    `cuda_version` say."""
+    if settings["cuda_source"] == "distro":
+        if os.family != "debian":
+            raise RoleError(f"cuda_source 'distro' is not available on {os.label}; use 'cuda_repo'")
+        return None, ["nvidia-cuda-toolkit"]
+    if settings["cuda_source"] != "cuda_repo":
+        raise RoleError(f"cuda_source is {settings['cuda_source']!r}; use 'cuda_repo' or 'distro'")
+    version = str(settings["cuda_version"])
+    if not re.fullmatch(r"\d+\.\d+", version):
+        raise RoleError(f"cuda_version is {version!r}; give major.minor, e.g. '12.8'")
+    return cuda_repo(os, settings["cuda_repo_base_url"]), [f"cuda-toolkit-{version.replace('.', '-')}"]
+
+
 def cuda_home(version: str) -> str:
     return f"/usr/local/cuda-{version}"
 
@@ -48,20 +63,14 @@ def cuda():
         skip_role("CUDA toolkit", "cuda_toolkit_install is false (containers bring their own CUDA)")
         return
     os = host_os()
-    if data.cuda_source == "distro":
-        if os.family != "debian":
-            raise RoleError(f"cuda_source 'distro' is not available on {os.label}; use 'cuda_repo'")
-        install_packages("CUDA toolkit (the OS's own)", ["nvidia-cuda-toolkit"], os)
+    repo, packages = cuda_packages({key: data.get(key) for key in DEFAULTS}, os)
+    if repo is None:
+        install_packages("CUDA toolkit (the OS's own)", packages, os)
         return
-    if data.cuda_source != "cuda_repo":
-        raise RoleError(f"cuda_source is {data.cuda_source!r}; use 'cuda_repo' or 'distro'")
     version = str(data.cuda_version)
-    if not re.fullmatch(r"\d+\.\d+", version):
-        raise RoleError(f"cuda_version is {version!r}; give major.minor, e.g. '12.8'")
     # The driver role adds the repository when it installs from it.
-    repo_changes = [] if data.nvidia_driver_source == "cuda_repo" else add_repo(
-        cuda_repo(os, data.cuda_repo_base_url), os)
-    install_packages(f"CUDA toolkit {version}", [f"cuda-toolkit-{version.replace('.', '-')}"], os, repo_changes)
+    repo_changes = [] if data.nvidia_driver_source == "cuda_repo" else add_repo(repo, os)
+    install_packages(f"CUDA toolkit {version}", packages, os, repo_changes)
     files.template(name=f"CUDA {version} on PATH for login shells", src=template("cuda-profile.sh.j2"),
                    dest="/etc/profile.d/deepfleet-cuda.sh", user="root", group="root", mode="0644",
                    version=version, cuda_home=cuda_home(version))

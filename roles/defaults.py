@@ -3,7 +3,13 @@ name, in host or group data (e.g. `("gpu1", {"runtime_port": 9000})`).
 
 Settings are prefixed with the role that reads them. Paths marked "control" are on the machine
 that runs the deploy (relative ones are taken from the project root); all others are on hosts.
+Host data with one of these prefixes that is not a setting below is refused before a deploy
+starts (roles/settings.py), so a misspelt setting never silently leaves its default in force.
 """
+
+ROLE_PREFIXES = ("base_", "deepfleet_", "nvidia_driver_", "cuda_", "docker_", "nvidia_container_toolkit_",
+                 "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_",
+                 "rollout_")
 
 DEFAULTS = {
     # --- base: service account and directories -------------------------------------------------
@@ -12,7 +18,7 @@ DEFAULTS = {
     "deepfleet_home": "/opt/deepfleet",  # venv, wheelhouse, models
     "deepfleet_config_dir": "/etc/deepfleet",  # runtime.yaml, gateway.yaml, tls/, api_keys.json
     "deepfleet_state_dir": "/var/lib/deepfleet",  # writable by the service user
-    "base_packages": ["python3", "python3-venv", "ca-certificates"],
+    "base_packages": ["ca-certificates"],  # besides the runtime's Python, which roles/hostos.py picks per OS
     "deepfleet_cache_dir": ".deepfleet/cache",  # control: wheelhouses and manifests
 
     # === GPU host platform: NVIDIA driver, CUDA, Docker, NVIDIA container toolkit ==================
@@ -22,7 +28,8 @@ DEFAULTS = {
     # The NVIDIA roles skip themselves, with a message, on hosts without an NVIDIA PCI device.
 
     # --- nvidia_driver ---------------------------------------------------------------------------
-    "nvidia_driver_branch": "570",  # pinned driver branch (major version); verify checks it
+    "nvidia_driver_branch": "570",  # pinned driver branch (major version); verify checks it. A runtime on
+    #   CUDA (runtime_device cuda, engine vllm) needs 580+: its torch is a CUDA 13.0 build
     "nvidia_driver_source": "cuda_repo",  # cuda_repo: NVIDIA's CUDA repository (every OS) |
     #   distro: Ubuntu's nvidia-headless-<branch>-server, or Debian 12's non-free nvidia-driver
     "nvidia_driver_open_kernel_modules": True,  # NVIDIA's open modules (Turing and newer); False: proprietary
@@ -165,4 +172,20 @@ DEFAULTS = {
     "ray_min_worker_port": 10002,  # the workers' port range
     "ray_max_worker_port": 10999,
     "ray_network_interface": None,  # NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, e.g. "ens8" (the internal NIC)
+
+    # === air-gapped installs: one signed bundle (deepfleet/bundle/, roles/bundle.py; docs/air-gapped.md) ===
+    # Set bundle_dir and the site deploy verifies the bundle (refused before any host changes if a file
+    # or the signature is wrong), then hosts install only from it: its apt repository is their one
+    # package source, wheels with --no-index, images with docker load; nothing contacts the outside.
+    "bundle_dir": None,  # control: a bundle from `deepfleet bundle build INVENTORY --out DIR`
+    "bundle_trusted_key": ".deepfleet/bundle-keys/bundle-signing.asc",  # control: the signer's public key
+    # What `deepfleet bundle build` needs to know of hosts it cannot reach (the deploy reads facts):
+    "bundle_host_os": None,  # e.g. "debian-12", "ubuntu-22.04" (required to build a bundle)
+    "bundle_host_machine": "x86_64",  # uname -m: x86_64 | aarch64
+    "bundle_host_gpu": False,  # the host has an NVIDIA GPU: the driver, CUDA and toolkit packages go in
+    "bundle_host_kernel": None,  # GPU hosts: `uname -r` (the driver is built against its headers)
+    "bundle_resolver_images": {  # per OS, a container image whose package manager resolves the closure
+        "debian-12": "debian:12", "ubuntu-22.04": "ubuntu:22.04", "ubuntu-24.04": "ubuntu:24.04",
+        "rocky-9": "rockylinux:9",
+    },
 }

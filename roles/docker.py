@@ -55,6 +55,16 @@ def docker_repo(os: HostOS, base_url: str) -> PackageRepo:
                        apt_source=f"{base}/{os.id} {os.codename} stable")
 
 
+def docker_packages(settings: Mapping, os: HostOS) -> tuple[PackageRepo | None, list[str]]:
+    """Docker's repository (None: the OS's own sources) and packages, as `docker_source` says."""
+    if settings["docker_source"] == "docker_ce":
+        return docker_repo(os, settings["docker_repo_base_url"]), list(settings["docker_ce_packages"])
+    if settings["docker_source"] == "distro" and os.family == "debian":
+        return None, ["docker.io"]
+    raise RoleError(f"docker_source {settings['docker_source']!r} is not available on {os.label}; "
+                    "use 'docker_ce' (or 'distro' on Debian and Ubuntu)")
+
+
 def daemon_json_context(settings: Mapping, nvidia_runtime: bool) -> dict:
     """Variables for templates/daemon.json.j2 from role settings."""
     return {
@@ -80,14 +90,8 @@ def docker():
         skip_role("Docker", reason)
         return
     os = host_os()
-    if data.docker_source == "docker_ce":
-        repo_changes = add_repo(docker_repo(os, data.docker_repo_base_url), os)
-        packages = list(data.docker_ce_packages)
-    elif data.docker_source == "distro" and os.family == "debian":
-        repo_changes, packages = [], ["docker.io"]
-    else:
-        raise RoleError(f"docker_source {data.docker_source!r} is not available on {os.label}; "
-                        "use 'docker_ce' (or 'distro' on Debian and Ubuntu)")
+    repo, packages = docker_packages(settings, os)
+    repo_changes = add_repo(repo, os) if repo else []
     install_packages("Docker", packages, os, repo_changes)
     config = files.template(name="Docker daemon config", src=template("daemon.json.j2"), dest=DAEMON_JSON,
                             user="root", group="root", mode="0644", **daemon_json_context(settings, gpu))

@@ -15,13 +15,14 @@ _PROBE = (
 
 
 class HostPython(FactBase):
-    """The host's python3: {"python": "3.11", "machine": "x86_64", "glibc": "2.36"}, or None if absent."""
+    """A Python on the host (`python`: the command, e.g. "python3.11"): {"python": "3.11",
+    "machine": "x86_64", "glibc": "2.36"}, or None while it is not installed."""
 
-    def requires_command(self, *args, **kwargs) -> str:
-        return "python3"
+    def requires_command(self, python: str) -> str:
+        return python
 
-    def command(self) -> str:
-        return f'python3 -c "{_PROBE}"'
+    def command(self, python: str) -> str:
+        return f'{shlex.quote(python)} -c "{_PROBE}"'
 
     def process(self, output):
         return json.loads("\n".join(output))

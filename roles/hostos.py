@@ -14,14 +14,38 @@ from pyinfra.facts.server import Arch, LinuxDistribution
 
 from .common import RoleError
 
-# (os id, major version) -> family. Everything else is refused with a clear message.
+
+@dataclass(frozen=True)
+class RuntimePython:
+    """The interpreter the runtime's venv is built with on one OS (deepfleet-runtime needs 3.11+)."""
+
+    command: str  # what runs it: "python3", or "python3.11" where the OS's python3 is older
+    version: str  # "3.11"
+    glibc: str  # the OS's C library version, for wheel tags before the host has a Python to ask
+    # The OS packages that bring it with venv + ensurepip. python3 is always among them: the
+    # deploy's own helpers on the host (facts, key downloads, model transfers) run `python3`.
+    packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OsRelease:
+    family: str  # "debian" (apt) or "rhel" (dnf)
+    python: RuntimePython
+
+
+_DEBIAN_PYTHON = ("python3", "python3-venv")
+# RHEL 9's python3 is 3.9; AppStream's python3.11 carries venv and ensurepip itself.
+_EL9 = OsRelease("rhel", RuntimePython("python3.11", "3.11", "2.34", ("python3", "python3.11")))
+# (os id, major version) -> what the roles need to know. Everything else is refused with a clear message.
 SUPPORTED = {
-    ("ubuntu", "22"): "debian",
-    ("ubuntu", "24"): "debian",
-    ("debian", "12"): "debian",
-    ("rocky", "9"): "rhel",
-    ("rhel", "9"): "rhel",
-    ("almalinux", "9"): "rhel",
+    # Ubuntu 22.04's python3 is 3.10: the runtime gets 3.11 from Ubuntu's own universe component.
+    ("ubuntu", "22"): OsRelease("debian", RuntimePython("python3.11", "3.11", "2.35",
+                                                        ("python3", "python3.11", "python3.11-venv"))),
+    ("ubuntu", "24"): OsRelease("debian", RuntimePython("python3", "3.12", "2.39", _DEBIAN_PYTHON)),
+    ("debian", "12"): OsRelease("debian", RuntimePython("python3", "3.11", "2.36", _DEBIAN_PYTHON)),
+    ("rocky", "9"): _EL9,
+    ("rhel", "9"): _EL9,
+    ("almalinux", "9"): _EL9,
 }
 _DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -42,7 +66,12 @@ class HostOS:
     @property
     def family(self) -> str:
         """"debian" (apt) or "rhel" (dnf)."""
-        return SUPPORTED[(self.id, self.major)]
+        return SUPPORTED[(self.id, self.major)].family
+
+    @property
+    def python(self) -> RuntimePython:
+        """The Python the runtime runs on here (the base role installs it)."""
+        return SUPPORTED[(self.id, self.major)].python
 
     @property
     def deb_arch(self) -> str:
@@ -81,4 +110,16 @@ def host_os() -> HostOS:
     if machine not in _DEB_ARCH:
         raise RoleError(f"host {host.name} has architecture {machine!r}; deepfleet's roles support "
                         f"{', '.join(_DEB_ARCH)}")
+    return found
+
+
+def image_os(base_os: str, machine: str) -> HostOS:
+    """The OS of a runtime image's base, named like "ubuntu-24.04" or "debian-12" (the `*_os`
+    settings); only Debian-family bases, whose Python templates/Dockerfile.runtime.j2 installs with apt."""
+    name, _, version = base_os.partition("-")
+    found = HostOS(name.lower(), version, "", machine)
+    release = SUPPORTED.get((found.id, found.major))
+    if release is None or release.family != "debian":
+        known = ", ".join(f"{n}-{major}" for (n, major), release in SUPPORTED.items() if release.family == "debian")
+        raise RoleError(f"runtime image base OS {base_os!r} is not one deepfleet builds images on ({known})")
     return found

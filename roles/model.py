@@ -20,8 +20,6 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
-from pyinfra.connectors.ssh import SSHConnector
-from pyinfra.facts.server import User
 from pyinfra.operations import files
 
 from deepfleet.modelkeys import load_model_keys
@@ -33,9 +31,10 @@ from deepfleet_runtime.modelstore.release import KEY_FILE, MANIFEST_FILE, SIGNAT
 from .common import control_path, venv_dir
 from .defaults import DEFAULTS
 from .facts import ModelReleaseState
+from .offline import model_release_from_bundle, offline
 from .skip import skip_role
 from .topology import holds_model
-from .transfer import PartialUpload, resumable_upload, secret_file
+from .transfer import PartialUpload, resumable_upload, secret_file, upload_owner
 
 GIB = 1 << 30
 
@@ -52,7 +51,8 @@ def host_keys_dir() -> str:
 def local_release() -> tuple[Path, Manifest]:
     """The encrypted release for this host's model_source, and its manifest."""
     data = host.data
-    return _local_release(str(control_path(data.model_source, "model_source")), data.model_name,
+    source = model_release_from_bundle(data.model_name) if offline() else control_path(data.model_source, "model_source")
+    return _local_release(str(source), data.model_name,
                           str(control_path(data.model_keys_dir, "model_keys_dir")),
                           str(control_path(data.deepfleet_cache_dir, "deepfleet_cache_dir")))
 
@@ -148,8 +148,7 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
     if state["free_bytes"] is not None:  # unknown only in a dry run on a host without python3 yet
         check_disk_room(host.name, models_dir, state["free_bytes"], to_send, sum(sizes.values()), keep)
     directories = sorted({f"{staging}/{name}".rsplit("/", 1)[0] for name in sizes})
-    owner = ["-o", _ssh_user()] if isinstance(host.connector, SSHConnector) else []
-    yield StringCommand("install", "-d", "-m", "0700", *owner, *[QuoteString(d) for d in directories])
+    yield StringCommand("install", "-d", "-m", "0700", *upload_owner(), *[QuoteString(d) for d in directories])
     yield from resumable_upload(uploads, f"model push {manifest.release_name}",
                                 max_rate_mb_s * 1e6 if max_rate_mb_s else None, already_on_host, transport)
 
@@ -163,10 +162,6 @@ def _update_key_file(local: Path, remote_dir: str, host_kek_id: str | None):
     yield FileUploadCommand(str(local / KEY_FILE), remote, remote_temp_filename=host.get_temp_filename(remote))
     yield StringCommand("chown", f"root:{host.data.deepfleet_group}", QuoteString(remote))
     yield StringCommand("chmod", "0640", QuoteString(remote))
-
-
-def _ssh_user() -> str:
-    return host.data.get("ssh_user") or host.get_fact(User, _sudo=False)
 
 
 def activate_model():

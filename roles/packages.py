@@ -80,6 +80,8 @@ def download_once(url: str, dest: str, mode: str = "0644"):
 
 def add_repo(repo: PackageRepo, os: HostOS) -> list[OperationMeta]:
     """Configure `repo` on the host; returns the operations whose change means "refresh the lists"."""
+    if host.data.get("bundle_dir"):  # air-gapped: the bundle's repository holds every package (roles/bundle.py)
+        return []
     if os.family == "debian":
         changes = []
         if not repo.keyring:

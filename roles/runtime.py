@@ -21,21 +21,23 @@ from collections.abc import Mapping
 from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
 from pyinfra.api.util import get_template
-from pyinfra.facts.server import Arch, LinuxDistribution
+from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
 from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, TargetPlatform, Wheelhouse, build_wheelhouse
+from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
 
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
 from .gpu_facts import has_nvidia_gpu
-from .model import activate_model, local_release, models_dir
+from .hostos import RuntimePython, host_os, image_os
+from .model import activate_model, host_keys_dir, local_release, models_dir
+from .offline import offline, offline_settings, wheelhouse_from_bundle
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
-from .runtime_container import remove_container, runtime_image, runtime_in_container
+from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .skip import skip_role
 from .tls import host_certificates, tls_paths
@@ -43,11 +45,9 @@ from .topology import holds_model, runs_runtime, runtime_address, runtime_needs_
 from .transfer import push_files
 
 INSTALL_MARKER = ".deepfleet-install.json"
+# runtime/constraints-cuda.txt pins torch's CUDA 13.0 build, which needs this NVIDIA driver branch or newer.
+CUDA_PINS_MIN_DRIVER_BRANCH = 580
 RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
-# Python and glibc of each supported distro's python3 package, for hosts that have no python3
-# yet (the base role installs it before the runtime is installed).
-DISTRO_PYTHON = {("debian", "12"): ("3.11", "2.36"), ("ubuntu", "22"): ("3.10", "2.35"),
-                 ("ubuntu", "24"): ("3.12", "2.39")}
 
 
 # runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
@@ -85,37 +85,44 @@ def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -
     }
 
 
-def target_platform() -> TargetPlatform:
-    """The host's Python and platform from facts (or from its distro when python3 is not there yet)."""
-    probe = host.get_fact(HostPython)
+def runtime_accelerator(settings: Mapping) -> str:
+    """"cuda" where the runtime uses NVIDIA GPUs (a cuda device, or the vllm engine), else "cpu": the
+    torch build the wheels are pinned to (runtime/constraints-<accelerator>.txt). CUDA pins need a
+    driver branch that runs their CUDA; an older `nvidia_driver_branch` is refused with the fix."""
+    if not (str(settings["runtime_device"]).startswith("cuda") or settings["runtime_engine"] == "vllm"):
+        return "cpu"
+    if int(str(settings["nvidia_driver_branch"]).split(".")[0]) < CUDA_PINS_MIN_DRIVER_BRANCH:
+        raise RoleError(f"the runtime's CUDA wheels (runtime/constraints-cuda.txt: torch built for CUDA 13.0) "
+                        f"need NVIDIA driver branch {CUDA_PINS_MIN_DRIVER_BRANCH} or newer, and "
+                        f"nvidia_driver_branch is {settings['nvidia_driver_branch']}: set nvidia_driver_branch: "
+                        f"\"{CUDA_PINS_MIN_DRIVER_BRANCH}\" (and cuda_version: \"13.0\") in the inventory")
+    return "cuda"
+
+
+def target_platform(accelerator: str) -> TargetPlatform:
+    """The platform of the runtime's Python on this host (roles/hostos.py picks it per OS; the base
+    role installs it): asked from the host, or from the OS's table before it is installed."""
+    python = host_os().python
+    probe = host.get_fact(HostPython, python=python.command)
     if probe:
-        return TargetPlatform(probe["python"], probe["machine"], probe["glibc"])
-    distro = host.get_fact(LinuxDistribution) or {}
-    key = ((distro.get("name") or "").lower(), str(distro.get("major")))
-    if key not in DISTRO_PYTHON:
-        raise RoleError(f"host {host.name} has no python3 and runs {distro.get('name')} "
-                        f"{distro.get('major')}, which deepfleet does not know; install python3 there")
-    python, glibc = DISTRO_PYTHON[key]
-    return TargetPlatform(python, host.get_fact(Arch), glibc)
+        return TargetPlatform(probe["python"], probe["machine"], probe["glibc"], accelerator)
+    return TargetPlatform(python.version, host.get_fact(Arch), python.glibc, accelerator)
 
 
-def image_platform(base_os: str) -> TargetPlatform:
-    """The Python and platform inside a runtime image whose base runs `base_os` ("ubuntu-24.04")."""
-    name, _, version = base_os.partition("-")
-    key = (name.lower(), version.split(".")[0])
-    if key not in DISTRO_PYTHON:
-        known = ", ".join(f"{n}-{v}" for n, v in DISTRO_PYTHON)
-        raise RoleError(f"runtime image base OS {base_os!r} is not one deepfleet knows the Python of ({known})")
-    python, glibc = DISTRO_PYTHON[key]
-    return TargetPlatform(python, host.get_fact(Arch), glibc)
+def image_python(base_os: str) -> RuntimePython:
+    """The Python inside a runtime image whose base runs `base_os` ("ubuntu-24.04")."""
+    return image_os(base_os, host.get_fact(Arch)).python
 
 
 @operation()
-def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: list[str], install_id: str):
+def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: str, runtime_wheel: str,
+                       extras: list[str], install_id: str):
     """
     Install deepfleet-runtime into `venv` from pushed wheels, offline, unless it already holds them.
 
-    + venv: the virtualenv directory (created if missing)
+    + venv: the virtualenv directory (created if missing, re-created if it runs another Python)
+    + python: the interpreter that creates it, e.g. "python3.11"
+    + python_version: its version, e.g. "3.11"
     + deps_dir: remote directory of dependency wheels
     + runtime_wheel: remote path of the deepfleet-runtime wheel
     + extras: engine extras, e.g. ["transformers"]
@@ -125,13 +132,17 @@ def install_wheelhouse(venv: str, deps_dir: str, runtime_wheel: str, extras: lis
     if (host.get_fact(JsonFile, path=marker) or {}).get("install_id") == install_id:
         host.noop(f"{venv} already holds wheelhouse {install_id}")
         return
-    pip = f"{venv}/bin/pip"
     requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
-    yield StringCommand("test", "-x", f"{venv}/bin/python", "||", "python3", "-m", "venv", venv)
-    yield StringCommand(pip, "install", "--quiet", "--no-index", "--disable-pip-version-check",
+    # With SOURCE_DATE_EPOCH compiled .pyc files are hash-based, not stamped with install times: two
+    # hosts installed from the same wheels hold the same bytes (the venv's own pip included).
+    reproducible = ("env", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
+    yield StringCommand("test", "-x", f"{venv}/bin/python{python_version}", "||", *reproducible, python, "-m",
+                        "venv", "--clear", venv)
+    pip_install = (*reproducible, f"{venv}/bin/pip", "install")
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check",
                         "--find-links", QuoteString(deps_dir), QuoteString(requirement))
     # Same version number, new code: replace the runtime itself without touching its dependencies.
-    yield StringCommand(pip, "install", "--quiet", "--no-index", "--no-deps", "--force-reinstall",
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--no-deps", "--force-reinstall",
                         "--disable-pip-version-check", QuoteString(runtime_wheel))
     yield StringCommand("printf", "'%s\\n'", QuoteString(json.dumps({"install_id": install_id})), ">",
                         QuoteString(marker))
@@ -142,23 +153,24 @@ def runtime():
     """Install the runtime from the wheelhouse; on hosts that serve the model, render its config, make
     it a release, run it (systemd unit or container) and wait until it is ready."""
     data = host.data
-    settings = {key: data.get(key) for key in [*DEFAULTS, "ssh_hostname"]}
+    settings = offline_settings({key: data.get(key) for key in [*DEFAULTS, "ssh_hostname"]})
     mode = data.runtime_mode
     if mode not in ("systemd", "docker"):
         raise RoleError(f"runtime_mode is {mode!r}; use 'systemd' or 'docker'")
-    cache = control_path(data.deepfleet_cache_dir, "deepfleet_cache_dir")
     # Gateway-only hosts and Docker mode keep the light package (gateway, tools) in the host venv;
     # the engine's extras go where the engine runs.
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
     if data.ray_head and holds_model(host):
         extras += (RAY_EXTRA,)
-    wheelhouse = build_wheelhouse(target_platform(), cache / "wheelhouse", PROJECT_ROOT / "runtime",
-                                  extras=extras, log=logger.info)
+    accelerator = runtime_accelerator(settings)
+    target = target_platform(accelerator)
+    wheelhouse = _wheelhouse(target, extras)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
     venv = venv_path(wheelhouse.install_id)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
-                                 venv=venv, deps_dir=deps_remote, runtime_wheel=wheel_remote,
-                                 extras=list(extras), install_id=wheelhouse.install_id)
+                                 venv=venv, python=host_os().python.command, python_version=target.python,
+                                 deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
+                                 install_id=wheelhouse.install_id)
     use_venv(name="Use the installed runtime venv", home=data.deepfleet_home, venv=venv, releases=releases_dir())
     if not holds_model(host):
         skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")
@@ -182,15 +194,18 @@ def runtime():
               group=data.deepfleet_group, mode="0640")
     if mode == "docker":
         gpu = has_nvidia_gpu()
-        image_wheels = None
+        python = image_wheels = None
         if data.runtime_image_source == "build":
-            base_os = data.runtime_image_base_gpu_os if gpu else data.runtime_image_base_cpu_os
-            image_wheels = build_wheelhouse(image_platform(base_os), cache / "wheelhouse", PROJECT_ROOT / "runtime",
-                                            extras=tuple(data.runtime_wheel_extras), log=logger.info)
-        image = runtime_image(settings, gpu, image_wheels, config_path)
+            python = image_python(data.runtime_image_base_gpu_os if gpu else data.runtime_image_base_cpu_os)
+            image_target = TargetPlatform(python.version, host.get_fact(Arch), python.glibc, accelerator)
+            image_wheels = _wheelhouse(image_target, tuple(data.runtime_wheel_extras))
+        image = runtime_image(settings, gpu, python, image_wheels, config_path)
         release = _release(text, runtime_version(image=image), venv)
-        runtime_in_container(settings, gpu, image, release, f"{current_release_dir()}/runtime.yaml", models_dir(),
-                             ready_command())
+        # The current release's config: docker resolves the `current` link at each start, so a
+        # restart after a release switch reads the new one.
+        args = container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(),
+                              host_keys_dir(), f"/run/{RUNTIME_DIRECTORY}", gpu)
+        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command())
         return
 
     release = _release(text, runtime_version(install_id=wheelhouse.install_id), venv)
@@ -229,6 +244,14 @@ def ready_command() -> str:
     paths = tls_paths()
     return (f"{cli} https://{runtime_address(host)}:{data.runtime_port}/ready --cafile {paths['ca.crt']} "
             f"--cert {paths['client.crt']} --key {paths['client.key']} {timeout}")
+
+
+def _wheelhouse(target: TargetPlatform, extras: tuple[str, ...]) -> Wheelhouse:
+    """The wheels for `target`: built on the control machine (cached), or an air-gapped host's from its bundle."""
+    if offline():
+        return wheelhouse_from_bundle(target, extras)
+    cache = control_path(host.data.deepfleet_cache_dir, "deepfleet_cache_dir")
+    return build_wheelhouse(target, cache / "wheelhouse", PROJECT_ROOT / "runtime", extras=extras, log=logger.info)
 
 
 def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:

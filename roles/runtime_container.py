@@ -7,10 +7,13 @@ The image comes from one of two places (`runtime_image_source`):
     tarball  a `docker save` file (`runtime_image_tarball`) pushed and `docker load`ed: for hosts
              that reach no registry; its tag is read from the tarball's manifest.
 The container: host networking (the runtime listens on 127.0.0.1 only), `--gpus` on NVIDIA
-hosts, docker's restart policy, shm and memlock limits, read-only root, no capabilities, the
-host's service account, runtime.yaml and the model mounted read-only. It is recreated only when
-its spec (a digest kept in a label) changes, restarted when runtime.yaml changes, and the deploy
-waits until it is ready. The gateway stays a systemd service on the host.
+hosts, docker's restart policy, shm and memlock limits, read-only root, runtime.yaml, the models
+directory (so `<name>@current` resolves to its release) and the model keys mounted read-only.
+Encrypted releases get what the systemd unit gives them (START_SCRIPT): the keys copied into a
+private tmpfs, then the engine as the host's service account with no capabilities. It is
+recreated only when its spec (a digest kept in a label) changes, restarted when runtime.yaml or
+the current release changes, and the deploy waits until it is ready. The gateway stays a systemd
+service on the host.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
 from pyinfra.facts.docker import DockerContainer, DockerImage
 from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from deepfleet.digests import sha256_file
 from deepfleet.wheelhouse import MANIFEST, Wheelhouse
 
 from .common import RoleError, control_path, template
+from .hostos import RuntimePython
 from .transfer import push_files
 
 CONTAINER = "deepfleet-runtime"
@@ -42,14 +47,30 @@ SPEC_LABEL = "deepfleet.spec"
 # The classic builder leaves the Dockerfile's wheel-installing stage as a dangling image; it carries
 # this label, so exactly those (and nothing else of the host's) are pruned after a build.
 PRUNE_BUILD_STAGES = ["docker", "image", "prune", "--force", "--filter", "label=deepfleet.stage=runtime-build"]
+RUN_AS_ENV = "DEEPFLEET_RUN_AS"  # "<uid>:<gid>" of the host's service account, resolved by the host's shell
+# What the systemd unit's ExecStartPre=+ and User= do, done by the container at each start: root,
+# holding only CAP_CHOWN/SETUID/SETGID, copies the model keys (root 0400 on the host, mounted
+# read-only at $1) into the private tmpfs $RUNTIME_DIRECTORY (0700, memory only, new at each start),
+# gives that to the service account, and becomes it for good (setpriv): the engine runs without
+# capabilities, and no one else in the container can read the keys.
+START_SCRIPT = """set -eu
+keys_from=$1; shift
+umask 077
+mkdir "$RUNTIME_DIRECTORY/keys"
+cp "$keys_from"/* "$RUNTIME_DIRECTORY/keys/"
+chmod 0400 "$RUNTIME_DIRECTORY/keys"/*
+chown -R "$DEEPFLEET_RUN_AS" "$RUNTIME_DIRECTORY"
+exec setpriv --reuid "${DEEPFLEET_RUN_AS%:*}" --regid "${DEEPFLEET_RUN_AS#*:}" --clear-groups deepfleet-runtime "$@"
+"""
 
 
-def dockerfile(settings: Mapping, base_image: str, gpu: bool, wheelhouse: Wheelhouse, config_path: str) -> str:
-    """templates/Dockerfile.runtime.j2 rendered for this wheelhouse and base."""
+def dockerfile(settings: Mapping, base_image: str, gpu: bool, python: RuntimePython, wheelhouse: Wheelhouse,
+               config_path: str) -> str:
+    """templates/Dockerfile.runtime.j2 rendered for this wheelhouse and base (whose OS has `python`)."""
     return get_template(template("Dockerfile.runtime.j2")).render(
-        base_image=base_image, gpu=gpu, venv=IMAGE_VENV, runtime_wheel=wheelhouse.runtime_wheel.name,
-        extras=list(settings["runtime_wheel_extras"]), state_dir=settings["deepfleet_state_dir"],
-        config_path=config_path)
+        base_image=base_image, gpu=gpu, python=python.command, python_packages=list(python.packages),
+        venv=IMAGE_VENV, runtime_wheel=wheelhouse.runtime_wheel.name, extras=list(settings["runtime_wheel_extras"]),
+        state_dir=settings["deepfleet_state_dir"], config_path=config_path)
 
 
 def context_files(wheelhouse: Wheelhouse) -> tuple[dict[str, str], dict[str, str]]:
@@ -83,21 +104,25 @@ def tarball_image(path: Path) -> str:
     return tags[0]
 
 
-def container_args(settings: Mapping, image: str, config_path: str, model_dir: str, gpu: bool,
-                   name: str = CONTAINER) -> list[str]:
-    """`docker run` arguments (after `run`, before the user) for the runtime container."""
+def container_args(settings: Mapping, image: str, config_path: str, models_dir: str, keys_dir: str,
+                   runtime_directory: str, gpu: bool, name: str = CONTAINER) -> list[str]:
+    """`docker run` arguments (after `run`, before the account's ids) for the runtime container."""
     state_dir = settings["deepfleet_state_dir"]
     args = [
         "--detach", "--name", name, "--restart", settings["runtime_container_restart"],
-        "--network", "host", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+        "--network", "host", "--read-only", "--tmpfs", "/tmp",
+        "--tmpfs", f"{runtime_directory}:rw,nosuid,nodev,noexec,mode=0700",
+        "--env", f"RUNTIME_DIRECTORY={runtime_directory}",
+        "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "SETUID", "--cap-add", "SETGID",
         "--security-opt", "no-new-privileges", "--shm-size", settings["runtime_container_shm_size"],
         "--ulimit", f"memlock={settings['runtime_container_memlock']}", "--ulimit", "stack=67108864:67108864",
-        "--volume", f"{config_path}:{config_path}:ro", "--volume", f"{model_dir}:{model_dir}:ro",
-        "--volume", f"{state_dir}:{state_dir}",
+        "--volume", f"{config_path}:{config_path}:ro", "--volume", f"{models_dir}:{models_dir}:ro",
+        "--volume", f"{keys_dir}:{keys_dir}:ro", "--volume", f"{state_dir}:{state_dir}",
     ]
     if gpu and settings["runtime_container_gpus"]:
         args += ["--gpus", settings["runtime_container_gpus"]]
-    return [*args, image, "serve", "--config", config_path]
+    return [*args, "--user", "0:0", "--entrypoint", "/bin/sh", image, "-c", START_SCRIPT, "deepfleet-runtime-start",
+            keys_dir, "serve", "--config", config_path]
 
 
 def build_command(tag: str, context_dir: str) -> list[str]:
@@ -144,7 +169,7 @@ def run_container(args: list[str], user: str):
     Run the runtime container with `docker run ARGS`, recreating it only when its spec changed.
 
     + args: `docker run` arguments from container_args (name, limits, mounts, image, command)
-    + user: the account the container runs as: a host user name, resolved to its numeric ids on the host
+    + user: the account the engine runs as: a host user name, resolved to its numeric ids on the host
     """
     digest = spec_digest(args, user)
     current = (host.get_fact(DockerContainer, object_id=CONTAINER) or [None])[0]
@@ -157,8 +182,8 @@ def run_container(args: list[str], user: str):
     if current:
         yield StringCommand("docker", "rm", "--force", CONTAINER)
     # Numeric ids: names would be looked up in the image, which has no such account.
-    ids = f'"$(id -u {user}):$(id -g {user})"'
-    yield StringCommand("docker", "run", "--label", f"{SPEC_LABEL}={digest}", "--user", ids,
+    ids = f'{RUN_AS_ENV}="$(id -u {user}):$(id -g {user})"'
+    yield StringCommand("docker", "run", "--label", f"{SPEC_LABEL}={digest}", "--env", ids,
                         *[QuoteString(arg) for arg in args])
 
 
@@ -175,7 +200,8 @@ def remove_container(container: str):
     yield StringCommand("docker", "rm", "--force", container)
 
 
-def runtime_image(settings: Mapping, gpu: bool, wheelhouse: Wheelhouse | None, config_path: str) -> str:
+def runtime_image(settings: Mapping, gpu: bool, python: RuntimePython | None, wheelhouse: Wheelhouse | None,
+                  config_path: str) -> str:
     """Make the runtime image exist on the host (built there or loaded); returns its tag."""
     images_dir = f"{settings['deepfleet_home']}/images"
     if settings["runtime_image_source"] == "tarball":
@@ -190,7 +216,7 @@ def runtime_image(settings: Mapping, gpu: bool, wheelhouse: Wheelhouse | None, c
     if settings["runtime_image_source"] != "build":
         raise RoleError(f"runtime_image_source is {settings['runtime_image_source']!r}; use 'build' or 'tarball'")
     base = settings["runtime_image_base_gpu" if gpu else "runtime_image_base_cpu"]
-    text = dockerfile(settings, base, gpu, wheelhouse, config_path)
+    text = dockerfile(settings, base, gpu, python, wheelhouse, config_path)
     local, manifest = context_files(wheelhouse)
     tag = image_tag(text, manifest)
     context_dir = f"{images_dir}/runtime-{tag.split(':')[1]}"
@@ -202,15 +228,16 @@ def runtime_image(settings: Mapping, gpu: bool, wheelhouse: Wheelhouse | None, c
     return tag
 
 
-def runtime_in_container(settings: Mapping, gpu: bool, image: str, config: OperationMeta, config_path: str,
-                         model_dir: str, ready_command: str) -> None:
-    """Run the engine container; restart it for a new runtime.yaml; wait until it is ready."""
+def runtime_in_container(user: str, args: list[str], inputs: list[OperationMeta], ready_command: str) -> None:
+    """Run the engine container (`args` from container_args); restart it when one of `inputs`
+    (runtime.yaml, the current model release) changed; wait until it is ready."""
     # A host that ran the runtime as a systemd service before gives up the port first.
     systemd.service(name="Stop the runtime's systemd service (Docker mode)", service="deepfleet-runtime.service",
                     running=False, enabled=False)
-    container = run_container(name=f"Runtime container {CONTAINER}", user=settings["deepfleet_user"],
-                              args=container_args(settings, image, config_path, model_dir, gpu))
-    server.shell(name="Restart the runtime container for its new config", commands=[f"docker restart {CONTAINER}"],
-                 _if=lambda: config.did_change() and not container.did_change())
+    container = run_container(name=f"Runtime container {CONTAINER}", user=user, args=args)
+    restart_needed = any_changed(*inputs)
+    server.shell(name="Restart the runtime container for its new config or model release",
+                 commands=[f"docker restart {CONTAINER}"],
+                 _if=lambda: restart_needed() and not container.did_change())
     server.shell(name="Wait until the runtime container is ready", commands=[ready_command],
-                 _if=lambda: config.did_change() or container.did_change())
+                 _if=any_changed(container, *inputs))

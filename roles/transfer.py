@@ -16,6 +16,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringC
 from pyinfra.api.exceptions import OperationError
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.server import User
 
 from deepfleet.digests import sha256_file
 from deepfleet.remote import ssh_argv
@@ -135,6 +136,14 @@ while True:
 
 
 TRANSPORTS = ("ssh", "sftp")
+
+
+def upload_owner() -> list[str]:
+    """`install -o USER` arguments for directories `resumable_upload` writes into: over SSH the login
+    user writes there directly (no sudo copy); other connectors write as root."""
+    if not isinstance(host.connector, SSHConnector):
+        return []
+    return ["-o", host.data.get("ssh_user") or host.get_fact(User, _sudo=False)]
 
 
 def resumable_upload(uploads: list[PartialUpload], label: str, max_rate: float | None = None,

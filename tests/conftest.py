@@ -5,9 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from deepfleet.bundle.lock import LOCK_FILE, created_at, lock_text, new_lock
+from deepfleet.bundle.manifest import write_manifest
+from deepfleet.bundle.signing import BundleSigner, ensure_signer
 from deepfleet.demo import MODEL_NAME, ensure_tiny_model
 from deepfleet.paths import cache_dir
 
@@ -16,6 +20,25 @@ from deepfleet.paths import cache_dir
 def tiny_model_dir():
     """The tiny random-weight DeepSeek-V3 model (built once, cached with the project's caches)."""
     return ensure_tiny_model(cache_dir() / "models" / MODEL_NAME, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def signer(tmp_path_factory):
+    """A real bundle signing key (GnuPG, Ed25519), made once per session."""
+    signer = ensure_signer(tmp_path_factory.mktemp("keys") / "bundle-keys", log=lambda _: None)
+    yield signer
+    signer.close()
+
+
+def make_bundle(root: Path, signer: BundleSigner, files: dict[str, bytes], lock_sections: dict | None = None) -> Path:
+    """A signed bundle in `root` holding `files` and a lock with `lock_sections` ({"os": ..., ...})."""
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    lock = {**new_lock(), **(lock_sections or {})}
+    (root / LOCK_FILE).write_text(lock_text(lock))
+    write_manifest(root, lock["created"], signer, created_at(lock))
+    return root
 
 
 def free_port() -> int:

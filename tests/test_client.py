@@ -46,7 +46,8 @@ def test_429_is_retried_after_the_time_the_gateway_names(site, tmp_path):
         answers = [client.chat("Hi", max_tokens=2) for _ in range(3)]  # 60/min: a burst of 60, then 1 a second
         while not waits:
             answers.append(client.chat("Hi", max_tokens=2))
-    assert all(answers) and set(waits) == {1.0}
+    # Every call returned an answer (a random-weight model may answer with an empty string).
+    assert all(isinstance(answer, str) for answer in answers) and set(waits) == {1.0}
 
 
 def test_unreachable_gateway_backs_off_exponentially_then_gives_up(tmp_path):

@@ -5,9 +5,9 @@ ssh_user = "admin"
 _sudo = True
 
 # --- GPU platform ------------------------------------------------------------------------------------
-nvidia_driver_branch = "570"
+nvidia_driver_branch = "580"  # the runtime's CUDA wheels (torch for CUDA 13.0) need 580+
 nvidia_driver_open_kernel_modules = True  # A100 (Ampere) supports NVIDIA's open modules
-cuda_version = "12.8"
+cuda_version = "13.0"
 # A mirror or an offline repository is one key per repository:
 cuda_repo_base_url = "https://developer.download.nvidia.com/compute/cuda/repos"
 docker_repo_base_url = "https://download.docker.com/linux"

@@ -3,9 +3,9 @@
 The runtime role builds a wheelhouse for the host on the control machine while planning. For
 fixture plans that would download the real dependencies (for a GPU host: gigabytes of CUDA
 wheels) only to list file names, so `wheelhouse` injects a small prebuilt one at the one seam
-the role uses (roles.runtime.build_wheelhouse) and records which platforms and extras it was asked
-for: the plan tests assert those. The real builder is tested in tests/test_wheelhouse.py and used
-by every fleet deploy.
+the role uses (roles.runtime.build_wheelhouse) and records which platforms, accelerators (the
+constraints file) and extras it was asked for: the plan tests assert those. The real builder is
+tested in tests/test_wheelhouse.py and used by every fleet deploy.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class SmallWheelhouse:
 
     def build(self, target, cache_dir, runtime_src, extras=("transformers",), log=None) -> Wheelhouse:
         self.requests.append({"python": target.python, "machine": target.machine, "glibc": target.glibc,
-                              "extras": list(extras)})
+                              "accelerator": target.accelerator, "extras": list(extras)})
         tag = f"cp{target.python.replace('.', '')}-{target.machine}-{'-'.join(extras) or 'base'}"
         deps = cache_dir / f"deps-{tag}"
         deps.mkdir(parents=True, exist_ok=True)

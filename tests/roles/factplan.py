@@ -8,7 +8,9 @@ parsers of /etc/os-release, sysfs and nvidia-smi output run). A fact the case do
 error naming it: the plan never invents host state.
 
 `plan()` runs deploy functions or deploy files exactly as pyinfra's prepare stage does, then lists
-every operation in order with the commands it would run, file uploads with their content.
+every operation in order with the commands it would run, file uploads with their content. With
+`changed=[...]` it also decides the conditional operations (`_if`) as the run would, when exactly
+the operations named like those changed.
 `expect_plan()` compares a plan with its reviewed copy in tests/roles/plans/ (the exact commands
 and files a role produces for one case); DEEPFLEET_WRITE_PLANS=1 rewrites the copies, for review.
 """
@@ -20,7 +22,6 @@ import io
 import json
 import os
 import runpy
-import types
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -35,6 +36,8 @@ from pyinfra.api.host import Host
 from pyinfra.api.inventory import Inventory
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
+
+from deepfleet.inventoryfile import load_inventory
 
 HOSTS = Path(__file__).resolve().parent / "hosts"
 PLANS = Path(__file__).resolve().parent / "plans"
@@ -73,12 +76,13 @@ def with_facts(facts: dict, **changes) -> dict:
 
 
 def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, inventory: Path | None = None,
-         host_name: str | None = None) -> list[PlannedOp]:
+         host_name: str | None = None, changed: list[str] | None = None) -> list[PlannedOp]:
     """The operations `deploy` (a @deploy function or a deploy file) would run on one host: `host_name`
     of `inventory` (which may hold several; the others are only read, e.g. by the topology), or
-    the only one."""
+    the only one. With `changed`, conditional ones are decided ("yes"/"no") as if only the
+    operations whose names contain one of those strings changed the host."""
     if inventory is not None:
-        inv = inventory_file(inventory, data)
+        inv = load_inventory(inventory, data)
     else:
         inv = Inventory(([(host_name or "h1", dict(data or {}))], {}))
     state = State(inv, Config())
@@ -112,35 +116,22 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
             planned.append(PlannedOp(sorted(state.op_meta[op_hash].names)[0],
                                      ("conditional" if conditional else "yes") if is_change else "no",
                                      commands, notes.get(op_hash, [])))
+        if changed is not None:
+            _decide_conditions(state, target, planned, changed)
     return planned
 
 
-def inventory_file(path: Path, override_data: dict | None = None) -> Inventory:
-    """An inventory file read the way pyinfra's CLI reads it: its groups (lists of names or (name,
-    data) tuples), the group named after the file, group_data/<group>.py next to it (all.py for
-    every host). pyinfra_cli itself is not imported: it monkey-patches the whole test process for
-    gevent."""
-    groups = {key: value for key, value in runpy.run_path(str(path)).items() if _is_group(key, value)}
-    all_hosts: list[str] = []
-    for members in groups.values():
-        for member in members:
-            name = member[0] if isinstance(member, tuple) else member
-            if name not in all_hosts:
-                all_hosts.append(name)
-    groups.setdefault(path.stem, list(all_hosts))
-    group_data = {}
-    for file in sorted((path.parent / "group_data").glob("*.py")):
-        attrs = runpy.run_path(str(file))
-        group_data[file.stem] = {key: value for key, value in attrs.items() if not key.startswith("__")
-                                 and not isinstance(value, (types.ModuleType, types.FunctionType, type))}
-    with_data = {name: (members, group_data.get(name, {})) for name, members in groups.items()}
-    return Inventory((all_hosts, group_data.get("all", {})), override_data=override_data, **with_data)
-
-
-def _is_group(key: str, value) -> bool:
-    if key.startswith("_") or not isinstance(value, list):
-        return False
-    return all(isinstance(item, str) or (isinstance(item, tuple) and len(item) == 2) for item in value)
+def _decide_conditions(state: State, target: Host, planned: list[PlannedOp], changed: list[str]) -> None:
+    """Complete every operation as changed or not, then evaluate the conditional ones' `_if`."""
+    ops = [state.ops[target][op_hash] for op_hash in state.get_op_order() if op_hash in state.ops[target]]
+    for op_data, op in zip(ops, planned):
+        did_change = any(name in op.name for name in changed)
+        op_data.operation_meta.set_complete(True, ["changed"] if did_change else [], None)
+    for op_data, op in zip(ops, planned):
+        if op.change == "conditional":
+            conditions = op_data.global_arguments["_if"]
+            conditions = conditions if isinstance(conditions, list) else [conditions]
+            op.change = "yes" if all(condition() for condition in conditions) else "no"
 
 
 def changed(ops: list[PlannedOp]) -> list[str]:

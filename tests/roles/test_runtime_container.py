@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 
 import pytest
 
+import yaml
+
 from roles.common import RoleError
 from roles.defaults import DEFAULTS
+from roles.release import rollback
 from roles.runtime import runtime
-from roles.runtime_container import container_args, image_tag, spec_digest, tarball_image
+from roles.runtime_container import START_SCRIPT, container_args, image_tag, spec_digest, tarball_image
 
 from .factplan import find, load_case, plan, with_facts
 
@@ -38,7 +42,7 @@ def test_cpu_host_builds_a_debian_based_image_and_runs_it_without_gpus(wheelhous
     assert '[transformers]"' in dockerfile and dockerfile.rstrip().endswith(
         'CMD ["serve", "--config", "/etc/deepfleet/runtime.yaml"]')
     run = find(ops, "Runtime container deepfleet-runtime").shell()[0]
-    assert "--gpus" not in run and '--user "$(id -u deepfleet):$(id -g deepfleet)"' in run
+    assert "--gpus" not in run and '--env DEEPFLEET_RUN_AS="$(id -u deepfleet):$(id -g deepfleet)"' in run
     # The current release's config (docker resolves the `current` link at each start, so a restart
     # after a release switch reads the new one) and every model release it may name.
     for mount in ("/opt/deepfleet/releases/current/runtime.yaml:/opt/deepfleet/releases/current/runtime.yaml:ro",
@@ -60,12 +64,63 @@ def test_gpu_image_sets_nvidia_variables_and_container_gets_the_chosen_gpus(whee
 
 
 def test_container_limits_and_hardening():
-    args = container_args(DEFAULTS, "img:1", "/etc/deepfleet/runtime.yaml", "/opt/m", gpu=False)
+    args = container_args(DEFAULTS, "img:1", "/etc/deepfleet/runtime.yaml", "/opt/m", "/etc/deepfleet/keys",
+                          "/run/deepfleet-runtime", gpu=False)
     pairs = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
     assert pairs["--restart"] == "unless-stopped" and pairs["--network"] == "host"
     assert pairs["--shm-size"] == "16g" and pairs["--cap-drop"] == "ALL"
     assert "--read-only" in args and ["--ulimit", "memlock=-1:-1"] == args[args.index("memlock=-1:-1") - 1:][:2]
-    assert "/opt/m:/opt/m:ro" in args and args[-4:] == ["img:1", "serve", "--config", "/etc/deepfleet/runtime.yaml"]
+    assert "/opt/m:/opt/m:ro" in args and args[-4:] == ["/etc/deepfleet/keys", "serve", "--config",
+                                                        "/etc/deepfleet/runtime.yaml"]
+
+
+def test_encrypted_releases_get_the_units_guarantees_in_the_container():
+    args = container_args(DEFAULTS, "img:1", "/etc/deepfleet/runtime.yaml", "/opt/deepfleet/models",
+                          "/etc/deepfleet/keys", "/run/deepfleet-runtime", gpu=False)
+    # The keys (root 0400 on the host) are mounted read-only; their copy goes to a private tmpfs.
+    assert "/etc/deepfleet/keys:/etc/deepfleet/keys:ro" in args
+    assert "/run/deepfleet-runtime:rw,nosuid,nodev,noexec,mode=0700" in args
+    assert "RUNTIME_DIRECTORY=/run/deepfleet-runtime" in args  # where the loader decrypts config/tokenizer
+    # Root only to copy the keys: three capabilities, then the service account for good.
+    added = [args[i + 1] for i, arg in enumerate(args) if arg == "--cap-add"]
+    assert sorted(added) == ["CHOWN", "SETGID", "SETUID"] and "no-new-privileges" in args
+    assert args[args.index("--user") + 1] == "0:0" and args[args.index("--entrypoint") + 1] == "/bin/sh"
+    assert args[args.index("img:1") + 1:args.index("img:1") + 3] == ["-c", START_SCRIPT]
+    assert START_SCRIPT.splitlines()[-1].startswith('exec setpriv --reuid "${DEEPFLEET_RUN_AS%:*}"')
+
+
+def test_docker_mode_mounts_what_runtime_yaml_names(wheelhouse, control_data):
+    ops = plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE})
+    config = yaml.safe_load(find(ops, "Runtime config").uploads()["/etc/deepfleet/runtime.yaml"])
+    args = find(ops, "Runtime container deepfleet-runtime").shell()[0].split()
+    mounts = {value.split(":")[1]: value.split(":")[2:]
+              for flag, value in zip(args, args[1:]) if flag == "--volume"}
+    tmpfs = [value.split(":")[0] for flag, value in zip(args, args[1:]) if flag == "--tmpfs"]
+    # The runtime release names its model release, a sibling of the others: the whole models directory is mounted.
+    assert re.fullmatch(r"/opt/deepfleet/models/tiny-deepseek-v3@[0-9a-f]{12}", config["model"]["path"])
+    assert mounts["/opt/deepfleet/models"] == ["ro"]
+    # The keys the runtime reads are the private copy in the container's tmpfs.
+    assert config["model"]["keys_dir"] == "/run/deepfleet-runtime/keys" and "/run/deepfleet-runtime" in tmpfs
+    assert mounts["/etc/deepfleet/keys"] == ["ro"]
+
+
+@pytest.mark.parametrize(("changed", "restart", "wait"), [
+    ([], "no", "no"),
+    (["Activate model"], "yes", "yes"),  # a new current release
+    (["Runtime release"], "yes", "yes"),  # a new config, runtime or model: a new runtime release
+    (["Runtime container deepfleet-runtime"], "no", "yes"),  # created afresh: already loading it
+])
+def test_the_container_restarts_for_a_new_release_or_config(wheelhouse, control_data, changed, restart, wait):
+    ops = plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE}, changed=changed)
+    assert find(ops, "Restart the runtime container").change == restart
+    assert find(ops, "Wait until the runtime container is ready").change == wait
+
+
+def test_rollback_restarts_the_container_in_docker_mode(control_data):
+    ops = plan(load_case("debian12-nogpu"), rollback, data={**control_data, **DOCKER_MODE})
+    restart = find(ops, "Restart the runtime on the release and wait until it is ready").shell()
+    assert restart[0] == "docker restart deepfleet-runtime" and "wait-ready" in restart[1]
+    assert not [op for op in ops if "systemctl" in " ".join(op.shell())]
 
 
 def test_unchanged_running_container_is_left_alone_and_a_changed_spec_is_recreated(wheelhouse, control_data):
@@ -97,7 +152,7 @@ def test_tarball_source_pushes_and_loads_the_image_instead_of_building(wheelhous
     load = find(ops, "Load runtime image deepfleet-runtime:prebuilt")
     assert load.shell() == [f"docker load --quiet --input {load.shell()[0].split()[-1]}"]
     assert load.shell()[0].split()[-1].endswith("/runtime.tar")
-    assert " deepfleet-runtime:prebuilt serve " in find(ops, "Runtime container deepfleet-runtime").shell()[0]
+    assert " deepfleet-runtime:prebuilt -c " in find(ops, "Runtime container deepfleet-runtime").shell()[0]
     assert len(wheelhouse.requests) == 1  # only the host's light wheelhouse: no image wheels to build
     loaded = with_facts(load_case("ubuntu2204-2xa100"), **{"docker.DockerImage": {"*": [{"Id": "sha256:1"}]}})
     again = plan(loaded, runtime, data={**control_data, **DOCKER_MODE, "runtime_image_source": "tarball",

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..atomicfile import fsync_dir
 from .auditchain import GENESIS, ChainBroken, parse_line, chain_files, chain_line, checkpoint_message, file_name
 from .config import AuditSection
 
@@ -167,7 +168,7 @@ class AuditLog:
             os.close(self._fd)
         path = self._dir / file_name(self._seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         self._size, self._day = 0, day
         removed = self._apply_retention(keep=path)
         if removed:
@@ -190,7 +191,7 @@ class AuditLog:
             path.unlink()
             removed.append(path.name)
         if removed:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             log.info("audit retention removed %s", ", ".join(removed))
         return removed
 
@@ -232,14 +233,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _cut_torn_tail(path: Path) -> bytes:

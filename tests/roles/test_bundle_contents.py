@@ -1,0 +1,62 @@
+"""What a bundle must hold for an inventory, asked of the roles (the build cannot reach the hosts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepfleet.inventoryfile import load_inventory
+from deepfleet.paths import PROJECT_ROOT
+from roles.bundle_contents import bundle_spec
+from roles.common import RoleError
+from roles.defaults import DEFAULTS
+
+HOSPITAL = PROJECT_ROOT / "inventories" / "hospital.py"
+
+
+def _hosts(path=HOSPITAL, **overrides) -> list[tuple[str, dict]]:
+    return [(host.name, {**DEFAULTS, **host.data.dict(), **overrides}) for host in load_inventory(path)]
+
+
+def test_the_hospital_bundle_holds_the_gpu_stack_for_debian_12_from_the_vendors_repositories():
+    spec = bundle_spec(_hosts())
+    (target,) = spec.os_targets
+    assert (target.key, target.resolver_image) == ("debian-12-amd64", "debian:12")
+    assert {"linux-headers-6.1.0-28-amd64", "nvidia-kernel-open-dkms", "cuda-drivers-580", "cuda-toolkit-13-0",
+            "docker-ce", "containerd.io", "nvidia-container-toolkit=1.17.8-1", "python3-venv"} <= set(target.packages)
+    sources = {source.name: source for source in target.sources}
+    assert sorted(sources) == ["cuda", "docker", "nvidia-container-toolkit"]
+    assert sources["cuda"].key_url == ("https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/"
+                                       "3bf863cc.pub")
+    assert "signed-by=/etc/apt/keyrings/deepfleet-docker.asc] https://download.docker.com/linux/debian bookworm stable" \
+        in sources["docker"].apt_list
+    # GPU nodes: vLLM under systemd; the gateway host (until issue 6's upstreams): the default engine.
+    assert [wheel.key for wheel in spec.wheels] == ["cp311-x86_64-glibc2.36-cpu-transformers",
+                                                    "cp311-x86_64-glibc2.36-cuda-vllm"]
+    assert spec.images == ("nvidia/cuda:12.8.1-base-ubuntu24.04",)  # the toolkit's smoke test, never pulled
+    assert [model.name for model in spec.models] == ["deepseek-r1-distill-qwen-32b"]
+    assert spec.hosts == {"gpu-1": "debian-12-amd64", "gpu-2": "debian-12-amd64", "gateway-1": "debian-12-amd64"}
+
+
+def test_a_cpu_host_in_systemd_mode_needs_the_base_packages_only():
+    (target,) = bundle_spec([("h1", {**DEFAULTS, "bundle_host_os": "debian-12"})]).os_targets
+    assert (target.packages, target.sources) == (("ca-certificates", "python3", "python3-venv"), ())
+
+
+def test_docker_mode_brings_docker_the_image_base_and_the_images_wheels():
+    settings = {**DEFAULTS, "bundle_host_os": "ubuntu-24.04", "runtime_mode": "docker", "docker_source": "distro"}
+    spec = bundle_spec([("h1", settings)])
+    assert "docker.io" in spec.os_targets[0].packages and spec.os_targets[0].key == "ubuntu-24.04-amd64"
+    assert spec.images == ("debian:12-slim",)
+    assert [wheel.key for wheel in spec.wheels] == ["cp311-x86_64-glibc2.36-cpu-transformers",
+                                                    "cp312-x86_64-glibc2.39-cpu-light"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({}, "set bundle_host_os"),
+    ({"bundle_host_os": "debian-11"}, "bundle_host_os 'debian-11' on 'x86_64' is not one deepfleet supports"),
+    ({"bundle_host_os": "debian-12", "bundle_host_gpu": True}, "set bundle_host_kernel"),
+    ({"bundle_host_os": "debian-12", "bundle_resolver_images": {}}, "names no image for debian-12"),
+])
+def test_what_the_build_must_be_told_is_asked_for_by_name(settings, message):
+    with pytest.raises(RoleError, match=message):
+        bundle_spec([("h1", {**DEFAULTS, **settings})])
