@@ -66,6 +66,7 @@ class Fleet:
     inventory: Path
     env: dict
     hosts: dict[str, FleetHost]
+    grouped: bool = True  # the inventory names gateways/gpu_nodes: every gateway routes to every replica
 
     @property
     def gateways(self) -> list[FleetHost]:
@@ -97,4 +98,4 @@ def describe_fleet(inventory: Path, env: dict | None = None) -> Fleet:
                              "repeat a password login; use key authentication for this host")
         hosts[record["name"]] = FleetHost(record["name"], record["ssh"], record["sudo"], record["gateway"],
                                           record["replica"], tuple(record["ray_workers"]), record["settings"])
-    return Fleet(inventory, env, hosts)
+    return Fleet(inventory, env, hosts, all(record["fleet"] for record in records))

@@ -85,6 +85,10 @@ class Rollout:
 
     def __init__(self, fleet: Fleet, batch: str = "1", max_failures: int = 0, log: Callable[[str], None] = print):
         self.fleet, self.max_failures, self.log = fleet, max_failures, log
+        if not fleet.grouped:
+            raise RolloutRefused("the inventory has no `gateways` and `gpu_nodes` groups, so each host serves alone "
+                                 "and none can take another's traffic while it updates; name the groups "
+                                 "(docs/rollout.md), or use `deepfleet up`")
         if not fleet.gateways:
             raise RolloutRefused("the inventory has no gateway to drain replicas at; put hosts in its `gateways` "
                                  "group (or use `deepfleet up` for a fleet without gateways)")

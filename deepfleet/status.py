@@ -71,7 +71,7 @@ def fleet_status(fleet: Fleet) -> list[HostStatus]:
             status.release, status.units, status.gpus = probe["release"], probe["units"], probe["gpus"]
         if host.replica:
             status.at_gateways = {gateway: view.get(host.name) if isinstance(view, dict) else None
-                                  for gateway, view in views.items()}
+                                  for gateway, view in views.items() if fleet.grouped or gateway == host.name}
         statuses.append(status)
     for gateway, view in views.items():
         if isinstance(view, str):

@@ -1,6 +1,7 @@
 """Who does what in a fleet, from the inventory's groups: `gpu_nodes` serve the model (runtime
 replicas), `gateways` face clients and route to every replica; one host can be both. An inventory
-without these groups (one host, the demo) gives every host both jobs.
+without these groups (one host, the demo, several independent hosts) gives every host both jobs,
+alone: its gateway routes to its own runtime on loopback, and hosts never reach each other.
 
 A multi-node model (roles/ray.py) is served by the Ray head of its group: workers hold the model
 and join the head's Ray cluster, but run no runtime of their own, so only heads are replicas.
@@ -29,6 +30,11 @@ def _members(inventory, group: str) -> list[Host] | None:
     """The hosts of `group`, or None when the inventory has no such group (or an empty one)."""
     hosts = inventory.get_group(group, default=None)
     return list(hosts) if hosts else None
+
+
+def is_fleet(inventory) -> bool:
+    """The inventory names its topology (a `gpu_nodes` or `gateways` group); else every host stands alone."""
+    return _members(inventory, GPU_NODES) is not None or _members(inventory, GATEWAYS) is not None
 
 
 def gpu_nodes(inventory) -> list[Host]:
@@ -72,9 +78,17 @@ def runtime_address(host: Host) -> str:
     return setting(host, "runtime_address") or host.data.get("ssh_hostname") or host.name
 
 
+def gateway_replicas(gateway: Host) -> list[Host]:
+    """The replicas a gateway routes to: every replica of a fleet, or a lone host's own runtime."""
+    if is_fleet(gateway.inventory):
+        return replicas(gateway.inventory)
+    return [gateway] if runs_runtime(gateway) else []
+
+
 def runtime_needs_tls(host: Host) -> bool:
     """A replica that a gateway on another host routes to serves mutual TLS on runtime_address."""
-    return runs_runtime(host) and any(gateway.name != host.name for gateway in gateway_hosts(host.inventory))
+    return (is_fleet(host.inventory) and runs_runtime(host)
+            and any(gateway.name != host.name for gateway in gateway_hosts(host.inventory)))
 
 
 def replica_url(node: Host) -> str:
@@ -90,7 +104,7 @@ def fleet_upstreams(gateway: Host) -> list[dict]:
     explicit = setting(gateway, "gateway_upstreams")
     if explicit:
         return list(explicit)
-    return [{"name": node.name, "url": replica_url(node)} for node in replicas(gateway.inventory)]
+    return [{"name": node.name, "url": replica_url(node)} for node in gateway_replicas(gateway)]
 
 
 # Settings the fleet workflows (deepfleet rollout, deepfleet status) read about each host.
@@ -106,6 +120,7 @@ def describe(host: Host) -> dict:
                if setting(node, "ray_head") and setting(node, "ray_head") == setting(host, "ray_head")]
     return {
         "name": host.name,
+        "fleet": is_fleet(host.inventory),
         "order": [other.name for other in host.inventory].index(host.name),
         "gateway": runs_gateway(host),
         "replica": runs_runtime(host),
