@@ -148,6 +148,7 @@ class Rollout:
         self._undrain(batch, results)
         for host in batch:
             result = results[host.name]
+            result.step = "undrain"
             result.after = _release_id(host.release())
             result.outcome = "updated" if result.after != result.before else "unchanged"
         self._finish(batch, results, started)
@@ -256,8 +257,6 @@ class Rollout:
         for (gateway, host), (code, state) in zip(pairs, _parallel(lambda p: p[0].admin("undrain", p[1].name), pairs)):
             if code != 0:
                 results[host.name].detail = f"undrain at {gateway.name} failed: {state}; undrain it by hand"
-        for host in batch:
-            results[host.name].step = "undrain"
         self.log(f"undrained {', '.join(h.name for h in batch)}")
 
     def _roll_back(self, batch: list[FleetHost], before: dict[str, str | None], failed: StepFailed, step: str,
@@ -267,7 +266,6 @@ class Rollout:
         failure.outcome, failure.step, failure.detail = "failed", failed.step, failed.reason
         if step == "drain":  # nothing changed on the hosts: just let them serve again
             self._undrain(batch, results)
-            failure.step = "drain"
             return
         back = [h for h in batch if before[h.name]]
 

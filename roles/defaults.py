@@ -149,7 +149,7 @@ DEFAULTS = {
 
     # === fleet: topology, releases, rolling updates (roles/topology.py, roles/release.py, ray.py) ====
     # Inventory groups: `gpu_nodes` hold the model and serve it, `gateways` face clients and route to
-    # every replica (one host can be both; an inventory without them gives every host both jobs).
+    # every replica (one host can be both; without these groups every host serves alone, on loopback).
     # Replicas on other hosts than a gateway serve mutual TLS on runtime_address. docs/rollout.md.
     "runtime_address": None,  # where gateways and Ray peers reach this host (default: ssh_hostname)
     "runtime_keep_releases": 3,  # runtime releases kept per host (model + runtime + config), current included

@@ -113,6 +113,6 @@ def rollback(to: str | None = None):
         commands=[StringCommand(f"{data.deepfleet_home}/venv/bin/deepfleet-runtime", "release", "rollback",
                                 "--root", QuoteString(releases_dir()), "--keys-dir", QuoteString(host_keys_dir()),
                                 "--group", data.deepfleet_group, "--model-keep", str(data.model_keep_releases),
-                                *target)])
+                                "--config", QuoteString(f"{data.deepfleet_config_dir}/runtime.yaml"), *target)])
     server.shell(name="Restart the runtime on the release and wait until it is ready",
                  commands=restart_runtime_commands(data))

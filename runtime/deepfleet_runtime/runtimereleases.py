@@ -15,6 +15,7 @@ link refer to is removed. Runs as root, through `deepfleet-runtime release ...`.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .atomicfile import fsync_dir
+from .atomicfile import fsync_dir, write_atomic
 from .config import load_runtime_config
 from .modelstore.hostreleases import ModelReleases, activate, own_by_root, sync_tree
 from .modelstore.keys import KeyDirectory
@@ -84,10 +85,13 @@ def activate_release(store: ReleaseStore, config_path: Path, runtime: dict, grou
             "model": f"{model_name}@{model_release}"}
 
 
-def rollback_release(store: ReleaseStore, to: str | None, keys: KeyDirectory, group: str, model_keep: int) -> dict:
+def rollback_release(store: ReleaseStore, to: str | None, keys: KeyDirectory, group: str, model_keep: int,
+                     config_path: Path | None = None) -> dict:
     """Switch back to the release active before the current one, or `to`: a kept release id, or a
     model release id (then the most recent kept release serving it, the current one last). Its model release is verified
-    in full first (it has been at rest) and made the model's current one; a failure changes nothing."""
+    in full first (it has been at rest) and made the model's current one; a failure changes nothing.
+    `config_path` (the deploy's rendered runtime.yaml) gets the release's config back, so that it always
+    says what the host serves and a plan diffs against that."""
     target = _rollback_target(store, to)
     record = read_release(store, target)
     models_dir = model_of(store.release_dir(target) / CONFIG_FILE)[0]
@@ -95,6 +99,9 @@ def rollback_release(store: ReleaseStore, to: str | None, keys: KeyDirectory, gr
     with store.locked():
         previous = store.current()
         store.switch(target)
+        if config_path is not None:
+            write_atomic(config_path, (store.release_dir(target) / CONFIG_FILE).read_bytes(), mode=0o640)
+            os.chown(config_path, 0, grp.getgrnam(group).gr_gid)
     return {"release": target, "previous": previous, "model": f"{record['model']['name']}@{record['model']['release']}"}
 
 

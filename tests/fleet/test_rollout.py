@@ -188,7 +188,9 @@ def test_plan_shows_one_template_change_on_every_host_and_nothing_else_then_up_c
     up = fleet.deepfleet("up")
     assert up.returncode == 0, up.stderr[-2000:]
     assert "on 3 host(s): h1, h2, h3" in up.stdout
-    assert fleet.deepfleet("plan").returncode == 0
+    plan = fleet.deepfleet("plan")
+    assert plan.returncode == 0, plan.stdout + fleet.on("h2", "ls -la /opt/deepfleet/models; cat /opt/deepfleet/models/.*.json "
+                                                        "/opt/deepfleet/models/*.json 2>/dev/null; true")
     for host in ("h1", "h2", "h3"):
         release = fleet.release(host)
         assert release["id"] != before[host] and "max_batch_size: 9" in fleet.on(
@@ -240,7 +242,9 @@ def test_the_same_rollout_resumes_once_fixed_and_moves_every_host_to_v2(fleet, a
     assert len({fleet.release(host)["model"]["release"] for host in ("h1", "h2", "h3")}) == 1
     for gateway in ("h1", "h2"):
         assert [fleet.probe(gateway, host) for host in ("h1", "h2", "h3")] == [answers["v2"]] * 3
-    assert fleet.deepfleet("plan").returncode == 0
+    plan = fleet.deepfleet("plan")
+    assert plan.returncode == 0, plan.stdout + fleet.on("h2", "ls -la /opt/deepfleet/models; cat /opt/deepfleet/models/.*.json "
+                                                        "/opt/deepfleet/models/*.json 2>/dev/null; true")
 
 
 def test_status_shows_every_host_on_its_release_and_healthy(fleet):

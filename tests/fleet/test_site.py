@@ -67,7 +67,9 @@ def test_services_run_unprivileged_and_secrets_are_closed(site):
 def test_dry_diff_shows_exactly_an_inventory_override(site, tmp_path):
     inventory = site.with_overrides(tmp_path / "inventory.json", runtime_max_prompt_tokens=77)
     result = site.deploy(inventory, dry=True, diff=True)
-    assert result.changed_operations == ["deepfleet runtime | Runtime config"]
+    # The rendered file, and the runtime release made of it (model + runtime + this config).
+    assert result.changed_operations == ["deepfleet runtime | Runtime config",
+                                         "deepfleet runtime | Runtime release (model + runtime + config)"]
     assert re.search(r"-\s+max_prompt_tokens: 4096\n", result.log) and re.search(r"\+\s+max_prompt_tokens: 77\n", result.log)
     assert "4096" in site.on_host("grep max_prompt_tokens: /etc/deepfleet/runtime.yaml")  # dry: nothing applied
 

@@ -107,10 +107,13 @@ def test_last_n_kept_with_their_venvs_and_rollback_restores_model_config_and_run
 
     # Back to r2 by its model's id: the model is verified and made current again too.
     host.model(tmp_path, b"c")  # the model moved on since
-    result = rollback_release(host.releases, second_model, store.keys, GROUP, model_keep=3)
+    rendered = host.home.parent / "etc" / "runtime.yaml"  # the deploy's copy: back to what is served
+    result = rollback_release(host.releases, second_model, store.keys, GROUP, model_keep=3, config_path=rendered)
     assert result == {"release": r2, "previous": r3, "model": f"tiny@{second_model}"}
     assert host.models.current() == second_model
     assert "max_batch_size: 32" in (host.home / "releases" / "current" / "runtime.yaml").read_text()
+    assert rendered.read_bytes() == (host.home / "releases" / "current" / "runtime.yaml").read_bytes()
+    assert rendered.stat().st_mode & 0o777 == 0o640
     assert rollback_release(host.releases, None, store.keys, GROUP, model_keep=3)["release"] == r3
     with pytest.raises(ReleaseError, match=f"release {r1} of the runtime is not on this host; kept releases: {r3}, {r2}"):
         rollback_release(host.releases, r1, store.keys, GROUP, model_keep=3)

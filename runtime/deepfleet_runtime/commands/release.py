@@ -38,6 +38,8 @@ def register(commands) -> None:
     rollback.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR)
     rollback.add_argument("--group", default="deepfleet")
     rollback.add_argument("--model-keep", type=int, default=3, help="model releases to keep")
+    rollback.add_argument("--config", type=Path, default=None,
+                          help="the deploy's rendered runtime.yaml: gets the release's config back")
     rollback.set_defaults(func=rollback_command)
 
     use_venv = sub.add_parser("use-venv", help="point <home>/venv at VENV; remove unreferenced venvs")
@@ -75,7 +77,7 @@ def rollback_command(args) -> int:
     from ..runtimereleases import rollback_release
 
     return _report(lambda: rollback_release(ReleaseStore(args.root), args.to, KeyDirectory(args.keys_dir),
-                                            args.group, args.model_keep), _errors())
+                                            args.group, args.model_keep, args.config), _errors())
 
 
 def use_venv_command(args) -> int:
