@@ -1,8 +1,10 @@
-"""No-op converge of the full site on 1, 3 and 6 test hosts, side by side.
+"""No-op converge of the full site on 1, 3 and 6 test hosts, side by side; then a rolling update.
 
-Starts 6 disposable test hosts, deploys the site to all of them once (not timed), then times
-no-op converges (nothing to change) of 1, 3 and 6 hosts, interleaved round by round so that
-machine noise hits all three alike; reports medians and the 6-vs-1 ratio (target <= 1.5).
+Starts 6 disposable test hosts as a fleet (h1 and h2 gateways, all six serving the model), deploys
+the site to all of them once, then times no-op converges (nothing to change) of 1, 3 and 6 hosts,
+interleaved round by round so that machine noise hits all three alike; reports medians and the
+6-vs-1 ratio (target <= 1.5). Last, one runtime setting changes and `deepfleet rollout --batch 1`
+updates the six replicas (drain, converge, health + smoke completion, undrain): seconds per host.
 
     .venv/bin/python bench/fleet_converge.py [--rounds 5]
 
@@ -25,8 +27,13 @@ from deepfleet import testhosts  # noqa: E402
 from deepfleet.apikeys import create_key  # noqa: E402
 from deepfleet.demo import MODEL_NAME, PORT_SETTINGS, ensure_tiny_model, write_local_inventory  # noqa: E402
 from deepfleet.deployrun import run_deploy  # noqa: E402
+from deepfleet.fleet import describe_fleet  # noqa: E402
 from deepfleet.paths import LOCAL_INVENTORY, cache_dir  # noqa: E402
 from deepfleet.pki import init_ca  # noqa: E402
+from deepfleet.rollout import Rollout  # noqa: E402
+
+HOSTS = ("h1", "h2", "h3", "h4", "h5", "h6")
+GROUPS = {"gateways": ["h1", "h2"], "gpu_nodes": list(HOSTS)}
 
 
 def main() -> None:
@@ -41,7 +48,7 @@ def main() -> None:
             init_ca(root / "pki")
             create_key(root / "keys.json", "bench")
             model = ensure_tiny_model(cache_dir() / "models" / MODEL_NAME)
-            write_local_inventory(root / "inventory.json", fleet, model, root / "pki", root / "keys.json")
+            write_local_inventory(root / "inventory.json", fleet, model, root / "pki", root / "keys.json", GROUPS)
             env = {"DEEPFLEET_HOSTS_FILE": str(root / "inventory.json")}
             started = time.monotonic()
             first = run_deploy(LOCAL_INVENTORY, env=env, echo=False)
@@ -58,6 +65,13 @@ def main() -> None:
                         raise SystemExit(f"not a no-op: {result.changed_operations}")
                     timings[count].append(elapsed)
                     print(f"round {round_number + 1}: {count} host(s) {elapsed:.2f} s", file=sys.stderr)
+            # A new runtime config on every replica, rolled out one host at a time.
+            write_local_inventory(root / "inventory.json", fleet, model, root / "pki", root / "keys.json", GROUPS,
+                                  runtime_max_batch_size=9)
+            report = Rollout(describe_fleet(LOCAL_INVENTORY, env), "1", log=lambda line: print(line, file=sys.stderr)).run()
+            updated = [host for host in report.hosts if host.outcome == "updated"]
+            if report.failure or len(updated) != len(HOSTS):
+                raise SystemExit(f"the rollout did not update every host: {report.as_dict()}")
         finally:
             fleet.destroy()
     medians = {count: statistics.median(values) for count, values in timings.items()}
@@ -67,6 +81,8 @@ def main() -> None:
         "noop_6_s": round(medians[6], 2),
         "noop_6_vs_1": round(medians[6] / medians[1], 2),
         "cold_6_s": round(cold_s, 1),
+        "rollout_6_s": round(report.seconds, 1),
+        "rollout_per_host_s": round(report.seconds / len(updated), 1),
         "rounds": args.rounds,
     }
     print(json.dumps(figures))

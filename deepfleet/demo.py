@@ -96,8 +96,9 @@ def demo_up(log=print) -> dict:
 
 
 def write_local_inventory(path: Path, fleet: testhosts.TestFleet, model_dir: Path, pki_dir: Path,
-                          keyring: Path, **overrides) -> None:
-    """The hosts file inventories/local.py reads: the fleet's hosts with the demo's settings."""
+                          keyring: Path, groups: dict[str, list[str]] | None = None, **overrides) -> None:
+    """The hosts file inventories/local.py reads: the fleet's hosts with the demo's settings (and
+    `groups`, e.g. {"gateways": ["h1"], "gpu_nodes": ["h1", "h2"]}, for a fleet)."""
     extra = {
         "model_name": MODEL_NAME,
         "model_source": str(model_dir),
@@ -107,7 +108,8 @@ def write_local_inventory(path: Path, fleet: testhosts.TestFleet, model_dir: Pat
         "gateway_listen_address": "127.0.0.1",
         **overrides,
     }
-    write_atomic(path, json.dumps({"hosts": fleet.inventory_hosts(extra)}, indent=1) + "\n", mode=0o600)
+    document = {"hosts": fleet.inventory_hosts(extra), **({"groups": groups} if groups else {})}
+    write_atomic(path, json.dumps(document, indent=1) + "\n", mode=0o600)
 
 
 def demo_down(log=print) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,7 +15,11 @@ from .paths import PROJECT_ROOT, SITE_DEPLOY
 
 
 class DeployError(RuntimeError):
-    """pyinfra failed; the message carries the end of its log."""
+    """pyinfra failed; the message carries the end of its log, `log` all of it."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message)
+        self.log = log
 
 
 @dataclass
@@ -61,7 +66,7 @@ def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False
     stdout = "".join(stdout_chunks)
     if process.wait() != 0:
         detail = "its log is above" if echo else "".join(log[-40:])
-        raise DeployError(f"pyinfra exited {process.returncode}; {detail}")
+        raise DeployError(f"pyinfra exited {process.returncode}; {detail}", "".join(log))
     payload = json.loads(stdout)
     log_text = "".join(log)
     results = payload.get("results")
@@ -72,3 +77,17 @@ def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False
         return DeployResult(sum(map(len, planned.values())), [], planned, conditional, log_text)
     changed = {op["name"]: op["success"] for op in results["operations"] if op["success"]}
     return DeployResult(results["totals"]["success"], results["failed_hosts"], changed, {}, log_text)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_WORDS = ("error", "failed", "not ready", "will not become ready", "refused", "exited")
+
+
+def host_log(log: str, host: str, errors_only: bool = False, lines: int = 6) -> str:
+    """The last lines pyinfra logged about `host` (`[host] ...`), the error lines first; with
+    `errors_only`, only lines that report an error (empty when there are none)."""
+    mine = [_ANSI.sub("", line).strip() for line in log.splitlines() if f"[{host}]" in _ANSI.sub("", line)]
+    errors = [line for line in mine if any(word in line.lower() for word in _ERROR_WORDS)]
+    if errors_only:
+        return " | ".join(errors[-lines:])
+    return " | ".join((errors or mine)[-lines:])

@@ -6,7 +6,6 @@ The format is deepfleet_runtime.modelstore (docs/model-format.md); keys are deep
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from deepfleet_runtime.modelstore.manifest import Manifest, content_release_id
 from deepfleet_runtime.modelstore.release import KEY_FILE, read_signed_manifest
 from deepfleet_runtime.modelstore.writer import model_files, replace_key_file, write_release
 
+from .filelock import exclusive_lock
 from .modelkeys import ModelKeys
 from .modelsource import ModelSourceError, check_model_dir, local_manifest
 from .progress import byte_progress
@@ -94,8 +94,7 @@ def ensure_release(source: Path, name: str, keys: ModelKeys, cache_dir: Path, lo
     root = Path(cache_dir) / CACHE_SUBDIR / keys.signing_key_id()
     target = root / f"{name}@{release}"
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # hosts of one deploy ask concurrently
+    with exclusive_lock(root / ".lock"):  # hosts of one deploy ask concurrently
         if target.exists():
             try:
                 rewrap_release(target, keys)

@@ -18,7 +18,6 @@ one small wheel, not the 250 MB of dependencies:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from .atomicfile import write_atomic
 from .digests import sha256_file
+from .filelock import exclusive_lock
 
 MANIFEST = ".manifest.json"
 ACCELERATORS = ("cpu", "cuda")  # each has runtime/constraints-<accelerator>.txt
@@ -127,8 +127,7 @@ def build_wheelhouse(target: TargetPlatform, cache_dir: Path, runtime_src: Path,
     """The wheelhouse for `target`, from the cache when nothing that defines it changed."""
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # hosts of one deploy may ask concurrently
+    with exclusive_lock(cache_dir / ".lock"):  # hosts of one deploy may ask concurrently
         wheel, runtime_digest = _runtime_wheel(Path(runtime_src), cache_dir, log)
         requirement = f"deepfleet-runtime[{','.join(extras)}]" if extras else "deepfleet-runtime"
         deps_dir, deps_digest = _dependency_wheels(target, wheel, requirement, Path(runtime_src),

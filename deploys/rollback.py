@@ -1,9 +1,10 @@
-"""Switch each host back to its previous model release (or DEEPFLEET_ROLLBACK_TO), verified first,
-and restart the runtime on it. Run by `deepfleet rollback INVENTORY [--to RELEASE]`."""
+"""Switch each host back to its previous runtime release (or DEEPFLEET_ROLLBACK_TO: a release id,
+or a model release id), its model verified first, and restart the runtime on it. Run by
+`deepfleet rollback INVENTORY [--to RELEASE]`."""
 
 import os
 
-from roles.model import rollback
+from roles.release import rollback
 from roles.settings import check_settings
 
 check_settings()

@@ -22,3 +22,6 @@ hospital_gateway = [
     ("gateway-1", {"ssh_hostname": "10.20.0.10"}),
 ]
 hospital = [name for name, _ in hospital_gpu + hospital_gateway]
+# The topology (docs/rollout.md): the nodes serve the model, the gateway routes to both over mutual TLS.
+gpu_nodes = [name for name, _ in hospital_gpu]
+gateways = [name for name, _ in hospital_gateway]

@@ -2,6 +2,7 @@
 
 Hosts, their SSH settings and per-host ports come from the hosts file that deepfleet writes
 when it starts them: `.deepfleet/demo/inventory.json`, or the file named by DEEPFLEET_HOSTS_FILE.
+Its optional "groups" ({"gateways": [...], "gpu_nodes": [...]}) give the hosts fleet roles.
 """
 
 import json
@@ -12,4 +13,7 @@ _hosts_file = Path(os.environ.get("DEEPFLEET_HOSTS_FILE", Path(__file__).resolve
 if not _hosts_file.exists():
     raise SystemExit(f"{_hosts_file} does not exist: start the local host with `deepfleet demo` first")
 
-local = [tuple(entry) for entry in json.loads(_hosts_file.read_text())["hosts"]]
+_hosts = json.loads(_hosts_file.read_text())
+local = [tuple(entry) for entry in _hosts["hosts"]]
+for _group, _names in _hosts.get("groups", {}).items():
+    globals()[_group] = list(_names)

@@ -8,7 +8,8 @@ starts (roles/settings.py), so a misspelt setting never silently leaves its defa
 """
 
 ROLE_PREFIXES = ("base_", "deepfleet_", "nvidia_driver_", "cuda_", "docker_", "nvidia_container_toolkit_",
-                 "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_")
+                 "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_",
+                 "rollout_")
 
 DEFAULTS = {
     # --- base: service account and directories -------------------------------------------------
@@ -145,6 +146,32 @@ DEFAULTS = {
     "runtime_container_shm_size": "16g",
     "runtime_container_memlock": "-1:-1",  # docker run --ulimit memlock (soft:hard bytes; -1: unlimited)
     "runtime_container_restart": "unless-stopped",  # docker's restart policy
+
+    # === fleet: topology, releases, rolling updates (roles/topology.py, roles/release.py, ray.py) ====
+    # Inventory groups: `gpu_nodes` hold the model and serve it, `gateways` face clients and route to
+    # every replica (one host can be both; without these groups every host serves alone, on loopback).
+    # Replicas on other hosts than a gateway serve mutual TLS on runtime_address. docs/rollout.md.
+    "runtime_address": None,  # where gateways and Ray peers reach this host (default: ssh_hostname)
+    "runtime_keep_releases": 3,  # runtime releases kept per host (model + runtime + config), current included
+    "rollout_drain_timeout_s": 120,  # `deepfleet rollout`: how long in-flight requests may take to finish
+    "rollout_healthy_timeout_s": 120,  # ... for a converged replica to be healthy at every gateway
+    "rollout_smoke_prompt": "Say hello.",  # ... the smoke completion sent through each gateway
+    "rollout_smoke_max_tokens": 8,
+
+    # --- ray: one model over several hosts (vLLM tensor x pipeline parallel); roles/ray.py ----------
+    # Give every node of a multi-node model group `ray_head` (the inventory name of its head): the
+    # head runs the runtime (vLLM with the Ray backend), the workers join its cluster.
+    "ray_head": None,  # None: this host serves its model alone
+    "ray_port": 6379,  # the head's GCS port
+    "ray_node_manager_port": 6380,
+    "ray_object_manager_port": 6381,
+    "ray_client_server_port": 10001,  # on the head
+    "ray_metrics_export_port": 6382,
+    "ray_dashboard_agent_port": 6383,  # HTTP and gRPC (+1) of each node's agent
+    "ray_runtime_env_agent_port": 6385,
+    "ray_min_worker_port": 10002,  # the workers' port range
+    "ray_max_worker_port": 10999,
+    "ray_network_interface": None,  # NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, e.g. "ens8" (the internal NIC)
 
     # === air-gapped installs: one signed bundle (deepfleet/bundle/, roles/bundle.py; docs/air-gapped.md) ===
     # Set bundle_dir and the site deploy verifies the bundle (refused before any host changes if a file

@@ -66,6 +66,7 @@ try:
 except OSError:
     current = None
 kept = [entry.rsplit("@", 1)[1] for entry in os.listdir(models) if entry.startswith(name + "@")
+        and not os.path.islink(os.path.join(models, entry))  # <name>@current is no release of its own
         and os.path.isfile(os.path.join(models, entry, ".deepfleet-complete.json"))] if os.path.isdir(models) else []
 print(json.dumps({
     "complete": load(os.path.join(final, ".deepfleet-complete.json")),

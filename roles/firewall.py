@@ -1,5 +1,6 @@
 """The firewall role (nftables): a host admits SSH and the gateway port only from the networks the
-inventory lists (and the runtime port only from gateways on other hosts); the rest is dropped.
+inventory lists (and the runtime port only from gateways on other hosts, Ray's ports only from the
+other nodes of its Ray cluster); the rest is dropped.
 
 Off unless `firewall_enabled`. It replaces only its own table (`inet deepfleet`), atomically, after
 `nft -c` has checked the new ruleset; established connections (this deploy's SSH session) go on.
@@ -17,16 +18,21 @@ from pyinfra.operations import apt, files, server, systemd
 
 from .common import RoleError, template
 from .defaults import DEFAULTS
+from .ray import cluster_members, ray_ports
+from .topology import gateway_hosts, holds_model, runtime_address, runtime_needs_tls
+
 
 def firewall_context(settings: Mapping) -> dict:
     """Sets and rules for templates/firewall.nft.j2; RoleError names a missing or bad setting."""
     admitted = [("ssh", settings["firewall_ssh_port"] or settings.get("ssh_port") or 22, "firewall_ssh_sources"),
                 ("gateway", settings["gateway_port"], "firewall_gateway_sources"),
                 ("runtime", settings["runtime_port"], "firewall_runtime_sources")]
+    if settings.get("ray_ports"):  # a Ray node: its ports, from the other nodes of its cluster only
+        admitted.append(("ray", "{ " + ", ".join(settings["ray_ports"]) + " }", "ray_sources"))
     sets, rules = [], []
     for name, port, setting in admitted:
         sources = settings[setting] or []
-        if not sources and setting != "firewall_runtime_sources":
+        if not sources and setting in ("firewall_ssh_sources", "firewall_gateway_sources"):
             raise RoleError(f"firewall_enabled is set but {setting} is empty: list the networks allowed to "
                             f"reach {name} (port {port}), e.g. [\"10.0.0.0/24\"], or it would be unreachable")
         networks = [_network(source, setting) for source in sources]
@@ -34,8 +40,22 @@ def firewall_context(settings: Mapping) -> dict:
             elements = [str(n) for n in networks if n.version == version]
             if elements:
                 sets.append({"name": f"{name}_v{version}", "type": nft_type, "elements": elements})
-                rules.append({"port": int(port), "family": family, "set": f"{name}_v{version}"})
+                rules.append({"port": port, "family": family, "set": f"{name}_v{version}"})
     return {"sets": sets, "rules": rules}
+
+
+def fleet_sources(settings: dict) -> dict:
+    """`settings` plus what the fleet's topology admits: the runtime port from the gateways on other
+    hosts (unless firewall_runtime_sources lists them) and, on a Ray node, Ray's ports from the
+    other nodes of its cluster."""
+    if runtime_needs_tls(host) and not settings["firewall_runtime_sources"]:
+        settings["firewall_runtime_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
+                                                if gateway.name != host.name]
+    if settings["ray_head"] and holds_model(host):
+        peers = [member for member in cluster_members(host) if member.name != host.name]
+        settings["ray_sources"] = [runtime_address(peer) for peer in peers]
+        settings["ray_ports"] = ray_ports(settings, is_head=host.name == settings["ray_head"])
+    return settings
 
 
 def _network(source: str, setting: str):
@@ -53,7 +73,7 @@ def firewall():
     if not data.firewall_enabled:
         host.noop("firewall_enabled is off")
         return
-    context = firewall_context({key: data.get(key) for key in [*DEFAULTS, "ssh_port"]})
+    context = firewall_context(fleet_sources({key: data.get(key) for key in [*DEFAULTS, "ssh_port"]}))
     ruleset_path = f"{data.deepfleet_config_dir}/firewall.nft"
     if "nftables" not in (host.get_fact(DebPackages) or {}):
         apt.packages(name="Install nftables", packages=["nftables"], update=True)

@@ -1,5 +1,6 @@
 """The gateway role: certificates from the internal CA, API key hashes and limits, audit directory,
-the TLS 1.3 gateway service in front of this host's runtime (or the replicas in gateway_upstreams)."""
+the TLS 1.3 gateway service in front of the fleet's runtime replicas (roles/topology.py: every
+gpu node's runtime, over mutual TLS when it is on another host; or gateway_upstreams)."""
 
 from __future__ import annotations
 
@@ -11,30 +12,23 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from deepfleet.apikeys import active_records, host_key_file, load_keyring
-from deepfleet.pki import ca_paths, ensure_audit_signing_key, ensure_client_cert, ensure_server_cert
+from deepfleet.pki import ensure_audit_signing_key
 
-from .common import RoleError, control_path, template, tls_dir, venv_dir
+from .common import RoleError, control_path, template, venv_dir
 from .defaults import DEFAULTS
 from .runtime import unit_context
 from .service import converge_service
+from .skip import skip_role
+from .tls import host_certificates, tls_paths
+from .topology import fleet_upstreams, runs_gateway
 from .transfer import secret_file
 
-_LOOPBACK_NAMES = ["localhost", "127.0.0.1"]  # so the deploy's own readiness check verifies the cert
 
-
-def server_names(settings: Mapping, host_name: str) -> list[str]:
-    """The names the host's certificate covers: its inventory name, SSH address, extra names."""
-    names = [host_name, *settings["gateway_server_names"], *_LOOPBACK_NAMES]
-    if settings.get("ssh_hostname"):
-        names.append(settings["ssh_hostname"])
-    return sorted(set(names))
-
-
-def upstreams(settings: Mapping, host_name: str, local_release: str = "") -> list[dict]:
+def upstreams(settings: Mapping, host_name: str) -> list[dict]:
     """The replicas the gateway routes to: gateway_upstreams, else this host's runtime on loopback."""
     configured = settings["gateway_upstreams"]
     if not configured:
-        return [{"name": host_name, "url": f"http://127.0.0.1:{settings['runtime_port']}", "release": local_release}]
+        return [{"name": host_name, "url": f"http://127.0.0.1:{settings['runtime_port']}", "release": ""}]
     for entry in configured:
         if not isinstance(entry, Mapping) or not str(entry.get("url", "")).startswith(("http://", "https://")):
             raise RoleError(f"gateway_upstreams: {entry!r} is not a replica; write "
@@ -43,10 +37,10 @@ def upstreams(settings: Mapping, host_name: str, local_release: str = "") -> lis
             for e in configured]
 
 
-def gateway_yaml_context(settings: Mapping, host_name: str, local_release: str = "") -> dict:
+def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
     """Variables for templates/gateway.yaml.j2 from role settings."""
     tls = f"{settings['deepfleet_config_dir']}/tls"
-    replicas = upstreams(settings, host_name, local_release)
+    replicas = upstreams(settings, host_name)
     mutual_tls = any(r["url"].startswith("https://") for r in replicas)
     return {
         "listen_address": settings["gateway_listen_address"],
@@ -84,35 +78,27 @@ def audit_dir(settings: Mapping) -> str:
 @deploy("deepfleet gateway", data_defaults=DEFAULTS)
 def gateway():
     """Certificates, key hashes and config for the gateway; (re)start it when they change."""
+    if not runs_gateway(host):
+        skip_role("Gateway", "not in the inventory's gateways group")
+        return
     data = host.data
     settings = {key: data.get(key) for key in [*DEFAULTS, "ssh_hostname"]}
-    pki_dir = control_path(data.gateway_pki_dir, "gateway_pki_dir")
+    settings["gateway_upstreams"] = fleet_upstreams(host)
+    if not settings["gateway_upstreams"]:
+        raise RoleError(f"gateway {host.name} has no runtime replica to route to: put hosts in the inventory's "
+                        "gpu_nodes group, or set gateway_upstreams")
     keyring = control_path(data.gateway_api_keyring, "gateway_api_keyring")
     records = load_keyring(keyring)
     if not active_records(records):
         raise RoleError(f"the API keyring {keyring} holds no active keys, so no client could use the gateway; "
                         "create one with `deepfleet keys create NAME` (or run `deepfleet demo`)")
-    pair, _ = ensure_server_cert(pki_dir, host.name, server_names(settings, host.name))
     group = data.deepfleet_group
     # Replicas report their release and quantisation on /ready; the config needs no model label,
     # so a new model release does not restart the gateway.
     context = gateway_yaml_context(settings, host.name)
-
-    files.put(name="Internal CA certificate", src=str(ca_paths(pki_dir).cert), dest=f"{tls_dir()}/ca.crt",
-              user="root", group=group, mode="0644")
-    inputs = [
-        files.put(name="Gateway server certificate", src=str(pair.cert), dest=f"{tls_dir()}/server.crt",
-                  user="root", group=group, mode="0644"),
-        secret_file(name="Gateway server key", src=str(pair.key), dest=f"{tls_dir()}/server.key",
-                    user="root", group=group, mode="0640"),
-    ]
-    if context["upstream_tls"]:
-        client, _ = ensure_client_cert(pki_dir, host.name)
-        inputs += [files.put(name="Gateway client certificate (mTLS to runtimes)", src=str(client.cert),
-                             dest=context["upstream_tls"]["cert"], user="root", group=group, mode="0644"),
-                   secret_file(name="Gateway client key", src=str(client.key), dest=context["upstream_tls"]["key"],
-                               user="root", group=group, mode="0640")]
+    inputs = host_certificates(settings, client=bool(context["upstream_tls"]))
     if context["audit_checkpoint_key"]:
+        pki_dir = control_path(data.gateway_pki_dir, "gateway_pki_dir")
         signing = ensure_audit_signing_key(pki_dir, host.name)
         inputs.append(secret_file(name="Audit checkpoint signing key", src=str(signing.key),
                                   dest=context["audit_checkpoint_key"], user="root", group=group, mode="0640"))
@@ -132,5 +118,5 @@ def gateway():
     if check_address in ("0.0.0.0", "::"):
         check_address = "127.0.0.1"
     ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready https://{check_address}:{data.gateway_port}/health "
-             f"--cafile {tls_dir()}/ca.crt --timeout 60")
+             f"--cafile {tls_paths()['ca.crt']} --timeout 60")
     converge_service("deepfleet-gateway", unit, inputs, ready)

@@ -5,7 +5,8 @@ reused) or a release from `deepfleet model encrypt` (deepfleet/modelpack.py). Ho
     /etc/deepfleet/keys/      root 0700: the fleet's KEKs and the manifest verify key, root 0400
     <home>/models/.<name>@<release>.partial/   the push, resumable: only missing bytes are sent
     <home>/models/<name>@<release>/            once `deepfleet-runtime model activate` verified it
-    <home>/models/<name>@current               the release the runtime serves, switched atomically
+    <home>/models/<name>@current               the most recently activated release, switched atomically
+(the runtime serves the release its runtime release names: roles/release.py)
 What a host lacks is decided by one small fact (ModelReleaseState), never by re-hashing weights.
 Activation needs the runtime's venv, so the runtime role calls activate_model() after installing it.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files
 
 from deepfleet.modelkeys import load_model_keys
 from deepfleet.modelpack import ensure_release
@@ -31,7 +32,8 @@ from .common import control_path, venv_dir
 from .defaults import DEFAULTS
 from .facts import ModelReleaseState
 from .offline import model_release_from_bundle, offline
-from .runtime_container import CONTAINER
+from .skip import skip_role
+from .topology import holds_model
 from .transfer import PartialUpload, resumable_upload, secret_file, upload_owner
 
 GIB = 1 << 30
@@ -44,11 +46,6 @@ def models_dir() -> str:
 def host_keys_dir() -> str:
     """Where hosts keep the model keys (root only); the runtime gets a private copy at start."""
     return f"{host.data.deepfleet_config_dir}/keys"
-
-
-def current_model_path() -> str:
-    """The path the runtime serves: a symlink to the active release (read by the runtime role)."""
-    return f"{models_dir()}/{host.data.model_name}@current"
 
 
 def local_release() -> tuple[Path, Manifest]:
@@ -85,6 +82,9 @@ def _size(nbytes: int) -> str:
 @deploy("deepfleet model", data_defaults=DEFAULTS)
 def model():
     """Push the fleet's model keys and the model release (only what the host lacks)."""
+    if not holds_model(host):
+        skip_role("Model", "not in the inventory's gpu_nodes group")
+        return
     data = host.data
     keys = load_model_keys(control_path(data.model_keys_dir, "model_keys_dir"))
     release_dir, manifest = local_release()
@@ -201,24 +201,3 @@ def activate_release(venv: str, models_dir: str, model_name: str, release: str, 
     yield StringCommand(f"{venv}/bin/deepfleet-runtime", "model", "activate", "--name", model_name,
                         "--release", release, "--models-dir", QuoteString(models_dir),
                         "--keys-dir", QuoteString(keys_dir), "--group", group, "--keep", str(keep))
-
-
-@deploy("deepfleet model rollback", data_defaults=DEFAULTS)
-def rollback(to: str | None = None):
-    """Switch each host back to its previously active release (or `to`), verified, and restart the
-    runtime on it; a host with nothing to go back to fails with the reason."""
-    data = host.data
-    target = ["--to", to] if to else []
-    server.shell(name=f"Switch {data.model_name} back to {to or 'the previous release'} (verified first)",
-                 commands=[StringCommand(f"{venv_dir()}/bin/deepfleet-runtime", "model", "rollback", "--name",
-                                         data.model_name, "--models-dir", QuoteString(models_dir()),
-                                         "--keys-dir", QuoteString(host_keys_dir()), "--group",
-                                         data.deepfleet_group, "--keep", str(data.model_keep_releases), *target)])
-    if data.runtime_mode == "docker":
-        server.shell(name="Restart the runtime container on the release", commands=[f"docker restart {CONTAINER}"])
-    else:
-        systemd.service(name="Restart deepfleet-runtime on the release", service="deepfleet-runtime.service",
-                        restarted=True)
-    server.shell(name="Wait until deepfleet-runtime is ready",
-                 commands=[f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
-                           f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}"])

@@ -1,35 +1,47 @@
 """The runtime role: install deepfleet-runtime from a pushed wheelhouse, configure, start, wait.
 
 The host never reaches a package index: wheels for its Python and platform are prepared on the
-control machine (deepfleet.wheelhouse) and installed with `pip --no-index`.
+control machine (deepfleet.wheelhouse) and installed with `pip --no-index` into
+<home>/venvs/<install id>. The rendered runtime.yaml, that venv and the model release make one
+runtime release (roles/release.py), which the unit runs from <home>/releases/current.
 
 `runtime_mode: systemd` (default) runs the engine from that venv under a hardened unit;
 `runtime_mode: docker` runs it in a container (roles/runtime_container.py) and the host's venv
-gets only the light package (gateway, wait-ready), without the engine's extras.
+gets only the light package (gateway, wait-ready), without the engine's extras. Hosts outside the
+inventory's gpu_nodes group (gateways only) get the light package too, and no runtime service;
+with mutual TLS when gateways on other hosts reach it (roles/topology.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 
 from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
+from pyinfra.api.util import get_template
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
 from deepfleet.digests import sha256_file
 from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
 
-from .common import PROJECT_ROOT, RoleError, control_path, template, venv_dir
+from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
 from .gpu_facts import has_nvidia_gpu
 from .hostos import RuntimePython, host_os, image_os
-from .model import activate_model, current_model_path, host_keys_dir, models_dir
+from .model import activate_model, host_keys_dir, local_release, models_dir
 from .offline import offline, offline_settings, wheelhouse_from_bundle
+from .ray import RAY_EXTRA, head_runtime_settings, ray
+from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
+                      venv_path)
 from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
 from .service import converge_service
+from .skip import skip_role
+from .tls import host_certificates, tls_paths
+from .topology import holds_model, runs_runtime, runtime_address, runtime_needs_tls
 from .transfer import push_files
 
 INSTALL_MARKER = ".deepfleet-install.json"
@@ -40,25 +52,32 @@ RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, 
 
 # runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
 _DEPLOY_ONLY_SETTINGS = ("runtime_mode", "runtime_image_", "runtime_container_", "runtime_wheel_extras",
-                         "runtime_ready_timeout_s")
+                         "runtime_ready_timeout_s", "runtime_address", "runtime_keep_releases")
 
 
-def runtime_yaml_context(settings: Mapping, model_dir: str) -> dict:
+def runtime_yaml_context(settings: Mapping, model_dir: str, listen_host: str = "127.0.0.1",
+                         tls: Mapping[str, str] | None = None) -> dict:
     """Variables for templates/runtime.yaml.j2 from role settings (runtime_* names, prefix dropped;
-    the settings of how the runtime is installed and run stay with the role)."""
+    the settings of how the runtime is installed and run stay with the role). `tls`: the host's TLS
+    file paths (roles.tls.tls_paths) when gateways on other hosts reach this runtime."""
     context = {key[len("runtime_"):]: value for key, value in settings.items()
                if key.startswith("runtime_") and not key.startswith(_DEPLOY_ONLY_SETTINGS)}
+    context.setdefault("vllm_host_ip", "")
+    context.setdefault("vllm_network_interface", "")
     return context | {"model_name": settings["model_name"], "model_dir": model_dir,
-                      "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys"}
+                      "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys", "listen_host": listen_host,
+                      "tls": {"cert": tls["server.crt"], "key": tls["server.key"], "client_ca": tls["ca.crt"]}
+                      if tls else None}
 
 
-def unit_context(settings: Mapping, config_path: str) -> dict:
-    """Variables for the systemd unit templates from role settings."""
+def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -> dict:
+    """Variables for the systemd unit templates from role settings (`venv`: the one the service runs
+    from, by default <home>/venv)."""
     return {
         "model_name": settings["model_name"],
         "service_user": settings["deepfleet_user"],
         "service_group": settings["deepfleet_group"],
-        "venv": f"{settings['deepfleet_home']}/venv",
+        "venv": venv or f"{settings['deepfleet_home']}/venv",
         "state_dir": settings["deepfleet_state_dir"],
         "config_path": config_path,
         "runtime_directory": RUNTIME_DIRECTORY,
@@ -131,30 +150,48 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
 
 @deploy("deepfleet runtime", data_defaults=DEFAULTS)
 def runtime():
-    """Install the runtime from the wheelhouse, render its config, run it (systemd unit or container), wait."""
+    """Install the runtime from the wheelhouse; on hosts that serve the model, render its config, make
+    it a release, run it (systemd unit or container) and wait until it is ready."""
     data = host.data
-    settings = offline_settings({key: data.get(key) for key in DEFAULTS})
+    settings = offline_settings({key: data.get(key) for key in [*DEFAULTS, "ssh_hostname"]})
     mode = data.runtime_mode
     if mode not in ("systemd", "docker"):
         raise RoleError(f"runtime_mode is {mode!r}; use 'systemd' or 'docker'")
-    # In Docker mode the engine's extras go into the image; the host keeps the light package.
-    extras = tuple(data.runtime_wheel_extras) if mode == "systemd" else ()
+    # Gateway-only hosts and Docker mode keep the light package (gateway, tools) in the host venv;
+    # the engine's extras go where the engine runs.
+    extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
+    if data.ray_head and holds_model(host):
+        extras += (RAY_EXTRA,)
     accelerator = runtime_accelerator(settings)
     target = target_platform(accelerator)
     wheelhouse = _wheelhouse(target, extras)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
+    venv = venv_path(wheelhouse.install_id)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
-                                 venv=venv_dir(), python=host_os().python.command, python_version=target.python,
+                                 venv=venv, python=host_os().python.command, python_version=target.python,
                                  deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
                                  install_id=wheelhouse.install_id)
-
-    config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
-    config = files.template(name="Runtime config", src=template("runtime.yaml.j2"), dest=config_path,
-                            user="root", group=data.deepfleet_group, mode="0640",
-                            **runtime_yaml_context(settings, current_model_path()))
-    ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready "
-             f"http://127.0.0.1:{data.runtime_port}/ready --timeout {data.runtime_ready_timeout_s}")
+    use_venv(name="Use the installed runtime venv", home=data.deepfleet_home, venv=venv, releases=releases_dir())
+    if not holds_model(host):
+        skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")
+        return
     model = activate_model()
+    if data.ray_head:
+        ray(restart_inputs=[install])  # before the runtime: vLLM on a Ray head needs the cluster
+    if not runs_runtime(host):
+        skip_role("Runtime service", f"a Ray worker of {data.ray_head}, whose runtime serves the model")
+        return
+    if data.ray_head:
+        settings |= head_runtime_settings(settings)
+
+    certificates = host_certificates(settings, client=True) if runtime_needs_tls(host) else []
+    if certificates and mode == "docker":
+        raise RoleError(f"{host.name}: runtime_mode docker cannot serve gateways on other hosts yet (mutual TLS "
+                        "is wired for the systemd mode); use runtime_mode systemd on gpu_nodes of a fleet")
+    config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
+    text = runtime_yaml(settings, f"{models_dir()}/{local_release()[1].release_name}", bool(certificates))
+    files.put(name="Runtime config", src=io.StringIO(text), dest=config_path, user="root",
+              group=data.deepfleet_group, mode="0640")
     if mode == "docker":
         gpu = has_nvidia_gpu()
         python = image_wheels = None
@@ -163,16 +200,50 @@ def runtime():
             image_target = TargetPlatform(python.version, host.get_fact(Arch), python.glibc, accelerator)
             image_wheels = _wheelhouse(image_target, tuple(data.runtime_wheel_extras))
         image = runtime_image(settings, gpu, python, image_wheels, config_path)
-        args = container_args(settings, image, config_path, models_dir(), host_keys_dir(),
-                              f"/run/{RUNTIME_DIRECTORY}", gpu)
-        runtime_in_container(data.deepfleet_user, args, [config, model], ready)
+        release = _release(text, runtime_version(image=image), venv)
+        # The current release's config: docker resolves the `current` link at each start, so a
+        # restart after a release switch reads the new one.
+        args = container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(),
+                              host_keys_dir(), f"/run/{RUNTIME_DIRECTORY}", gpu)
+        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command())
         return
 
+    release = _release(text, runtime_version(install_id=wheelhouse.install_id), venv)
     remove_container(name="Remove the runtime container (systemd mode)", container="deepfleet-runtime")
     unit = files.template(name="Runtime systemd unit", src=template("systemd/deepfleet-runtime.service.j2"),
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
-                          mode="0644", **unit_context(settings, config_path))
-    converge_service("deepfleet-runtime", unit, [install, config, model], ready)
+                          mode="0644", **unit_context(settings, f"{current_release_dir()}/runtime.yaml",
+                                                      venv=f"{current_release_dir()}/venv"))
+    converge_service("deepfleet-runtime", unit, [install, model, release, *certificates], ready_command())
+
+
+def _release(config_text: str, version: dict, venv: str):
+    data = host.data
+    return activate_runtime_release(name="Runtime release (model + runtime + config)", cli=f"{venv}/bin/deepfleet-runtime",
+                                    releases=releases_dir(), config_path=f"{data.deepfleet_config_dir}/runtime.yaml",
+                                    config_text=config_text, runtime=version, group=data.deepfleet_group,
+                                    keep=data.runtime_keep_releases)
+
+
+def runtime_yaml(settings: Mapping, model_dir: str, tls: bool) -> str:
+    """runtime.yaml for this host: on loopback, or with mutual TLS on runtime_address for gateways
+    on other hosts."""
+    listen = runtime_address(host) if tls else "127.0.0.1"
+    context = runtime_yaml_context(settings, model_dir, listen, tls_paths() if tls else None)
+    return get_template(template("runtime.yaml.j2")).render(**context)
+
+
+def ready_command() -> str:
+    """The command that waits until this host's runtime answers /ready (with its client certificate
+    when the runtime serves mutual TLS)."""
+    data = host.data
+    timeout = f"--timeout {data.runtime_ready_timeout_s}"
+    cli = f"{data.deepfleet_home}/venv/bin/deepfleet-runtime wait-ready"
+    if not runtime_needs_tls(host):
+        return f"{cli} http://127.0.0.1:{data.runtime_port}/ready {timeout}"
+    paths = tls_paths()
+    return (f"{cli} https://{runtime_address(host)}:{data.runtime_port}/ready --cafile {paths['ca.crt']} "
+            f"--cert {paths['client.crt']} --key {paths['client.key']} {timeout}")
 
 
 def _wheelhouse(target: TargetPlatform, extras: tuple[str, ...]) -> Wheelhouse:

@@ -7,7 +7,6 @@ import json
 import posixpath
 import secrets
 import shlex
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import User
 
 from deepfleet.digests import sha256_file
+from deepfleet.remote import ssh_argv
 from deepfleet.progress import rate
 
 from .facts import JsonFile
@@ -203,25 +203,7 @@ def _send(state, host, uploads: list[PartialUpload], label: str, max_rate: float
 def openssh_command(host) -> list[str] | None:
     """The `ssh` command line that logs into `host` as pyinfra does, or None where it cannot
     (password or passphrase logins, custom paramiko arguments, no ssh client here)."""
-    data = host.connector.data
-    if data["ssh_password"] or data["ssh_key_password"] or data["ssh_paramiko_connect_kwargs"] \
-            or not shutil.which("ssh"):
-        return None
-    command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-               "-o", f"StrictHostKeyChecking={data['ssh_strict_host_key_checking']}"]
-    if data["ssh_config_file"]:
-        command += ["-F", data["ssh_config_file"]]
-    if data["ssh_known_hosts_file"]:
-        command += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
-    if data["ssh_port"]:
-        command += ["-p", str(data["ssh_port"])]
-    if data["ssh_user"]:
-        command += ["-l", data["ssh_user"]]
-    if data["ssh_key"]:
-        command += ["-i", data["ssh_key"], "-o", "IdentitiesOnly=yes"]
-    elif not data["ssh_allow_agent"]:
-        command += ["-o", "IdentityAgent=none"]
-    return [*command, data["ssh_hostname"] or host.name]
+    return ssh_argv(host.connector.data, host.name)
 
 
 def _send_over_openssh(ssh: list[str], uploads: list[PartialUpload], meter: _Meter) -> bool:

@@ -13,7 +13,8 @@ from deepfleet_runtime.config import RuntimeConfig
 from deepfleet_runtime.gateway.config import GatewayConfig
 from roles.common import TEMPLATES, RoleError
 from roles.defaults import DEFAULTS
-from roles.gateway import gateway_yaml_context, server_names
+from roles.gateway import gateway_yaml_context
+from roles.tls import server_names
 from roles.runtime import runtime_yaml_context, unit_context
 
 
@@ -62,16 +63,16 @@ def test_runtime_yaml_carries_engine_quantization_and_scheduler_settings():
     assert config.llamacpp.n_ctx == 2048
 
 
-def _gateway_config(settings, release=""):
-    text = _render("gateway.yaml.j2", **gateway_yaml_context(settings, "gpu1", release))
+def _gateway_config(settings):
+    text = _render("gateway.yaml.j2", **gateway_yaml_context(settings, "gpu1"))
     return from_mapping(GatewayConfig, yaml.safe_load(text), "gateway.yaml")
 
 
 def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
     settings = {**DEFAULTS, "runtime_port": 9123, "gateway_port": 443, "deepfleet_config_dir": "/etc/df",
                 "runtime_max_tokens": 77, "gateway_default_rpm": 5}
-    config = _gateway_config(settings, release="abc123")
-    assert [(u.name, u.url, u.release) for u in config.upstreams] == [("gpu1", "http://127.0.0.1:9123", "abc123")]
+    config = _gateway_config(settings)
+    assert [(u.name, u.url, u.release) for u in config.upstreams] == [("gpu1", "http://127.0.0.1:9123", "")]
     assert config.upstream_tls is None
     assert config.listen.port == 443
     assert str(config.tls.key) == "/etc/df/tls/server.key"

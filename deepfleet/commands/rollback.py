@@ -1,4 +1,5 @@
-"""`deepfleet rollback INVENTORY [--to RELEASE]`: switch hosts back to an earlier model release."""
+"""`deepfleet rollback INVENTORY [--to RELEASE]`: switch hosts back to an earlier runtime release (the
+model release, runtime version and config they served), verified first (deploys/rollback.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from . import log
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("rollback", help="switch hosts back to their previous model release")
+    parser = commands.add_parser("rollback", help="switch hosts back to their previous release (model + runtime + config)")
     parser.add_argument("inventory", type=Path, help="the pyinfra inventory, e.g. inventories/mine.py")
-    parser.add_argument("--to", metavar="RELEASE", help="a release id kept on the hosts (default: the previous one)")
+    parser.add_argument("--to", metavar="RELEASE", help="a runtime release id kept on the hosts, or a model release "
+                        "id (default: the previous release)")
     parser.add_argument("--limit", action="append", default=[], help="only hosts matching this pattern (repeatable)")
     parser.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ import sys
 from .configfile import ConfigError
 
 # One module per command; each defines register(subparsers) and sets `func` on its parser.
-COMMAND_MODULES = ("serve", "gateway", "gateway_admin", "audit", "tiny_model", "wait_ready", "model", "plan",
+COMMAND_MODULES = ("serve", "gateway", "gateway_admin", "audit", "tiny_model", "wait_ready", "model", "release", "plan",
                    "convert_gguf")
 
 

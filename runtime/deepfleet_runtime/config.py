@@ -27,8 +27,17 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class ServerSection:
-    host: str = "127.0.0.1"  # the engine listens on loopback only; the gateway faces clients
+    host: str = "127.0.0.1"  # loopback, unless gateways on other hosts reach it (then with `tls`)
     port: int = 8000
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """TLS 1.3 on the runtime's port, for gateways on other hosts (mutual TLS with client_ca)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # only clients with a certificate from this CA (the gateways)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class VllmSection:
     pipeline_parallel_size: int = 1
     max_model_len: int = 0  # 0 = the model's own
     ray_address: str = ""  # "host:6379" for a multi-node Ray cluster; empty = single node
+    host_ip: str = ""  # multi-node: this host's address on the cluster network (VLLM_HOST_IP)
+    network_interface: str = ""  # multi-node: that network's NIC for NCCL and Gloo (e.g. "ens8")
     extra_args: list[str] = field(default_factory=list)
     restart_backoff_s: float = 2.0  # first wait before restarting a crashed child (doubles, max 60 s)
     ready_timeout_s: float = 1800.0  # how long a start may take before it counts as failed
@@ -86,6 +97,7 @@ class RuntimeConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     reasoning_parser: Literal["none", "deepseek_r1"] = "none"  # split <think>…</think> into reasoning_content
     server: ServerSection = field(default_factory=ServerSection)
+    tls: TlsSection | None = None  # None: plain HTTP (on loopback, for a gateway on the same host)
     limits: LimitsSection = field(default_factory=LimitsSection)
     quantization: QuantizationSection = field(default_factory=QuantizationSection)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)

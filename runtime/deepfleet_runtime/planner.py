@@ -4,7 +4,9 @@ Pure Python over config.json (no torch), so the control side imports it too. It 
 matrix of a DeepSeek-V3/V2 (MLA + MoE) or Llama-style (GQA) decoder, prices them under a
 quantisation, sizes the KV cache per token (MLA caches the compressed latent: layers x
 (kv_lora_rank + qk_rope_head_dim); GQA caches K and V per KV head), and picks the tensor-parallel
-degree and the concurrent tokens that fit.
+degree and the concurrent tokens that fit. When one host's GPUs are not enough and more hosts are
+offered, it spreads the model over hosts: tensor parallel across a host's GPUs (fast links inside
+a host), pipeline parallel across hosts (one stage per host), as vLLM recommends.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ class Plan:
     tensor_parallel: int  # GPUs to shard over (0 when it does not fit)
     max_concurrent_tokens: int  # KV slots left after the weights, over all shards
     detail: str
+    pipeline_parallel: int = 1  # hosts (pipeline stages) the model spans; 1 = one host
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -208,3 +211,28 @@ def plan(model: str | Path | dict, gpus: GpuSpec, quantization: str = "none", dt
     detail = (f"does not fit: {weights / 1e9:.1f} GB of weights + {min_context_tokens} tokens of KV need "
               f"about {math.ceil(need / gpus.memory_bytes)} x {gpus.name}; quantise (int8, int4) or add GPUs")
     return Plan(parameter_count(config), weights, per_token, False, 0, 0, detail)
+
+
+def plan_nodes(model: str | Path | dict, gpus_per_node: GpuSpec, max_nodes: int, quantization: str = "none",
+               dtype: str = "bfloat16", gpu_memory_fraction: float = 0.9, min_context_tokens: int = 4096) -> Plan:
+    """plan() on one host of `gpus_per_node`; when that does not fit, the fewest hosts (up to
+    `max_nodes`) whose GPUs hold the weights plus `min_context_tokens` of KV: every GPU of a host
+    in tensor parallel, one pipeline stage per host."""
+    single = plan(model, gpus_per_node, quantization, dtype, gpu_memory_fraction, min_context_tokens)
+    if single.fits or max_nodes < 2:
+        return single
+    config = load_config(model)
+    degree = gpus_per_node.count
+    if config["num_attention_heads"] % degree:
+        return single
+    usable = gpus_per_node.memory_bytes * (gpu_memory_fraction - ACTIVATION_RESERVE) * degree
+    for nodes in range(2, min(max_nodes, config["num_hidden_layers"]) + 1):
+        free = usable * nodes - single.weight_bytes
+        if free >= single.kv_bytes_per_token * min_context_tokens:
+            tokens = int(free // single.kv_bytes_per_token)
+            return Plan(single.parameters, single.weight_bytes, single.kv_bytes_per_token, True, degree, tokens,
+                        f"fits on {nodes} hosts of {degree} x {gpus_per_node.name} (tensor parallel {degree} "
+                        f"x pipeline parallel {nodes}) with {tokens} tokens of KV cache", nodes)
+    return Plan(single.parameters, single.weight_bytes, single.kv_bytes_per_token, False, 0, 0,
+                f"{single.detail.split(';')[0]}, more than {max_nodes} hosts of {degree} x {gpus_per_node.name}; "
+                "quantise (int8, int4) or add hosts")

@@ -64,8 +64,9 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
     async def ready(_: Request) -> JSONResponse:
         if engine.ready:
             return JSONResponse({"status": "ready", "model": engine.model_name, **(labels or {})})
-        detail = state["load_error"] or "model is loading"
-        return JSONResponse({"status": "not ready", "detail": detail}, 503)
+        if state["load_error"]:  # it will not become ready by waiting: say so, for deploys to stop waiting
+            return JSONResponse({"status": "failed", "detail": state["load_error"]}, 503)
+        return JSONResponse({"status": "not ready", "detail": "model is loading"}, 503)
 
     async def models(_: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [

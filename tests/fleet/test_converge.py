@@ -28,7 +28,9 @@ def test_plan_shows_exactly_one_changed_value_then_up_converges(site, tmp_path):
         plan = _deepfleet(changed, "plan")
         assert plan.returncode == 2, plan.stderr
         would_change = plan.stdout.split("Operations that run only if")[0]
-        assert would_change.strip().splitlines()[1:] == ["  deepfleet runtime | Runtime config  [h1]"]
+        assert would_change.strip().splitlines()[1:] == [
+            "  deepfleet runtime | Runtime config  [h1]",
+            "  deepfleet runtime | Runtime release (model + runtime + config)  [h1]"]
         diff = plan.stdout.split("Diffs:")[1]
         assert "--- [h1] /etc/deepfleet/runtime.yaml" in diff
         changed_lines = [line for line in diff.splitlines() if line.lstrip().startswith(("+ ", "- "))]

@@ -53,8 +53,8 @@ def test_second_deploy_reports_no_changes(site):
 
 def test_services_run_unprivileged_and_secrets_are_closed(site):
     assert site.on_host("ps -o user= -C deepfleet-runtime -C python3 | sort -u").split() == ["deepfleet"]
-    modes = site.on_host("stat -c '%n %U:%G %a' /etc/deepfleet/tls/server.key /etc/deepfleet/tls "
-                           "/etc/deepfleet/api_keys.json /opt/deepfleet/venv")
+    modes = site.on_host("stat -L -c '%n %U:%G %a' /etc/deepfleet/tls/server.key /etc/deepfleet/tls "
+                           "/etc/deepfleet/api_keys.json /opt/deepfleet/venv")  # -L: the venv link's target
     assert modes.split("\n")[:4] == [
         "/etc/deepfleet/tls/server.key root:deepfleet 640",
         "/etc/deepfleet/tls root:deepfleet 750",
@@ -67,7 +67,9 @@ def test_services_run_unprivileged_and_secrets_are_closed(site):
 def test_dry_diff_shows_exactly_an_inventory_override(site, tmp_path):
     inventory = site.with_overrides(tmp_path / "inventory.json", runtime_max_prompt_tokens=77)
     result = site.deploy(inventory, dry=True, diff=True)
-    assert result.changed_operations == ["deepfleet runtime | Runtime config"]
+    # The rendered file, and the runtime release made of it (model + runtime + this config).
+    assert result.changed_operations == ["deepfleet runtime | Runtime config",
+                                         "deepfleet runtime | Runtime release (model + runtime + config)"]
     assert re.search(r"-\s+max_prompt_tokens: 4096\n", result.log) and re.search(r"\+\s+max_prompt_tokens: 77\n", result.log)
     assert "4096" in site.on_host("grep max_prompt_tokens: /etc/deepfleet/runtime.yaml")  # dry: nothing applied
 
@@ -77,7 +79,7 @@ def test_secrets_never_appear_in_verbose_deploy_output(site, tmp_path):
     key_body = "".join(key_pem.splitlines()[1:-1])
     site.on_host("rm /etc/deepfleet/tls/server.key")
     result = site.deploy(verbosity=3, diff=True)
-    assert result.changed_operations[0] == "deepfleet gateway | Gateway server key"
+    assert result.changed_operations[0] == "deepfleet gateway | TLS server key"
     for secret in (key_body[:40], key_body[-40:], site.api_key):
         assert secret not in result.log
     with _client(site) as client:

@@ -76,14 +76,15 @@ def with_facts(facts: dict, **changes) -> dict:
 
 
 def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, inventory: Path | None = None,
-         host_name: str = "h1", changed: list[str] | None = None) -> list[PlannedOp]:
-    """The operations `deploy` (a @deploy function or a deploy file) would run on one host; with
-    `changed`, conditional ones are decided ("yes"/"no") as if only the operations whose names
-    contain one of those strings changed the host."""
+         host_name: str | None = None, changed: list[str] | None = None) -> list[PlannedOp]:
+    """The operations `deploy` (a @deploy function or a deploy file) would run on one host: `host_name`
+    of `inventory` (which may hold several; the others are only read, e.g. by the topology), or
+    the only one. With `changed`, conditional ones are decided ("yes"/"no") as if only the
+    operations whose names contain one of those strings changed the host."""
     if inventory is not None:
         inv = load_inventory(inventory, data)
     else:
-        inv = Inventory(([(host_name, dict(data or {}))], {}))
+        inv = Inventory(([(host_name or "h1", dict(data or {}))], {}))
     state = State(inv, Config())
     state.set_stage(StateStage.Prepare)
     notes: dict[str, list[str]] = defaultdict(list)
@@ -94,7 +95,7 @@ def plan(facts: dict, deploy: Callable | Path, data: dict | None = None, invento
     def noop(host, description):
         notes[host.current_op_hash].append(description)
 
-    (target,) = list(inv)
+    (target,) = [inv.get_host(host_name)] if host_name else list(inv)
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(Host, "get_fact", get_fact))
         stack.enter_context(mock.patch.object(Host, "noop", noop))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 from pyinfra.api.exceptions import OperationError
 
+from roles.facts import ModelReleaseState
 from roles.model import GIB, check_disk_room
 
 
@@ -24,3 +28,18 @@ def test_a_push_that_would_not_fit_with_room_for_the_next_release_is_refused_wit
 def test_small_numbers_are_shown_in_mib():
     with pytest.raises(OperationError, match=r"30.0 MiB free, the push needs 17.9 MiB plus 17.9 MiB .* = 35.8 MiB"):
         check_disk_room("h1", "/m", free=30 << 20, to_send=18_790_420, release_size=18_790_420, keep=3)
+
+
+def test_the_release_state_probe_counts_releases_not_the_current_link(tmp_path):
+    """Three kept releases and `<name>@current` pointing at one: three, so keep=3 is converged."""
+    for release in ("aaa", "bbb", "ccc"):
+        (tmp_path / f"tiny@{release}").mkdir()
+        (tmp_path / f"tiny@{release}" / ".deepfleet-complete.json").write_text("{}")
+    os.symlink("tiny@ccc", tmp_path / "tiny@current")
+    (tmp_path / ".tiny@ddd.partial").mkdir()
+    fact = ModelReleaseState()
+    output = subprocess.run(fact.command(str(tmp_path), "tiny", "ccc"), shell=True, capture_output=True, text=True,
+                            check=True).stdout
+    state = fact.process(output.splitlines())
+    assert (state["current"], state["kept"], state["complete"]) == ("ccc", ["aaa", "bbb", "ccc"], {})
+    assert state["other_partials"] == [".tiny@ddd.partial"] and state["staged"] == {}

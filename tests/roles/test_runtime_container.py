@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 
 import pytest
@@ -12,7 +13,7 @@ import yaml
 
 from roles.common import RoleError
 from roles.defaults import DEFAULTS
-from roles.model import rollback
+from roles.release import rollback
 from roles.runtime import runtime
 from roles.runtime_container import START_SCRIPT, container_args, image_tag, spec_digest, tarball_image
 
@@ -42,8 +43,12 @@ def test_cpu_host_builds_a_debian_based_image_and_runs_it_without_gpus(wheelhous
         'CMD ["serve", "--config", "/etc/deepfleet/runtime.yaml"]')
     run = find(ops, "Runtime container deepfleet-runtime").shell()[0]
     assert "--gpus" not in run and '--env DEEPFLEET_RUN_AS="$(id -u deepfleet):$(id -g deepfleet)"' in run
-    for mount in ("/etc/deepfleet/runtime.yaml:/etc/deepfleet/runtime.yaml:ro", "/var/lib/deepfleet:/var/lib/deepfleet"):
+    # The current release's config (docker resolves the `current` link at each start, so a restart
+    # after a release switch reads the new one) and every model release it may name.
+    for mount in ("/opt/deepfleet/releases/current/runtime.yaml:/opt/deepfleet/releases/current/runtime.yaml:ro",
+                  "/opt/deepfleet/models:/opt/deepfleet/models:ro", "/var/lib/deepfleet:/var/lib/deepfleet"):
         assert f"--volume {mount} " in run
+    assert run.endswith(" serve --config /opt/deepfleet/releases/current/runtime.yaml")
     assert [r["extras"] for r in wheelhouse.requests] == [[], ["transformers"]]
     assert find(ops, "Install deepfleet-runtime (offline, from the wheelhouse)").shell()[1].endswith(
         "deepfleet_runtime-0.1.0-py3-none-any.whl")  # no engine extras on the host
@@ -91,8 +96,8 @@ def test_docker_mode_mounts_what_runtime_yaml_names(wheelhouse, control_data):
     mounts = {value.split(":")[1]: value.split(":")[2:]
               for flag, value in zip(args, args[1:]) if flag == "--volume"}
     tmpfs = [value.split(":")[0] for flag, value in zip(args, args[1:]) if flag == "--tmpfs"]
-    # <name>@current is a symlink to a sibling release: the whole models directory is mounted.
-    assert config["model"]["path"] == "/opt/deepfleet/models/tiny-deepseek-v3@current"
+    # The runtime release names its model release, a sibling of the others: the whole models directory is mounted.
+    assert re.fullmatch(r"/opt/deepfleet/models/tiny-deepseek-v3@[0-9a-f]{12}", config["model"]["path"])
     assert mounts["/opt/deepfleet/models"] == ["ro"]
     # The keys the runtime reads are the private copy in the container's tmpfs.
     assert config["model"]["keys_dir"] == "/run/deepfleet-runtime/keys" and "/run/deepfleet-runtime" in tmpfs
@@ -102,7 +107,7 @@ def test_docker_mode_mounts_what_runtime_yaml_names(wheelhouse, control_data):
 @pytest.mark.parametrize(("changed", "restart", "wait"), [
     ([], "no", "no"),
     (["Activate model"], "yes", "yes"),  # a new current release
-    (["Runtime config"], "yes", "yes"),
+    (["Runtime release"], "yes", "yes"),  # a new config, runtime or model: a new runtime release
     (["Runtime container deepfleet-runtime"], "no", "yes"),  # created afresh: already loading it
 ])
 def test_the_container_restarts_for_a_new_release_or_config(wheelhouse, control_data, changed, restart, wait):
@@ -113,7 +118,8 @@ def test_the_container_restarts_for_a_new_release_or_config(wheelhouse, control_
 
 def test_rollback_restarts_the_container_in_docker_mode(control_data):
     ops = plan(load_case("debian12-nogpu"), rollback, data={**control_data, **DOCKER_MODE})
-    assert find(ops, "Restart the runtime container on the release").shell() == ["docker restart deepfleet-runtime"]
+    restart = find(ops, "Restart the runtime on the release and wait until it is ready").shell()
+    assert restart[0] == "docker restart deepfleet-runtime" and "wait-ready" in restart[1]
     assert not [op for op in ops if "systemctl" in " ".join(op.shell())]
 
 

@@ -25,12 +25,12 @@ def test_a_misspelt_setting_stops_the_site_deploy_naming_the_setting_meant(wheel
 
 
 def test_every_unknown_setting_is_named_and_others_data_is_left_alone():
-    keys = ["model_nmae", "gateway_prot", "ray_head_adress", "runtime_port",  # ours: two typos, a role to come
+    keys = ["model_nmae", "gateway_prot", "model_watermark_strength", "runtime_port",  # ours: two typos, a feature to come
             "ssh_user", "_sudo", "docker_identifier", "hospital_ward"]  # pyinfra's, a connector's, the user's own
     assert unknown_settings(keys) == [
         "'gateway_prot' is not a setting (did you mean 'gateway_port'?)",
         "'model_nmae' is not a setting (did you mean 'model_name'?)",
-        "'ray_head_adress' is not a setting (no setting has a similar name)",
+        "'model_watermark_strength' is not a setting (no setting has a similar name)",
     ]
 
 

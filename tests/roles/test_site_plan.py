@@ -66,7 +66,7 @@ def test_dual_a100_runtime_is_vllm_in_a_gpu_container_across_both_gpus(dual_a100
     assert "deepfleet_runtime-0.1.0-py3-none-any.whl[vllm]" in dockerfile
     run = find(dual_a100, "Runtime container deepfleet-runtime").shell()[0]
     assert re.search(r" --gpus all --user 0:0 --entrypoint /bin/sh deepfleet-runtime:[0-9a-f]{16} -c ", run)
-    assert run.endswith(" serve --config /etc/deepfleet/runtime.yaml")
+    assert run.endswith(" serve --config /opt/deepfleet/releases/current/runtime.yaml")
     assert "--shm-size 32g" in run and "--restart unless-stopped" in run
 
 
@@ -76,7 +76,8 @@ def test_ubuntu_2204_hosts_get_python_311_from_ubuntu_for_the_runtime_venv(dual_
     assert base == ["DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=\"--force-confdef\" -o "
                     "Dpkg::Options::=\"--force-confold\" install --no-install-recommends python3.11 python3.11-venv"]
     install = find(dual_a100, "Install deepfleet-runtime").shell()[0]
-    assert install == "test -x /opt/deepfleet/venv/bin/python3.11 || env SOURCE_DATE_EPOCH=315532800 python3.11 -m venv --clear /opt/deepfleet/venv"
+    assert re.fullmatch(r"test -x (/opt/deepfleet/venvs/[0-9a-f]{16}-[0-9a-z]{16})/bin/python3\.11 \|\| "
+                        r"env SOURCE_DATE_EPOCH=315532800 python3\.11 -m venv --clear \1", install)
 
 
 def test_dual_a100_runtime_config_carries_tensor_parallel_2_and_awq(dual_a100):
@@ -136,8 +137,9 @@ def test_rocky9_site_installs_with_dnf_and_runs_the_runtime_on_python_311(wheelh
         "deepfleet base", *GPU_ROLES, "deepfleet model", "deepfleet runtime", "deepfleet gateway"]
     # Rocky 9's python3 is 3.9: the runtime's venv gets AppStream's python3.11, through dnf.
     assert find(ops, "deepfleet base | Base: packages").shell() == ["dnf install -y python3.11"]
-    assert find(ops, "Install deepfleet-runtime").shell()[0] == (
-        "test -x /opt/deepfleet/venv/bin/python3.11 || env SOURCE_DATE_EPOCH=315532800 python3.11 -m venv --clear /opt/deepfleet/venv")
+    assert re.fullmatch(r"test -x (/opt/deepfleet/venvs/[0-9a-f]{16}-[0-9a-z]{16})/bin/python3\.11 \|\| "
+                        r"env SOURCE_DATE_EPOCH=315532800 python3\.11 -m venv --clear \1",
+                        find(ops, "Install deepfleet-runtime").shell()[0])
     assert not [op.name for op in ops if "apt" in " ".join(op.shell())]
     assert wheelhouse.requests == [{"python": "3.11", "machine": "x86_64", "glibc": "2.34", "accelerator": "cuda",
                                     "extras": ["transformers"]}]

@@ -42,6 +42,19 @@ def test_fit_and_tensor_parallel_degree():
         planner.parse_gpus("2xB999")
 
 
+def test_a_model_one_host_cannot_hold_is_spread_over_hosts_tensor_within_pipeline_across():
+    h100 = planner.parse_gpus("8xH100-80GB")
+    assert not planner.plan(DEEPSEEK_V3, h100, "fp8").fits  # 672 GB of fp8 weights > 8 x 80 GB x 0.8
+    two = planner.plan_nodes(DEEPSEEK_V3, h100, 4, "fp8")
+    assert (two.fits, two.tensor_parallel, two.pipeline_parallel) == (True, 8, 2)  # the fewest hosts
+    assert "tensor parallel 8 x pipeline parallel 2" in two.detail
+    assert planner.plan_nodes(DEEPSEEK_V3, h100, 4, "bf16").pipeline_parallel == 3
+    one = planner.plan_nodes(DEEPSEEK_V3, h100, 4, "int4")  # fits one host: no pipeline
+    assert (one.tensor_parallel, one.pipeline_parallel) == (8, 1) and one == planner.plan(DEEPSEEK_V3, h100, "int4")
+    short = planner.plan_nodes(DEEPSEEK_V3, h100, 2, "bf16")
+    assert not short.fits and "more than 2 hosts of 8 x H100-80GB" in short.detail
+
+
 @pytest.mark.parametrize("quantization, dtype, plan", [
     ("none", "float32", QuantizationPlan("none", "none")),
     ("bf16", "float32", QuantizationPlan("bf16", "none")),
@@ -70,6 +83,8 @@ def test_plan_command_prints_json_and_exits_1_when_it_does_not_fit(tmp_path):
     assert fits.returncode == 0 and json.loads(fits.stdout)["tensor_parallel"] == 1
     too_big = subprocess.run(command + ["--gpus", "1xA100-80GB"], capture_output=True, text=True)
     assert too_big.returncode == 1 and json.loads(too_big.stdout)["fits"] is False
+    spread = subprocess.run(command + ["--gpus", "1xA100-80GB", "--nodes", "4"], capture_output=True, text=True)
+    assert spread.returncode == 0 and json.loads(spread.stdout)["pipeline_parallel"] == 3  # 134 GB / 64 GB usable
 
 
 def test_planner_imports_without_torch():

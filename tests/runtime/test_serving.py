@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -35,3 +36,71 @@ def test_shutdown_does_not_wait_for_idle_tls_keepalive_clients(tmp_path):
         server.should_exit = True
         thread.join(timeout=GRACEFUL_SHUTDOWN_S / 3)
         assert not thread.is_alive()
+
+
+def _serve_in_thread(server):
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    return thread
+
+
+def test_a_runtime_for_other_hosts_gateways_admits_only_clients_with_a_certificate_from_the_ca(tmp_path):
+    """What the runtime's `tls` section turns on: TLS 1.3 and mutual TLS against the fleet's CA."""
+    from argparse import Namespace
+
+    from deepfleet.pki import ensure_client_cert
+    from deepfleet_runtime.commands import wait_ready
+
+    ca, _ = init_ca(tmp_path / "pki")
+    pair, _ = ensure_server_cert(tmp_path / "pki", "gpu2", ["127.0.0.1"])
+    client, _ = ensure_client_cert(tmp_path / "pki", "gateway1")
+    init_ca(tmp_path / "other")
+    stranger, _ = ensure_client_cert(tmp_path / "other", "gateway1")
+
+    async def ready(_):
+        return JSONResponse({"status": "ready"})
+
+    port = free_port()
+    server = build_server(Starlette(routes=[Route("/ready", ready)]), "127.0.0.1", port, pair.cert, pair.key,
+                          client_ca=ca.cert)
+    thread = _serve_in_thread(server)
+    url = f"https://127.0.0.1:{port}/ready"
+    try:
+        trusted = ssl.create_default_context(cafile=str(ca.cert))
+        with pytest.raises(httpx.HTTPError):  # no client certificate
+            httpx.get(url, verify=trusted)
+        foreign = ssl.create_default_context(cafile=str(ca.cert))
+        foreign.load_cert_chain(str(stranger.cert), str(stranger.key))
+        with pytest.raises(httpx.HTTPError):  # a certificate from another CA
+            httpx.get(url, verify=foreign)
+        trusted.load_cert_chain(str(client.cert), str(client.key))
+        assert httpx.get(url, verify=trusted).status_code == 200
+        args = Namespace(url=url, timeout=10.0, cafile=ca.cert, cert=client.cert, key=client.key)
+        assert wait_ready.run(args) == 0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_wait_ready_stops_at_once_when_the_model_failed_to_load(tmp_path, capsys):
+    from argparse import Namespace
+
+    from deepfleet_runtime.commands import wait_ready
+
+    async def ready(_):
+        return JSONResponse({"status": "failed", "detail": "size mismatch for embed_tokens"}, 503)
+
+    port = free_port()
+    server = build_server(Starlette(routes=[Route("/ready", ready)]), "127.0.0.1", port)
+    thread = _serve_in_thread(server)
+    try:
+        started = time.monotonic()
+        args = Namespace(url=f"http://127.0.0.1:{port}/ready", timeout=60.0, cafile=None, cert=None, key=None)
+        assert wait_ready.run(args) == 1
+        assert time.monotonic() - started < 10
+        assert "will not become ready" in capsys.readouterr().err
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,7 +1,9 @@
-"""`deepfleet-runtime gateway-admin status|drain|undrain`: the gateway's admin socket, from a shell.
+"""`deepfleet-runtime gateway-admin status|drain|undrain|probe`: the gateway's admin socket, from a shell.
 
 Rolling updates drain a replica with `gateway-admin drain NAME --wait 60` (exit 0 once nothing is
-in flight on it, 1 if requests were still running at the deadline), update it, then `undrain`.
+in flight on it, 1 if requests were still running at the deadline), update it, check it with
+`gateway-admin probe NAME --model M` (one completion through this gateway to that replica, while
+it is still drained; exit 0 when it answered tokens, 1 when not), then `undrain`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def register(commands) -> None:
     drain.add_argument("--wait", type=float, default=0.0, help="seconds to wait for in-flight requests")
     undrain = sub.add_parser("undrain", help="send requests to an upstream again")
     undrain.add_argument("name")
+    probe = sub.add_parser("probe", help="one greedy completion on an upstream, drained or not (smoke test)")
+    probe.add_argument("name")
+    probe.add_argument("--model", required=True)
+    probe.add_argument("--prompt", default="Hello")
+    probe.add_argument("--max-tokens", type=int, default=8)
     parser.set_defaults(func=run)
 
 
@@ -31,11 +38,15 @@ def run(args) -> int:
 
     transport = httpx.HTTPTransport(uds=str(args.socket))
     try:
-        with httpx.Client(transport=transport, base_url="http://gateway", timeout=getattr(args, "wait", 0.0) + 10) as client:
+        timeout = 300.0 if args.admin_command == "probe" else getattr(args, "wait", 0.0) + 10
+        with httpx.Client(transport=transport, base_url="http://gateway", timeout=timeout) as client:
             if args.admin_command == "status":
                 response = client.get("/upstreams")
             elif args.admin_command == "drain":
                 response = client.post(f"/upstreams/{args.name}/drain", params={"wait_s": args.wait})
+            elif args.admin_command == "probe":
+                response = client.post(f"/upstreams/{args.name}/probe", json={
+                    "model": args.model, "prompt": args.prompt, "max_tokens": args.max_tokens})
             else:
                 response = client.post(f"/upstreams/{args.name}/undrain")
     except httpx.TransportError as exc:
@@ -44,6 +55,8 @@ def run(args) -> int:
         return 2
     body = response.json()
     print(json.dumps(body, indent=1))
+    if args.admin_command == "probe" and response.status_code == 502:
+        return 1
     if response.status_code != 200:
         return 2
     return 0 if body.get("idle", True) else 1

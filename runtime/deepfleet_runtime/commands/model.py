@@ -74,13 +74,13 @@ def verify_command(args) -> int:
     return _report(run)
 
 
-def _report(action) -> int:
+def _report(action, errors: tuple[type[Exception], ...] = ()) -> int:
     """Run `action`; print its result as one JSON line, or the error on stderr (exit 1)."""
     from ..modelstore import ModelStoreError
 
     try:
         result = action()
-    except ModelStoreError as exc:
+    except (ModelStoreError, *errors) as exc:
         print(f"deepfleet-runtime: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result))

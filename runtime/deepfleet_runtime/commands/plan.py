@@ -1,4 +1,5 @@
-"""`deepfleet-runtime plan MODEL_DIR --gpus 2xA100-80GB --quantization int4`: does it fit, before provisioning."""
+"""`deepfleet-runtime plan MODEL_DIR --gpus 2xA100-80GB --quantization int4 [--nodes 2]`: does it fit,
+on one host or spread over several, before provisioning."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ def register(commands) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--gpu-memory-fraction", type=float, default=0.9)
     parser.add_argument("--context", type=int, default=4096, help="KV tokens that must fit at least")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="hosts of --gpus each that the model may span (pipeline parallel across them)")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..planner import PlanError, parse_gpus, plan
+    from ..planner import PlanError, parse_gpus, plan_nodes
 
     try:
-        result = plan(args.model, parse_gpus(args.gpus), args.quantization, args.dtype,
-                      args.gpu_memory_fraction, args.context)
+        result = plan_nodes(args.model, parse_gpus(args.gpus), args.nodes, args.quantization, args.dtype,
+                            args.gpu_memory_fraction, args.context)
     except PlanError as exc:
         print(f"deepfleet-runtime: {exc}", file=sys.stderr)
         return 2
@@ -35,6 +38,7 @@ def run(args) -> int:
         print(f"weights:             {result.weight_bytes / 1e9:.2f} GB ({args.quantization})")
         print(f"KV cache per token:  {result.kv_bytes_per_token / 1024:.1f} KiB")
         print(f"tensor parallel:     {result.tensor_parallel or '-'}")
+        print(f"pipeline parallel:   {result.pipeline_parallel if result.fits else '-'} (hosts)")
         print(f"concurrent tokens:   {result.max_concurrent_tokens}")
         print(result.detail)
     return 0 if result.fits else 1

@@ -38,8 +38,10 @@ def run(args) -> int:
         print(f"deepfleet-runtime: {args.config}: {exc}", file=sys.stderr)
         return 2
     try:
+        tls = config.tls
         serve(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser,
-                         labels=serving_labels(config)), config.server.host, config.server.port)
+                         labels=serving_labels(config)), config.server.host, config.server.port,
+              tls.cert if tls else None, tls.key if tls else None, tls.client_ca if tls else None)
     finally:
         engine.close()
     return 0

@@ -56,15 +56,20 @@ def _executable(name: str) -> str:
 
 
 def vllm_environment(config: RuntimeConfig, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: memory knobs, GPU selection, Ray address, no usage reporting."""
+    """The child's environment: memory knobs, GPU selection, Ray address and the cluster network
+    (multi-node), no usage reporting."""
     env = dict(os.environ if base is None else base)
     env["PYTORCH_CUDA_ALLOC_CONF"] = config.memory.pytorch_cuda_alloc_conf
     env["VLLM_NO_USAGE_STATS"] = "1"
     env["DO_NOT_TRACK"] = "1"
     if ":" in config.device:
         env["CUDA_VISIBLE_DEVICES"] = config.device.split(":", 1)[1]
-    if config.vllm.ray_address:
+    if config.vllm.ray_address:  # multi-node: the head's Ray cluster runs the workers of other hosts
         env["RAY_ADDRESS"] = config.vllm.ray_address
+    if config.vllm.host_ip:
+        env["VLLM_HOST_IP"] = config.vllm.host_ip
+    if config.vllm.network_interface:
+        env["NCCL_SOCKET_IFNAME"] = env["GLOO_SOCKET_IFNAME"] = config.vllm.network_interface
     return env
 
 

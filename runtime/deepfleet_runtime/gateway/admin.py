@@ -5,11 +5,14 @@
     POST /upstreams/{name}/drain[?wait_s=N]  no new requests; with wait_s, answer when none is in
                                           flight (or after N seconds: "idle": false)
     POST /upstreams/{name}/undrain        take requests again
+    POST /upstreams/{name}/probe          one greedy completion on that replica, drained or not
+                                          (body {"model", "prompt", "max_tokens"}): a smoke test
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -66,9 +69,25 @@ def create_admin_app(pool: UpstreamPool) -> Starlette:
         replica.draining = False
         return JSONResponse(replica.state())
 
+    async def probe(request: Request) -> JSONResponse:
+        replica, missing = replica_or_404(request)
+        if missing:
+            return missing
+        try:
+            body = json.loads(await request.body())
+            model, prompt = str(body["model"]), str(body.get("prompt", "Hello"))
+            max_tokens = int(body.get("max_tokens", 8))
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'send {"model": NAME, "prompt": TEXT, "max_tokens": N}'}, 400)
+        result = await pool.probe(replica, model, prompt, max_tokens)
+        if not result["ok"]:
+            log.warning("probe of replica %s failed: %s", replica.name, result.get("error"))
+        return JSONResponse(result, 200 if result["ok"] else 502)
+
     return Starlette(routes=[
         Route("/upstreams", upstreams),
         Route("/upstreams/{name}", upstream),
         Route("/upstreams/{name}/drain", drain, methods=["POST"]),
         Route("/upstreams/{name}/undrain", undrain, methods=["POST"]),
+        Route("/upstreams/{name}/probe", probe, methods=["POST"]),
     ])

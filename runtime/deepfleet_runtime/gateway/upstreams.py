@@ -180,6 +180,30 @@ class UpstreamPool:
             log.warning("replica %s is down (%s); no traffic until a health check passes", replica.name, reason)
         replica.healthy, replica.good_checks, replica.last_error = False, 0, reason
 
+    async def probe(self, replica: Replica, model: str, prompt: str, max_tokens: int) -> dict:
+        """One greedy chat completion on `replica`, drained or not: a rolling update's smoke test of
+        a replica before it takes traffic again. {"ok", "status", "content", "completion_tokens",
+        "release"}, or {"ok": False, "error"}."""
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
+                           "max_tokens": max_tokens, "temperature": 0}).encode()
+        try:
+            response = await replica.http.request("POST", "/v1/chat/completions",
+                                                  {"content-type": "application/json"}, body)
+            try:
+                raw = await response.read()
+            finally:
+                await response.aclose()
+        except UpstreamError as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "release": replica.release}
+        if response.status_code != 200:
+            return {"ok": False, "status": response.status_code, "release": replica.release,
+                    "error": f"HTTP {response.status_code}: {raw[:300].decode(errors='replace')}"}
+        answer = json.loads(raw)
+        tokens = (answer.get("usage") or {}).get("completion_tokens", 0)
+        return {"ok": tokens > 0, "status": 200, "content": answer["choices"][0]["message"]["content"],
+                "completion_tokens": tokens, "release": replica.release,
+                **({} if tokens > 0 else {"error": "the completion held no tokens"})}
+
     # --- health checks -------------------------------------------------------------------------
 
     async def check_all(self) -> None:

@@ -48,6 +48,10 @@ def test_argv_and_environment_come_from_runtime_yaml():
     assert env == {"PATH": "/usr/bin", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
                    "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "CUDA_VISIBLE_DEVICES": "1",
                    "RAY_ADDRESS": "10.0.0.1:6379"}
+    on_cluster_network = replace(config, vllm=replace(config.vllm, host_ip="10.0.0.1", network_interface="ens8"))
+    assert {key: value for key, value in vllm_environment(on_cluster_network, base={}).items()
+            if key in ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")} == {
+        "VLLM_HOST_IP": "10.0.0.1", "NCCL_SOCKET_IFNAME": "ens8", "GLOO_SOCKET_IFNAME": "ens8"}
     single = replace(config, vllm=VllmSection(), quantization=QuantizationSection("none", "auto"))
     argv = render_vllm_argv(single, resolve_quantization("vllm", "cuda", "none"))
     assert "--quantization" not in argv and "--distributed-executor-backend" not in argv

@@ -211,6 +211,20 @@ def test_drain_lets_in_flight_requests_finish_and_sends_no_new_ones(two_replicas
     assert _admin(two_replicas, "drain", "no-such-replica")[0] == 2
 
 
+def test_probe_asks_a_drained_replica_through_the_gateway_without_giving_it_traffic(two_replicas):
+    pool = two_replicas.gateway.pool
+    assert _admin(two_replicas, "drain", "r2")[0] == 0
+    try:
+        code, answer = _admin(two_replicas, "probe", "r2", "--model", "tiny", "--max-tokens", "4")
+        assert code == 0 and answer["ok"] and answer["completion_tokens"] == 4 and answer["content"]
+        assert pool.replicas["r2"].draining and pool.choose().name == "r1"  # still out of rotation
+        code, refused = _admin(two_replicas, "probe", "r2", "--model", "no-such-model")
+        assert code == 1 and not refused["ok"] and refused["status"] == 404
+    finally:
+        _admin(two_replicas, "undrain", "r2")
+    assert _admin(two_replicas, "probe", "no-such-replica", "--model", "tiny")[0] == 2
+
+
 def test_admin_socket_is_private(two_replicas):
     assert oct(two_replicas.admin_socket.stat().st_mode & 0o777) == "0o600"
 

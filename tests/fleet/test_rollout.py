@@ -1,0 +1,262 @@
+"""A fleet of three real test hosts: h1 and h2 are gateways, h1-h3 serve the model (replicas on other
+hosts over mutual TLS). `deepfleet plan` / `up` across the fleet, then rolling updates from model
+release v1 to v2 under constant load (four streaming openai clients, two per gateway): one with a
+fault on h2 (its v2 cannot load), then the same command again once the fault is gone (resume).
+
+The hosts share this machine's network, so every host has its own ports (deepfleet.demo.PORT_SETTINGS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from deepfleet import testhosts
+from deepfleet.apikeys import create_key
+from deepfleet.demo import MODEL_NAME, PORT_SETTINGS, write_local_inventory
+from deepfleet.deployrun import run_deploy
+from deepfleet.modelkeys import create_model_keys
+from deepfleet.paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir
+from deepfleet.pki import init_ca
+from deepfleet_runtime.tinymodel import build_tiny_model
+
+pytestmark = pytest.mark.fleet
+GROUPS = {"gateways": ["h1", "h2"], "gpu_nodes": ["h1", "h2", "h3"]}
+PROMPT = "Tell the fleet a story"
+RUNTIME = "/opt/deepfleet/venv/bin/deepfleet-runtime"
+
+
+@dataclass
+class Fleet:
+    hosts: testhosts.TestFleet
+    root: Path
+    ca_cert: Path
+    api_key: str
+    inventory: Path
+    overrides: dict = field(default_factory=dict)  # host data for every host
+    timings: dict = field(default_factory=dict)
+
+    def write_inventory(self, per_host: dict[str, dict] | None = None) -> Path:
+        """The hosts file with the fleet's settings, `overrides` and per-host data."""
+        write_local_inventory(self.inventory, self.hosts, self.root / "model-v1", self.root / "pki",
+                              self.root / "keys.json", groups=GROUPS,
+                              model_keys_dir=str(self.root / "model-keys"), **self.overrides)
+        document = json.loads(self.inventory.read_text())
+        for name, data in document["hosts"]:
+            data.update((per_host or {}).get(name, {}))
+        self.inventory.write_text(json.dumps(document))
+        return self.inventory
+
+    def deepfleet(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DEEPFLEET_HOSTS_FILE": str(self.inventory), "DEEPFLEET_HOME": str(self.root / "state"),
+               "DEEPFLEET_CACHE": str(cache_dir())}
+        command = [str(Path(sys.executable).parent / "deepfleet"), *args, str(LOCAL_INVENTORY)]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=PROJECT_ROOT)
+
+    def on(self, host: str, command: str) -> str:
+        container = next(h.container for h in self.hosts.hosts if h.name == host)
+        return subprocess.run(["docker", "exec", container, "sh", "-c", command], capture_output=True, text=True,
+                              check=True).stdout
+
+    def release(self, host: str) -> dict:
+        return json.loads(self.on(host, "cat /opt/deepfleet/releases/current/release.json"))
+
+    def runtime_pid(self, host: str) -> str:
+        return self.on(host, "systemctl show -p MainPID --value deepfleet-runtime").strip()
+
+    def probe(self, gateway: str, replica: str) -> str:
+        """A greedy completion through `gateway` to `replica` (the rollout's smoke test)."""
+        answer = json.loads(self.on(gateway, f"{RUNTIME} gateway-admin probe {replica} --model {MODEL_NAME} "
+                                             f"--prompt '{PROMPT}' --max-tokens 12"))
+        assert answer["ok"], answer
+        return answer["content"]
+
+    def base_url(self, gateway: str) -> str:
+        host = next(h for h in self.hosts.hosts if h.name == gateway)
+        return f"https://127.0.0.1:{host.ports['gateway_port']}/v1"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("fleet")
+    image = testhosts.ensure_image(cache_dir() / "testhost")
+    hosts = testhosts.TestFleet(root / "hosts")
+    try:
+        hosts.start(3, image, PORT_SETTINGS)
+        ca, _ = init_ca(root / "pki")
+        key = create_key(root / "keys.json", "fleet-tests", rpm=0, tpm=0, concurrency=0)
+        create_model_keys(root / "model-keys")
+        shutil.copytree(tiny_model_dir, root / "model-v1")
+        fleet = Fleet(hosts, root, ca.cert, key, root / "inventory.json")
+        fleet.write_inventory()
+        started = time.monotonic()
+        first = run_deploy(LOCAL_INVENTORY, env={"DEEPFLEET_HOSTS_FILE": str(fleet.inventory)}, echo=False)
+        fleet.timings["first_deploy_3_hosts_s"] = round(time.monotonic() - started, 1)
+        assert first.failed_hosts == []
+        yield fleet
+    finally:
+        print(f"\nfleet timings: {json.dumps(fleet.timings) if 'fleet' in locals() else '-'}")
+        hosts.destroy()
+
+
+@pytest.fixture(scope="module")
+def answers(fleet):
+    """The greedy answers of model v1 and v2 to PROMPT, from transformers on this machine."""
+    build_tiny_model(fleet.root / "model-v2", seed=1)
+    broken = fleet.root / "model-v2-broken"  # same weights, a config they do not fit: it cannot load
+    shutil.copytree(fleet.root / "model-v2", broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(config | {"hidden_size": 128}))
+    return {version: _greedy(fleet.root / f"model-{version}") for version in ("v1", "v2")}
+
+
+def _greedy(model_dir: Path) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=False)
+    with torch.no_grad():
+        output = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
+    return tokenizer.decode(output[0, len(prompt):], skip_special_tokens=True)
+
+
+class Load:
+    """Four streaming openai clients, two per gateway, asking without pause; every failure is kept."""
+
+    def __init__(self, fleet: Fleet):
+        context = ssl.create_default_context(cafile=str(fleet.ca_cert))
+        self.clients = [openai.OpenAI(base_url=fleet.base_url(gateway), api_key=fleet.api_key, max_retries=0,
+                                      http_client=openai.DefaultHttpxClient(verify=context), timeout=120)
+                        for gateway in ("h1", "h2", "h1", "h2")]
+        self.stop, self.done, self.failures = threading.Event(), 0, []
+        self.threads = [threading.Thread(target=self._ask, args=(client,), daemon=True) for client in self.clients]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=180)
+
+    def _ask(self, client: openai.OpenAI) -> None:
+        while not self.stop.is_set():
+            try:
+                stream = client.chat.completions.create(model=MODEL_NAME, max_tokens=16, stream=True,
+                                                        messages=[{"role": "user", "content": "Hello fleet"}])
+                chunks = [chunk for chunk in stream]
+                if not any(c.choices and c.choices[0].finish_reason for c in chunks):
+                    raise AssertionError("the stream ended without a finish reason")
+                self.done += 1
+            except Exception as exc:  # noqa: BLE001 - every failure a client sees counts
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+
+def test_plan_shows_one_template_change_on_every_host_and_nothing_else_then_up_converges(fleet):
+    converged = fleet.deepfleet("plan")
+    assert (converged.returncode, converged.stdout.strip()) == (0, "No changes: the hosts are converged."), \
+        converged.stdout + converged.stderr[-2000:]
+    fleet.overrides["runtime_max_batch_size"] = 9
+    fleet.write_inventory()
+    plan = fleet.deepfleet("plan")
+    assert plan.returncode == 2, plan.stderr[-2000:]
+    would_change = plan.stdout.split("Operations that run only if")[0].strip().splitlines()[1:]
+    assert would_change == ["  deepfleet runtime | Runtime config  [h1, h2, h3]",
+                            "  deepfleet runtime | Runtime release (model + runtime + config)  [h1, h2, h3]"]
+    diff = plan.stdout.split("Diffs:")[1]
+    assert sorted(line for line in diff.splitlines() if line.startswith("---")) == [
+        f"--- [{host}] /etc/deepfleet/runtime.yaml" for host in ("h1", "h2", "h3")]  # in the order hosts answered
+    changed = [line.split() for line in diff.splitlines() if line.lstrip().startswith(("+ ", "- "))]
+    assert changed == [["-", "max_batch_size:", "32"], ["+", "max_batch_size:", "9"]] * 3
+
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    up = fleet.deepfleet("up")
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert "on 3 host(s): h1, h2, h3" in up.stdout
+    plan = fleet.deepfleet("plan")
+    assert plan.returncode == 0, plan.stdout + fleet.on("h2", "ls -la /opt/deepfleet/models; cat /opt/deepfleet/models/.*.json "
+                                                        "/opt/deepfleet/models/*.json 2>/dev/null; true")
+    for host in ("h1", "h2", "h3"):
+        release = fleet.release(host)
+        assert release["id"] != before[host] and "max_batch_size: 9" in fleet.on(
+            host, "cat /opt/deepfleet/releases/current/runtime.yaml")
+        kept = fleet.on(host, "ls /opt/deepfleet/releases").split()
+        assert before[host] in kept and "current" in kept  # the previous release stays for rollback
+
+
+def test_rollout_with_a_fault_on_h2_puts_it_back_leaves_h3_alone_and_fails_no_client(fleet, answers):
+    v1 = {host: fleet.release(host) for host in ("h1", "h2", "h3")}
+    h3_pid = fleet.runtime_pid("h3")
+    fleet.write_inventory({host: {"model_source": str(fleet.root / "model-v2")} for host in ("h1", "h3")}
+                          | {"h2": {"model_source": str(fleet.root / "model-v2-broken")}})
+    started = time.monotonic()
+    with Load(fleet) as load:
+        rollout = fleet.deepfleet("rollout", "--batch", "1")
+        time.sleep(2)  # the load goes on after the rollout stopped
+    fleet.timings["rollout_with_fault_s"] = round(time.monotonic() - started, 1)
+    assert rollout.returncode == 1, rollout.stdout + rollout.stderr[-3000:]
+    assert "h2 failed at converge" in rollout.stdout and "will not become ready" in rollout.stdout
+    assert "size mismatch" in rollout.stdout or "mismatch" in rollout.stdout  # the reason: why it cannot load
+    assert load.failures == [] and load.done > 0
+
+    assert fleet.release("h1")["model"]["release"] != v1["h1"]["model"]["release"]  # h1 (batch 1) is on v2
+    assert fleet.release("h2")["id"] == v1["h2"]["id"]  # back on v1 ...
+    assert fleet.release("h3") == v1["h3"] and fleet.runtime_pid("h3") == h3_pid  # not reached: untouched
+    for gateway in ("h1", "h2"):
+        assert fleet.probe(gateway, "h1") == answers["v2"]
+        assert fleet.probe(gateway, "h2") == answers["v1"]  # ... and serving it
+        assert fleet.probe(gateway, "h3") == answers["v1"]
+        status = json.loads(fleet.on(gateway, f"{RUNTIME} gateway-admin status"))["upstreams"]
+        assert [(u["name"], u["healthy"], u["draining"]) for u in status] == [
+            ("h1", True, False), ("h2", True, False), ("h3", True, False)]
+
+
+def test_the_same_rollout_resumes_once_fixed_and_moves_every_host_to_v2(fleet, answers):
+    fleet.write_inventory({host: {"model_source": str(fleet.root / "model-v2")} for host in ("h1", "h2", "h3")})
+    started = time.monotonic()
+    with Load(fleet) as load:
+        rollout = fleet.deepfleet("rollout", "--batch", "1")
+        time.sleep(2)
+    fleet.timings["rollout_2_hosts_s"] = round(time.monotonic() - started, 1)
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr[-3000:]
+    report = json.loads((fleet.root / "state" / "rollouts" / "local.json").read_text())
+    assert [(h["name"], h["outcome"], h["batch"]) for h in report["hosts"]] == [
+        ("h1", "up to date", 0), ("h2", "updated", 1), ("h3", "updated", 2)]  # resumed where it stopped
+    assert "deepfleet rollout" in rollout.stdout  # the summary table
+    assert load.failures == [] and load.done > 0
+    assert len({fleet.release(host)["model"]["release"] for host in ("h1", "h2", "h3")}) == 1
+    for gateway in ("h1", "h2"):
+        assert [fleet.probe(gateway, host) for host in ("h1", "h2", "h3")] == [answers["v2"]] * 3
+    plan = fleet.deepfleet("plan")
+    assert plan.returncode == 0, plan.stdout + fleet.on("h2", "ls -la /opt/deepfleet/models; cat /opt/deepfleet/models/.*.json "
+                                                        "/opt/deepfleet/models/*.json 2>/dev/null; true")
+
+
+def test_status_shows_every_host_on_its_release_and_healthy(fleet):
+    status = fleet.deepfleet("status", "--json", timeout=300)
+    assert status.returncode == 0, status.stdout + status.stderr[-2000:]
+    hosts = {record["name"]: record for record in map(json.loads, status.stdout.splitlines())}
+    assert list(hosts) == ["h1", "h2", "h3"]
+    for name, record in hosts.items():
+        assert record["healthy"] and record["release"] == fleet.release(name)
+        assert record["units"]["deepfleet-runtime"] == "active" and record["gpus"] is None  # no NVIDIA GPU here
+        assert {gateway: (state["healthy"], state["draining"]) for gateway, state in record["at_gateways"].items()} \
+            == {"h1": (True, False), "h2": (True, False)}
+    assert [hosts[name]["jobs"] for name in hosts] == [["gateway", "replica"], ["gateway", "replica"], ["replica"]]
+    table = fleet.deepfleet("status", timeout=300)
+    assert table.returncode == 0 and "h1 ok, h2 ok" in table.stdout
