@@ -28,6 +28,7 @@ from deepfleet.apikeys import create_key  # noqa: E402
 from deepfleet.demo import MODEL_NAME, PORT_SETTINGS, ensure_tiny_model, write_local_inventory  # noqa: E402
 from deepfleet.deployrun import run_deploy  # noqa: E402
 from deepfleet.fleet import describe_fleet  # noqa: E402
+from deepfleet.modelkeys import create_model_keys  # noqa: E402
 from deepfleet.paths import LOCAL_INVENTORY, cache_dir  # noqa: E402
 from deepfleet.pki import init_ca  # noqa: E402
 from deepfleet.rollout import Rollout  # noqa: E402
@@ -47,8 +48,11 @@ def main() -> None:
             fleet.start(6, testhosts.ensure_image(cache_dir() / "testhost"), PORT_SETTINGS)
             init_ca(root / "pki")
             create_key(root / "keys.json", "bench")
+            create_model_keys(root / "model-keys")
             model = ensure_tiny_model(cache_dir() / "models" / MODEL_NAME)
-            write_local_inventory(root / "inventory.json", fleet, model, root / "pki", root / "keys.json", GROUPS)
+            settings = {"model_keys_dir": str(root / "model-keys")}
+            write_local_inventory(root / "inventory.json", fleet, model, root / "pki", root / "keys.json", GROUPS,
+                                  **settings)
             env = {"DEEPFLEET_HOSTS_FILE": str(root / "inventory.json")}
             started = time.monotonic()
             first = run_deploy(LOCAL_INVENTORY, env=env, echo=False)
@@ -67,7 +71,7 @@ def main() -> None:
                     print(f"round {round_number + 1}: {count} host(s) {elapsed:.2f} s", file=sys.stderr)
             # A new runtime config on every replica, rolled out one host at a time.
             write_local_inventory(root / "inventory.json", fleet, model, root / "pki", root / "keys.json", GROUPS,
-                                  runtime_max_batch_size=9)
+                                  **settings, runtime_max_batch_size=9)
             report = Rollout(describe_fleet(LOCAL_INVENTORY, env), "1", log=lambda line: print(line, file=sys.stderr)).run()
             updated = [host for host in report.hosts if host.outcome == "updated"]
             if report.failure or len(updated) != len(HOSTS):
