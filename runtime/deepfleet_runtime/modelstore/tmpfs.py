@@ -66,6 +66,13 @@ def decrypted_copy(release_dir: Path, keys_dir: Path | None, parent: Path | None
                               "directory with the fleet's model keys")
     release = Release.open(Path(release_dir), KeyDirectory(keys_dir))
     with private_memory_dir(parent) as directory:
+        needed = sum(entry.size for entry in release.manifest.files)
+        room = os.statvfs(directory)
+        if needed > room.f_bavail * room.f_frsize:
+            raise ModelStoreError(f"{directory.parent} has {room.f_bavail * room.f_frsize / 2**30:.1f} GiB free in "
+                                  f"memory, and the decrypted {release.manifest.release_name} needs "
+                                  f"{needed / 2**30:.1f} GiB: give the runtime a larger tmpfs (e.g. a size= option "
+                                  "for /run, or RUNTIME_DIRECTORY on a tmpfs mount of its own)")
         for entry in release.manifest.files:
             target = directory / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,4 @@ def test_an_encrypted_release_without_keys_is_refused_naming_the_setting(store):
     engine = VllmEngine(_config(store.release), resolve_quantization("vllm", "cuda", "int4", "awq"))
     with pytest.raises(ModelLoadError, match="set model.keys_dir in runtime.yaml"):
         engine.load()
+
