@@ -14,7 +14,7 @@ import torch
 from deepfleet_runtime.engines.loading import ModelLoadError, load_model_and_tokenizer, tensors_from_safetensors
 from deepfleet_runtime.engines.transformers_engine import TransformersEngine
 from deepfleet_runtime.modelstore import ModelStoreError
-from deepfleet_runtime.modelstore.tmpfs import MEMORY_FILESYSTEMS, filesystem_type, private_memory_dir
+from deepfleet_runtime.modelstore.tmpfs import MEMORY_FILESYSTEMS, decrypted_copy, filesystem_type, private_memory_dir
 from tests.runtime.conftest import WEIGHTS
 
 PROMPT = "The quick brown fox"
@@ -88,3 +88,20 @@ def test_safetensors_views_equal_the_safetensors_library():
     assert ours.keys() == theirs.keys()
     for name in theirs:
         assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name]), name
+
+
+def test_a_whole_release_decrypts_into_private_memory_and_is_wiped(store, tiny_model_dir, runtime_dir):
+    with decrypted_copy(store.release, store.root / "keys") as files:
+        assert files.parent == runtime_dir
+        assert sorted(p.name for p in files.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
+        assert (files / WEIGHTS).read_bytes() == (tiny_model_dir / WEIGHTS).read_bytes()
+    assert list(runtime_dir.iterdir()) == []
+
+
+def test_a_release_larger_than_the_memory_filesystem_is_refused_before_decrypting(store, runtime_dir, monkeypatch):
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((*real(path)[:4], 0, *real(path)[5:])))
+    with pytest.raises(ModelStoreError, match="GiB free in memory.*give the runtime a larger tmpfs"):
+        with decrypted_copy(store.release, store.root / "keys"):
+            pass
+    assert list(runtime_dir.iterdir()) == []

@@ -13,10 +13,13 @@ def build_engine(config, gpu_capability: tuple[int, int] | None = None) -> Engin
     """The engine a RuntimeConfig asks for, after checking the combination can work (else EngineConfigError)."""
     from ..quantize import resolve_quantization
 
+    from ..modelstore import is_release
+
     path = config.model.path
     if config.engine == "llamacpp":
-        if path.suffix != ".gguf":
-            raise EngineConfigError(f"the llamacpp engine serves a .gguf file, not {path}; convert with "
+        if path.suffix != ".gguf" and not is_release(path):
+            raise EngineConfigError(f"the llamacpp engine serves a .gguf file (or an encrypted release of one), not "
+                                    f"{path}; convert with "
                                     f"`deepfleet-runtime convert-gguf {path} --out MODEL.gguf --type q8_0`")
     elif path.suffix == ".gguf":
         raise EngineConfigError(f"{path} is a GGUF file, which only the llamacpp engine serves; set "
@@ -34,7 +37,7 @@ def build_engine(config, gpu_capability: tuple[int, int] | None = None) -> Engin
     if config.engine == "llamacpp":
         from .llamacpp_engine import LlamaCppEngine
 
-        return LlamaCppEngine(config.model.name, path, config.llamacpp)
+        return LlamaCppEngine(config.model.name, path, config.llamacpp, keys_dir=config.model.keys_dir)
     from .vllm_engine import VllmEngine
 
     return VllmEngine(config, plan)

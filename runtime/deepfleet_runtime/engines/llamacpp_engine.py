@@ -3,6 +3,9 @@
 llama.cpp runs one sequence at a time here, so the shared BatchScheduler is used with a batch of
 one: it queues requests, applies the finish rules and delivers events, exactly as for the
 transformers engine. The chat template and tokenizer come from the GGUF file itself.
+
+An encrypted release holding one .gguf file is decrypted into private memory (modelstore.tmpfs),
+read by llama.cpp into its own memory (no mmap), and wiped at once: no plaintext stays behind.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import threading
 from pathlib import Path
 
 from ..config import LlamaCppSection
+from ..modelstore import ModelStoreError, is_release
+from ..modelstore.tmpfs import decrypted_copy
 from .base import EngineStats, ModelLoadError
 from .scheduler import BatchScheduler, ScheduledEngine, Sequence
 
@@ -31,13 +36,16 @@ class _GgufTokenizer:
 class LlamaCppEngine(ScheduledEngine):
     """Serves one GGUF file with llama-cpp-python."""
 
-    def __init__(self, model_name: str, model_path: Path, settings: LlamaCppSection = LlamaCppSection()):
+    def __init__(self, model_name: str, model_path: Path, settings: LlamaCppSection = LlamaCppSection(),
+                 keys_dir: Path | None = None):
         super().__init__()
         self.model_name = model_name
-        self.model_path = Path(model_path)
+        self.model_path = Path(model_path)  # a .gguf file, or an encrypted release of a directory holding one
         self.settings = settings
+        self.keys_dir = keys_dir
         self._llama = None
         self._formatter = None
+        self._weight_bytes = 0
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
@@ -52,14 +60,17 @@ class LlamaCppEngine(ScheduledEngine):
         except ImportError as exc:
             raise ModelLoadError(f"the llamacpp engine needs llama-cpp-python ({exc}); install "
                                  "deepfleet-runtime[llamacpp]") from None
-        if not self.model_path.is_file():
+        if is_release(self.model_path):
+            try:
+                with decrypted_copy(self.model_path, self.keys_dir) as files:
+                    self._open(Llama, _single_gguf(files, self.model_path), use_mmap=False)
+            except ModelStoreError as exc:
+                raise ModelLoadError(f"refusing to load {self.model_path}: {exc}") from None
+        elif self.model_path.is_file():
+            self._open(Llama, self.model_path, use_mmap=True)
+        else:
             raise ModelLoadError(f"{self.model_path} does not exist; convert a model with "
                                  "`deepfleet-runtime convert-gguf MODEL_DIR --out FILE.gguf`")
-        try:
-            self._llama = Llama(str(self.model_path), n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
-                                n_threads=self.settings.n_threads or None, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"llama.cpp cannot load {self.model_path}: {exc}") from exc
         metadata = self._llama.metadata
         template = metadata.get("tokenizer.chat_template")
         if template:
@@ -74,6 +85,14 @@ class LlamaCppEngine(ScheduledEngine):
         self._ready.set()
         log.info("loaded %s from %s (%s)", self.model_name, self.model_path, metadata.get("general.file_type"))
 
+    def _open(self, llama_class, gguf: Path, use_mmap: bool) -> None:
+        try:
+            self._llama = llama_class(str(gguf), n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
+                                      n_threads=self.settings.n_threads or None, use_mmap=use_mmap, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"llama.cpp cannot load {self.model_path}: {exc}") from exc
+        self._weight_bytes = gguf.stat().st_size
+
     def encode_chat(self, messages: list[dict]) -> list[int]:
         if self._formatter is None:
             raise ModelLoadError(f"{self.model_path} carries no chat template; use /v1/completions")
@@ -86,7 +105,7 @@ class LlamaCppEngine(ScheduledEngine):
     def stats(self) -> EngineStats:
         if not self._scheduler:
             return EngineStats()
-        return self._scheduler.stats(self.model_path.stat().st_size)
+        return self._scheduler.stats(self._weight_bytes)
 
     def _serve_forever(self) -> None:
         scheduler = self._scheduler
@@ -119,6 +138,14 @@ class LlamaCppEngine(ScheduledEngine):
             self._scheduler.publish([(sequence, event)])
             if sequence.finished:
                 return
+
+
+def _single_gguf(directory: Path, release: Path) -> Path:
+    found = sorted(directory.rglob("*.gguf"))
+    if len(found) != 1:
+        raise ModelLoadError(f"{release}: the llamacpp engine serves a release holding exactly one .gguf file; it "
+                             f"holds {len(found)}; encrypt a directory with one (deepfleet-runtime convert-gguf)")
+    return found[0]
 
 
 def _token_text(llama, token: int) -> str:

@@ -4,10 +4,15 @@ Our server stays the only thing exposed: it renders the chat template, checks li
 reasoning as for every engine, then streams a completion for the prompt token ids from the child
 (127.0.0.1 only). The child's argv comes from runtime.yaml (render_vllm_argv); it is restarted when
 it crashes, and /ready answers 200 only while it is up.
+
+vLLM loads only from files: an encrypted release is decrypted into private memory (modelstore.tmpfs,
+the unit's RuntimeDirectory) before the child starts, kept there while the engine runs (a restarted
+child loads it again), and wiped when the engine stops. That costs host RAM of the release's size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +24,8 @@ from typing import AsyncIterator
 import httpx
 
 from ..config import RuntimeConfig
+from ..modelstore import ModelStoreError, is_release
+from ..modelstore.tmpfs import decrypted_copy
 from ..quantize import QuantizationPlan
 from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
 from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
@@ -27,11 +34,12 @@ from .supervisor import ChildSupervisor
 log = logging.getLogger(__name__)
 
 
-def render_vllm_argv(config: RuntimeConfig, plan: QuantizationPlan) -> list[str]:
-    """The `vllm serve` command line for runtime.yaml."""
+def render_vllm_argv(config: RuntimeConfig, plan: QuantizationPlan, model_dir: Path | None = None) -> list[str]:
+    """The `vllm serve` command line for runtime.yaml (`model_dir`: where the model's files are, when
+    not at model.path: a decrypted copy)."""
     settings, scheduler = config.vllm, config.scheduler
     dtype = "bfloat16" if plan.mode == "bf16" else config.dtype
-    argv = [_executable(settings.executable), "serve", str(config.model.path),
+    argv = [_executable(settings.executable), "serve", str(model_dir or config.model.path),
             "--host", "127.0.0.1", "--port", str(settings.port),
             "--served-model-name", config.model.name,
             "--dtype", dtype,
@@ -79,6 +87,7 @@ class VllmEngine:
     def __init__(self, config: RuntimeConfig, plan: QuantizationPlan):
         self.model_name = config.model.name
         self.config = config
+        self.plan = plan
         self.argv = render_vllm_argv(config, plan)
         self.base_url = f"http://127.0.0.1:{config.vllm.port}"
         self.supervisor = ChildSupervisor(self.argv, f"{self.base_url}/health", vllm_environment(config),
@@ -87,6 +96,7 @@ class VllmEngine:
         self._client: httpx.AsyncClient | None = None
         self._in_flight: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._decrypted = contextlib.ExitStack()  # the decrypted copy of an encrypted release, while running
 
     @property
     def ready(self) -> bool:
@@ -101,6 +111,12 @@ class VllmEngine:
         from transformers import AutoTokenizer
 
         path = Path(self.config.model.path)
+        if is_release(path):
+            try:
+                path = self._decrypted.enter_context(decrypted_copy(path, self.config.model.keys_dir))
+            except ModelStoreError as exc:
+                raise ModelLoadError(f"refusing to load {self.config.model.path}: {exc}") from None
+            self.argv = self.supervisor.argv = render_vllm_argv(self.config, self.plan, path)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
@@ -113,6 +129,7 @@ class VllmEngine:
 
     def close(self) -> None:
         self.supervisor.stop()
+        self._decrypted.close()
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return chat_prompt_ids(self._tokenizer, messages)

@@ -1,8 +1,8 @@
 """A private directory in memory (tmpfs or ramfs) for model files an engine can only read from disk.
 
 The transformers engine gets its weights straight from memory; the few small files its loaders
-read by path (config, tokenizer) and the weights of engines that only load from files (vLLM,
-llama.cpp) are decrypted here. The directory is 0700, checked to be on a memory filesystem, and
+read by path (config, tokenizer) and the whole release for engines that only load from files (vLLM,
+llama.cpp: decrypted_copy) are decrypted here. The directory is 0700, checked to be on a memory filesystem, and
 wiped (files overwritten with zeros, then removed) when the block ends, loaded or not.
 """
 
@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ModelStoreError
+from .keys import KeyDirectory
+from .release import Release
 
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 
@@ -52,6 +54,32 @@ def private_memory_dir(parent: Path | None = None) -> Iterator[Path]:
         yield directory
     finally:
         wipe(directory)
+
+
+@contextlib.contextmanager
+def decrypted_copy(release_dir: Path, keys_dir: Path | None, parent: Path | None = None) -> Iterator[Path]:
+    """Every file of the encrypted release `release_dir`, decrypted and verified into a private
+    memory directory (wiped on exit, also when a file fails): for engines that load only from
+    files. ModelStoreError names the file or the missing keys."""
+    if keys_dir is None:
+        raise ModelStoreError(f"{release_dir} is an encrypted release; set model.keys_dir in runtime.yaml to the "
+                              "directory with the fleet's model keys")
+    release = Release.open(Path(release_dir), KeyDirectory(keys_dir))
+    with private_memory_dir(parent) as directory:
+        needed = sum(entry.size for entry in release.manifest.files)
+        room = os.statvfs(directory)
+        if needed > room.f_bavail * room.f_frsize:
+            raise ModelStoreError(f"{directory.parent} has {room.f_bavail * room.f_frsize / 2**30:.1f} GiB free in "
+                                  f"memory, and the decrypted {release.manifest.release_name} needs "
+                                  f"{needed / 2**30:.1f} GiB: give the runtime a larger tmpfs (e.g. a size= option "
+                                  "for /run, or RUNTIME_DIRECTORY on a tmpfs mount of its own)")
+        for entry in release.manifest.files:
+            target = directory / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as handle:
+                for block in release.iter_plaintext(entry.path):
+                    handle.write(block)
+        yield directory
 
 
 def wipe(directory: Path) -> None:

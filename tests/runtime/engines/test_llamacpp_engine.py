@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import openai
 import pytest
 
 from deepfleet.paths import cache_dir
 from deepfleet_runtime.config import LimitsSection
-from deepfleet_runtime.engines.base import GenerationRequest, SamplingParams
+from deepfleet_runtime.engines.base import GenerationRequest, ModelLoadError, SamplingParams
 from deepfleet_runtime.gguf_convert import ConversionError, convert, llama_cpp_sources
 from deepfleet_runtime.server import create_app
 from deepfleet_runtime.serving import build_server
@@ -99,3 +102,28 @@ def test_chat_over_the_openai_sdk_with_the_gguf_chat_template(engine):
         streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert response.usage.prompt_tokens == len(engine.encode_chat([{"role": "user", "content": "Hi"}]))
     assert response.choices[0].message.content == streamed
+
+
+def test_an_encrypted_gguf_release_serves_the_same_tokens_and_leaves_no_plaintext(tmp_path, gguf, engine, store,
+                                                                                    monkeypatch):
+    from deepfleet_runtime.engines.llamacpp_engine import LlamaCppEngine
+
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copyfile(gguf, source / gguf.name)
+    store.write(source, tmp_path / "release")
+    memory = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(memory))  # as the unit's private tmpfs
+    encrypted = LlamaCppEngine("tiny-gguf", tmp_path / "release", keys_dir=store.root / "keys")
+    try:
+        encrypted.load()
+        assert list(memory.iterdir()) == []  # read into llama.cpp's memory, then wiped
+        ids = engine.encode_text("The fleet serves models")
+        params = SamplingParams(12, temperature=0, ignore_eos=True)
+        assert [e.token_ids for e in _generate(encrypted, ids, params)] == [e.token_ids for e in _generate(engine, ids, params)]
+        assert encrypted.stats().weight_bytes == gguf.stat().st_size
+    finally:
+        encrypted.close()
+        memory.rmdir()
+    with pytest.raises(ModelLoadError, match="set model.keys_dir in runtime.yaml"):
+        LlamaCppEngine("tiny-gguf", tmp_path / "release").load()

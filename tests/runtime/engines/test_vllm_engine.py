@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from deepfleet_runtime.config import (MemorySection, ModelSection, QuantizationSection, RuntimeConfig,
                                       SchedulerSection, VllmSection)
-from deepfleet_runtime.engines.base import GenerationRequest, SamplingParams
+from deepfleet_runtime.engines.base import GenerationRequest, ModelLoadError, SamplingParams
 from deepfleet_runtime.engines.vllm_engine import VllmEngine, render_vllm_argv, vllm_environment
 from deepfleet_runtime.quantize import resolve_quantization
 from tests.conftest import free_port
@@ -111,3 +112,33 @@ def test_a_crashed_child_is_restarted_and_readiness_follows_it(supervised):
     assert engine.supervisor.pid != first_pid
     assert json.loads(record.read_text())["pid"] == engine.supervisor.pid
     assert "".join(e.text for e in _generate(engine, 2)) == "t7.1 t7.2 "
+
+
+def test_an_encrypted_release_is_decrypted_into_private_memory_for_the_child_and_wiped_at_close(
+        tmp_path, store, tiny_model_dir, monkeypatch):
+    executable = tmp_path / "vllm"
+    executable.write_text(f"#!/bin/sh\nexec {sys.executable} {STAND_IN} \"$@\"\n")
+    executable.chmod(0o755)
+    record, memory = tmp_path / "record.json", Path(tempfile.mkdtemp(dir="/dev/shm"))
+    monkeypatch.setenv("STAND_IN_RECORD", str(record))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(memory))  # as the unit's private tmpfs
+    config = _config(store.release, executable=str(executable), port=free_port(), ready_timeout_s=30)
+    config = replace(config, model=replace(config.model, keys_dir=store.root / "keys"))
+    engine = VllmEngine(config, resolve_quantization("vllm", "cuda", "int4", "awq"))
+    try:
+        engine.load()
+        served = Path(json.loads(record.read_text())["argv"][1])
+        assert served.parent == memory and engine.argv[2] == str(served)
+        assert (served / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
+        assert "".join(e.text for e in _generate(engine, 2)) == "t7.1 t7.2 "
+    finally:
+        engine.close()
+    assert list(memory.iterdir()) == []  # wiped
+    memory.rmdir()
+
+
+def test_an_encrypted_release_without_keys_is_refused_naming_the_setting(store):
+    engine = VllmEngine(_config(store.release), resolve_quantization("vllm", "cuda", "int4", "awq"))
+    with pytest.raises(ModelLoadError, match="set model.keys_dir in runtime.yaml"):
+        engine.load()
+
