@@ -11,9 +11,8 @@ from .base import Engine, EngineConfigError
 
 def build_engine(config, gpu_capability: tuple[int, int] | None = None) -> Engine:
     """The engine a RuntimeConfig asks for, after checking the combination can work (else EngineConfigError)."""
-    from ..quantize import resolve_quantization
-
     from ..modelstore import is_release
+    from ..quantize import resolve_quantization
 
     path = config.model.path
     if config.engine == "llamacpp":

@@ -118,13 +118,17 @@ class VllmEngine:
                 raise ModelLoadError(f"refusing to load {self.config.model.path}: {exc}") from None
             self.argv = self.supervisor.argv = render_vllm_argv(self.config, self.plan, path)
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read the tokenizer in {path}: {exc}") from exc
-        self.supervisor.start()
-        if not self.supervisor.wait_up(self.config.vllm.ready_timeout_s):
-            raise ModelLoadError(f"vllm did not come up on {self.base_url} within "
-                                 f"{self.config.vllm.ready_timeout_s:.0f} s; see its log ({' '.join(self.argv)})")
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"cannot read the tokenizer in {path}: {exc}") from exc
+            self.supervisor.start()
+            if not self.supervisor.wait_up(self.config.vllm.ready_timeout_s):
+                raise ModelLoadError(f"vllm did not come up on {self.base_url} within "
+                                     f"{self.config.vllm.ready_timeout_s:.0f} s; see its log ({' '.join(self.argv)})")
+        except ModelLoadError:
+            self.close()  # no child left running, no decrypted copy left in memory
+            raise
         log.info("vllm serves %s on %s", self.model_name, self.base_url)
 
     def close(self) -> None:

@@ -142,3 +142,21 @@ def test_an_encrypted_release_without_keys_is_refused_naming_the_setting(store):
     with pytest.raises(ModelLoadError, match="set model.keys_dir in runtime.yaml"):
         engine.load()
 
+
+
+def test_a_child_that_never_comes_up_leaves_no_decrypted_copy_behind(tmp_path, store, monkeypatch):
+    executable = tmp_path / "vllm"
+    executable.write_text("#!/bin/sh\nexit 1\n")
+    executable.chmod(0o755)
+    memory = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(memory))
+    config = _config(store.release, executable=str(executable), port=free_port(), ready_timeout_s=2,
+                     restart_backoff_s=0.5)
+    engine = VllmEngine(replace(config, model=replace(config.model, keys_dir=store.root / "keys")),
+                        resolve_quantization("vllm", "cuda", "int4", "awq"))
+    try:
+        with pytest.raises(ModelLoadError, match="vllm did not come up"):
+            engine.load()
+        assert list(memory.iterdir()) == []
+    finally:
+        memory.rmdir()
