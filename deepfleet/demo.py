@@ -124,14 +124,19 @@ def demo_down(log=print) -> None:
     log(f"removed {paths.root} (caches in {cache_dir()} and the test host image are kept)")
 
 
-def ensure_tiny_model(model_dir: Path, log=print) -> Path:
-    """The tiny DeepSeek-V3 model, built once by `deepfleet-runtime tiny-model` (seeded, so reproducible)."""
+def ensure_tiny_model(model_dir: Path, log=print, options: tuple[str, ...] = ()) -> Path:
+    """The tiny DeepSeek-V3 model, built once by `deepfleet-runtime tiny-model` (seeded, so reproducible).
+
+    options: more `tiny-model` arguments (e.g. ("--tokenizer", "deepseek-r1")); give each
+    combination its own `model_dir`. A build racing another one for the same directory keeps theirs.
+    """
     if (model_dir / "config.json").exists():
         return model_dir
     command = shutil.which("deepfleet-runtime", path=str(Path(sys.executable).parent)) or "deepfleet-runtime"
     log(f"building the tiny DeepSeek-V3 model in {model_dir}")
-    result = subprocess.run([command, "tiny-model", "--out", str(model_dir)], capture_output=True, text=True)
-    if result.returncode != 0:
+    result = subprocess.run([command, "tiny-model", "--out", str(model_dir), *options],
+                            capture_output=True, text=True)
+    if result.returncode != 0 and not (model_dir / "config.json").exists():
         raise RuntimeError("building the tiny model failed; this venv needs deepfleet-runtime[transformers] "
                            f"(`make demo` installs it):\n{result.stderr[-2000:]}")
     return model_dir

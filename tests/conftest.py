@@ -23,6 +23,15 @@ def tiny_model_dir():
 
 
 @pytest.fixture(scope="session")
+def r1_model_dir():
+    """A tiny DeepSeek-V3 carrying DeepSeek-R1's real tokenizer and chat template (129,280-row
+    vocabulary, `<think>`/`</think>` plain tokens), in the shape vLLM's CPU build serves
+    (MLA 512 + 64, bf16, ~34M parameters). Built once, cached with the project's caches."""
+    return ensure_tiny_model(cache_dir() / "models" / "tiny-deepseek-v3-r1-tokenizer-vllm-cpu", log=lambda _: None,
+                             options=("--tokenizer", "deepseek-r1", "--shape", "vllm-cpu", "--dtype", "bfloat16"))
+
+
+@pytest.fixture(scope="session")
 def signer(tmp_path_factory):
     """A real bundle signing key (GnuPG, Ed25519), made once per session."""
     signer = ensure_signer(tmp_path_factory.mktemp("keys") / "bundle-keys", log=lambda _: None)
