@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo down test setup host-tools
+.PHONY: demo down test setup setup-test host-tools
 
 demo: setup host-tools
 	$(BIN)/deepfleet demo
@@ -15,10 +15,13 @@ demo: setup host-tools
 down: setup
 	$(BIN)/deepfleet demo --down
 
-test: setup host-tools
+test: setup-test host-tools
 	$(BIN)/python -m pytest
 
+# setup: the control venv and what the demo builds with (the tiny model needs transformers).
+# setup-test: plus the engines the tests run in-process (llama.cpp compiles) and the test tools.
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml runtime/constraints.txt runtime/constraints-cpu.txt
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
@@ -28,6 +31,10 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml runtime/constraints.tx
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint runtime/constraints-cpu.txt -e 'runtime[transformers]' -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	@# llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores; pip caches the wheel)
 	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/pip install --quiet --constraint runtime/constraints-cpu.txt \
 	  -e 'runtime[transformers,quantization,llamacpp]' -e '.[test]'

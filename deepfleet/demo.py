@@ -8,6 +8,8 @@ model) and the test host image stay, so the next demo starts quickly.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -22,7 +24,7 @@ from . import apikeys, pki, testhosts
 from .atomicfile import write_atomic
 from .deployrun import run_deploy
 from .modelkeys import create_model_keys
-from .paths import LOCAL_INVENTORY, cache_dir, state_dir
+from .paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir, state_dir
 
 MODEL_NAME = "tiny-deepseek-v3"
 KEY_NAME = "demo"
@@ -127,9 +129,12 @@ def demo_down(log=print) -> None:
 def ensure_tiny_model(model_dir: Path, log=print, options: tuple[str, ...] = ()) -> Path:
     """The tiny DeepSeek-V3 model, built once by `deepfleet-runtime tiny-model` (seeded, so reproducible).
 
-    options: more `tiny-model` arguments (e.g. ("--tokenizer", "deepseek-r1")); give each
-    combination its own `model_dir`. A build racing another one for the same directory keeps theirs.
+    The model lives in `<model_dir>-<digest>`, keyed by the builder's source, its `options` (more
+    `tiny-model` arguments, e.g. ("--tokenizer", "deepseek-r1")) and the transformers version, so
+    a shared cache never serves a model an older builder made. A build racing another one for the
+    same directory keeps theirs.
     """
+    model_dir = model_dir.with_name(f"{model_dir.name}-{_tiny_model_digest(options)}")
     if (model_dir / "config.json").exists():
         return model_dir
     command = shutil.which("deepfleet-runtime", path=str(Path(sys.executable).parent)) or "deepfleet-runtime"
@@ -140,6 +145,16 @@ def ensure_tiny_model(model_dir: Path, log=print, options: tuple[str, ...] = ())
         raise RuntimeError("building the tiny model failed; this venv needs deepfleet-runtime[transformers] "
                            f"(`make demo` installs it):\n{result.stderr[-2000:]}")
     return model_dir
+
+
+def _tiny_model_digest(options: tuple[str, ...]) -> str:
+    try:
+        transformers_version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        transformers_version = "absent"
+    source = (PROJECT_ROOT / "runtime" / "deepfleet_runtime" / "tinymodel.py").read_bytes()
+    key = json.dumps([hashlib.sha256(source).hexdigest(), list(options), transformers_version])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def ask(connection: dict, question: str, max_tokens: int = 32) -> str:
