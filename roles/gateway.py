@@ -68,6 +68,7 @@ def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
         "audit_checkpoint_every": settings["gateway_audit_checkpoint_every"],
         "metrics_port": settings["gateway_metrics_port"],
         "admin_socket": settings["gateway_admin_socket"],
+        "routing": settings.get("gateway_routing") or {},
     }
 
 

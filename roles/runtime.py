@@ -52,7 +52,8 @@ RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, 
 
 # runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
 _DEPLOY_ONLY_SETTINGS = ("runtime_mode", "runtime_image_", "runtime_container_", "runtime_wheel_extras",
-                         "runtime_ready_timeout_s", "runtime_address", "runtime_keep_releases")
+                         "runtime_ready_timeout_s", "runtime_address", "runtime_keep_releases",
+                         "runtime_decrypt_tmpfs_size")
 
 
 def runtime_yaml_context(settings: Mapping, model_dir: str, listen_host: str = "127.0.0.1",

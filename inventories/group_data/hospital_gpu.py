@@ -16,5 +16,6 @@ runtime_device = "cuda"
 runtime_dtype = "bfloat16"
 runtime_vllm_tensor_parallel_size = 2  # 32B in bf16 (~64 GB) over 2 x 48 GB
 runtime_wheel_extras = ["vllm"]
+runtime_reasoning_parser = "deepseek_r1"  # R1 distills think first: <think>…</think> -> reasoning_content
 runtime_max_prompt_tokens = 8192
 runtime_max_tokens = 2048

@@ -5,9 +5,9 @@ ssh_user = "admin"
 _sudo = True
 
 # --- GPU platform --------------------------------------------------------------------------------------
-nvidia_driver_branch = "570"
+nvidia_driver_branch = "580"  # the runtime's CUDA wheels (torch for CUDA 13.0) need 580+
 nvidia_driver_open_kernel_modules = True
-cuda_version = "12.8"
+cuda_version = "13.0"
 docker_enabled = False
 verify_gpu_count = 8
 
