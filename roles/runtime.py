@@ -30,13 +30,14 @@ from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wh
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
-from .gpu_facts import has_nvidia_gpu
+from .gpu_facts import has_nvidia_gpu, nvidia_devices
 from .hostos import RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
 from .offline import offline, offline_settings, wheelhouse_from_bundle
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
+from .runtime_check import check_runtime_yaml
 from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .skip import skip_role
@@ -190,7 +191,9 @@ def runtime():
         raise RoleError(f"{host.name}: runtime_mode docker cannot serve gateways on other hosts yet (mutual TLS "
                         "is wired for the systemd mode); use runtime_mode systemd on gpu_nodes of a fleet")
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
-    text = runtime_yaml(settings, f"{models_dir()}/{local_release()[1].release_name}", bool(certificates))
+    manifest = local_release()[1]
+    text = runtime_yaml(settings, f"{models_dir()}/{manifest.release_name}", bool(certificates))
+    check_runtime_yaml(host.name, text, nvidia_devices(), [entry.path for entry in manifest.files])
     files.put(name="Runtime config", src=io.StringIO(text), dest=config_path, user="root",
               group=data.deepfleet_group, mode="0640")
     if mode == "docker":
@@ -206,7 +209,7 @@ def runtime():
         # restart after a release switch reads the new one.
         args = container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(),
                               host_keys_dir(), f"/run/{RUNTIME_DIRECTORY}", gpu)
-        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command())
+        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command(unit=None))
         return
 
     release = _release(text, runtime_version(install_id=wheelhouse.install_id), venv)
@@ -234,11 +237,12 @@ def runtime_yaml(settings: Mapping, model_dir: str, tls: bool) -> str:
     return get_template(template("runtime.yaml.j2")).render(**context)
 
 
-def ready_command() -> str:
+def ready_command(unit: str | None = "deepfleet-runtime") -> str:
     """The command that waits until this host's runtime answers /ready (with its client certificate
-    when the runtime serves mutual TLS)."""
+    when the runtime serves mutual TLS); it stops at once, with the unit's journal, when the systemd
+    `unit` fails (None in Docker mode)."""
     data = host.data
-    timeout = f"--timeout {data.runtime_ready_timeout_s}"
+    timeout = f"--timeout {data.runtime_ready_timeout_s}" + (f" --unit {unit}" if unit else "")
     cli = f"{data.deepfleet_home}/venv/bin/deepfleet-runtime wait-ready"
     if not runtime_needs_tls(host):
         return f"{cli} http://127.0.0.1:{data.runtime_port}/ready {timeout}"

@@ -50,15 +50,6 @@ def local_hosts_file(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def gguf_model(tmp_path) -> Path:
-    """A model directory as llama.cpp users have one: a single .gguf file, no config.json."""
-    model = tmp_path / "gguf-model"
-    model.mkdir()
-    (model / "model-q4_0.gguf").write_bytes(b"GGUF" + bytes(60))
-    return model
-
-
-@pytest.fixture
 def v3_shaped_model(tmp_path) -> Path:
     """A model directory with DeepSeek-V3's config.json (the planner sizes multinode.py's cluster from it)."""
     model = tmp_path / "v3-shaped"
