@@ -49,6 +49,7 @@ INSTALL_MARKER = ".deepfleet-install.json"
 # runtime/constraints-cuda.txt pins torch's CUDA 13.0 build, which needs this NVIDIA driver branch or newer.
 CUDA_PINS_MIN_DRIVER_BRANCH = 580
 RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
+DECRYPT_DIR = "/run/deepfleet-decrypted"  # with runtime_decrypt_tmpfs_size: the unit's own tmpfs of that size
 
 
 # runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
@@ -84,6 +85,8 @@ def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -
         "config_path": config_path,
         "runtime_directory": RUNTIME_DIRECTORY,
         "host_model_keys_dir": f"{settings['deepfleet_config_dir']}/keys",
+        "decrypt_tmpfs_size": settings.get("runtime_decrypt_tmpfs_size"),
+        "decrypt_dir": DECRYPT_DIR,
     }
 
 

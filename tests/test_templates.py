@@ -149,3 +149,14 @@ def test_gateway_routing_setting_becomes_the_routing_section():
     defaults = from_mapping(GatewayConfig, yaml.safe_load(_render("gateway.yaml.j2", **gateway_yaml_context(DEFAULTS, "gw1"))),
                             "gateway.yaml")
     assert defaults.routing.health_interval_s == 2.0
+
+
+def test_runtime_unit_gives_the_decrypted_release_a_sized_tmpfs_of_its_own_only_when_asked():
+    unit = _unit(_render("systemd/deepfleet-runtime.service.j2",
+                         **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/etc/deepfleet/runtime.yaml")))
+    service = unit["Service"]
+    assert service["TemporaryFileSystem"] == "/run/deepfleet-decrypted:size=200G,mode=0700,nosuid,nodev,noexec"
+    assert "Environment=DEEPFLEET_DECRYPT_DIR=/run/deepfleet-decrypted" in _render(
+        "systemd/deepfleet-runtime.service.j2", **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/c"))
+    plain = _render("systemd/deepfleet-runtime.service.j2", **unit_context(DEFAULTS, "/etc/deepfleet/runtime.yaml"))
+    assert "TemporaryFileSystem" not in plain and "DEEPFLEET_DECRYPT_DIR" not in plain

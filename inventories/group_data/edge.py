@@ -20,6 +20,7 @@ runtime_device = "cpu"
 runtime_quantization = "none"  # llama.cpp: the GGUF file's own type (q4_0 here) decides
 runtime_reasoning_parser = "deepseek_r1"  # R1 distills think first: <think>…</think> -> reasoning_content
 runtime_wheel_extras = ["llamacpp"]
+runtime_decrypt_tmpfs_size = "2G"  # the ~1.1 GB GGUF is decrypted into memory; /run is 10% of the 8 GB
 runtime_max_prompt_tokens = 2048
 runtime_max_tokens = 512
 

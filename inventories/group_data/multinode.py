@@ -26,6 +26,7 @@ runtime_device = "cuda"
 runtime_dtype = "bfloat16"
 runtime_quantization = "fp8"
 runtime_wheel_extras = ["vllm"]
+runtime_decrypt_tmpfs_size = "760G"  # each node decrypts the ~700 GB release into memory (2 TB RAM per node)
 runtime_max_tokens = 4096
 runtime_ready_timeout_s = 3600  # 700 GB of weights
 

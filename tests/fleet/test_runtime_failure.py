@@ -37,3 +37,19 @@ def test_a_runtime_that_cannot_start_is_reported_with_its_cause_at_once(site, tm
         site.deploy()  # the site as the other fleet tests expect it
     with site.client() as client:
         assert client.models.list().data
+
+
+def test_the_decrypted_model_gets_a_tmpfs_of_the_size_set_seen_only_by_the_runtime(site, tmp_path):
+    sized = site.with_overrides(tmp_path / "inventory.json", runtime_decrypt_tmpfs_size="64M")
+    try:
+        result = site.deploy(sized)
+        assert "deepfleet runtime | Runtime systemd unit" in result.changed_operations
+        pid = site.on_host("systemctl show --property MainPID --value deepfleet-runtime").strip()
+        mounts = [line for line in site.on_host(f"cat /proc/{pid}/mountinfo").splitlines()
+                  if " /run/deepfleet-decrypted " in line]
+        assert len(mounts) == 1 and " - tmpfs " in mounts[0] and "size=65536k" in mounts[0], mounts
+        assert "deepfleet-decrypted" not in site.on_host("cat /proc/1/mountinfo")  # not the host's, the unit's
+        with site.client() as client:  # the runtime decrypted its config and tokenizer there, as its user
+            assert client.models.list().data
+    finally:
+        site.deploy()
