@@ -30,14 +30,14 @@ from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wh
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
-from .gpu_facts import has_nvidia_gpu, nvidia_devices
+from .gpu_facts import NvidiaSmi, gpu_spec, has_nvidia_gpu, nvidia_devices
 from .hostos import RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
 from .offline import offline, offline_settings, wheelhouse_from_bundle
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
-from .runtime_check import check_runtime_yaml
+from .runtime_check import check_runtime_yaml, check_wheel_extras, planner_verdict
 from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .skip import skip_role
@@ -167,6 +167,8 @@ def runtime():
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
     if data.ray_head and holds_model(host):
         extras += (RAY_EXTRA,)
+    if holds_model(host) and runs_runtime(host):
+        check_wheel_extras(host.name, settings)
     accelerator = runtime_accelerator(settings)
     target = target_platform(accelerator)
     wheelhouse = _wheelhouse(target, extras)
@@ -197,6 +199,7 @@ def runtime():
     manifest = local_release()[1]
     text = runtime_yaml(settings, f"{models_dir()}/{manifest.release_name}", bool(certificates))
     check_runtime_yaml(host.name, text, nvidia_devices(), [entry.path for entry in manifest.files])
+    _log_planner_verdict(settings)
     files.put(name="Runtime config", src=io.StringIO(text), dest=config_path, user="root",
               group=data.deepfleet_group, mode="0640")
     if mode == "docker":
@@ -222,6 +225,17 @@ def runtime():
                           mode="0644", **unit_context(settings, f"{current_release_dir()}/runtime.yaml",
                                                       venv=f"{current_release_dir()}/venv"))
     converge_service("deepfleet-runtime", unit, [install, model, release, *certificates], ready_command())
+
+
+def _log_planner_verdict(settings: Mapping) -> None:
+    """Print the capacity planner's verdict for this host's GPUs, when the model's config.json is at hand."""
+    gpus = gpu_spec(host.get_fact(NvidiaSmi), nvidia_devices())
+    if not gpus or offline() or "+" in gpus or not str(settings["runtime_device"]).startswith("cuda"):
+        return
+    config_file = control_path(settings["model_source"], "model_source") / "config.json"
+    if config_file.is_file():
+        logger.info(f"{host.name}: planner: "
+                    f"{planner_verdict(settings['model_name'], json.loads(config_file.read_text()), gpus, settings)}")
 
 
 def _release(config_text: str, version: dict, venv: str):

@@ -3,7 +3,9 @@
 The rendered file is loaded with the runtime's own loader and its engine, device and quantisation
 are checked as `deepfleet-runtime serve` checks them at start (engines.check_engine_config), with
 the GPU generation read from the host's PCI devices; the release is checked to hold what the engine
-loads. A refusal names the inventory settings to change, not runtime.yaml's keys.
+loads and the wheel extras to install it. A refusal names the inventory settings to change, not
+runtime.yaml's keys. `planner_verdict` is the capacity planner's answer for the host's GPUs, which
+`deepfleet plan` prints (fits or not, the tensor-parallel degree, the KV budget).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import yaml
 from deepfleet_runtime.config import RuntimeConfig
 from deepfleet_runtime.configfile import ConfigError, from_mapping
 from deepfleet_runtime.engines import EngineConfigError, check_engine_config
+from deepfleet_runtime.planner import PlanError, parse_gpus, plan
 
 from .common import RoleError
 
@@ -46,6 +49,37 @@ def gpu_capability(devices: list[dict]) -> tuple[int, int] | None:
     """The lowest compute capability of the host's GPUs, when every one is known."""
     capabilities = [COMPUTE_CAPABILITY.get(device.get("model")) for device in devices]
     return min(capabilities) if capabilities and None not in capabilities else None
+
+
+def check_wheel_extras(host_name: str, settings) -> None:
+    """RoleError when runtime_wheel_extras cannot run the engine (it would fail, or retry, on the host)."""
+    extras, engine = list(settings["runtime_wheel_extras"]), settings["runtime_engine"]
+    needed = [(engine, f"runtime_engine {engine}")]
+    if engine == "transformers" and settings["runtime_quantization"] in ("int8", "int4"):
+        needed.append(("quantization", f"runtime_quantization {settings['runtime_quantization']}"))
+    for extra, because in needed:
+        if extra not in extras:
+            raise RoleError(f"{host_name}: runtime_wheel_extras is {extras}, and {because} needs the {extra!r} "
+                            f"extra: set runtime_wheel_extras = {[*extras, extra]!r}")
+
+
+def planner_verdict(model_name: str, config: dict, gpus: str, settings) -> str:
+    """The capacity planner on this host's GPUs (`gpus`: "2xA100-80GB"), in one line, with the
+    tensor-parallel setting compared to the degree it needs."""
+    mode = settings["runtime_quantization"]
+    dtype = settings["runtime_dtype"] if settings["runtime_dtype"] in ("bfloat16", "float16") else "bfloat16"
+    try:
+        result = plan(config, parse_gpus(gpus), mode, dtype, settings["runtime_gpu_memory_fraction"])
+    except (PlanError, KeyError, ValueError) as exc:
+        return f"cannot size {model_name} on {gpus} ({exc})"
+    line = f"{model_name} ({mode if mode != 'none' else dtype}) {result.detail}"
+    if not result.fits or settings["runtime_engine"] != "vllm":
+        return line
+    size = settings["runtime_vllm_tensor_parallel_size"] * settings["runtime_vllm_pipeline_parallel_size"]
+    if size < result.tensor_parallel:
+        return (f"{line}; runtime_vllm_tensor_parallel_size is {settings['runtime_vllm_tensor_parallel_size']}, "
+                f"below that: the engine would run out of GPU memory, set it to {result.tensor_parallel}")
+    return f"{line}; runtime_vllm_tensor_parallel_size {settings['runtime_vllm_tensor_parallel_size']}"
 
 
 def check_runtime_yaml(host_name: str, text: str, devices: list[dict], release_files: list[str]) -> RuntimeConfig:
