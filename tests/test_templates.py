@@ -155,7 +155,7 @@ def test_runtime_unit_gives_the_decrypted_release_a_sized_tmpfs_of_its_own_only_
     unit = _unit(_render("systemd/deepfleet-runtime.service.j2",
                          **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/etc/deepfleet/runtime.yaml")))
     service = unit["Service"]
-    assert service["TemporaryFileSystem"] == "/run/deepfleet-decrypted:size=200G,mode=0700,nosuid,nodev,noexec"
+    assert service["TemporaryFileSystem"] == "/run/deepfleet-decrypted:size=200G,mode=1777,nosuid,nodev,noexec"
     assert "Environment=DEEPFLEET_DECRYPT_DIR=/run/deepfleet-decrypted" in _render(
         "systemd/deepfleet-runtime.service.j2", **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/c"))
     plain = _render("systemd/deepfleet-runtime.service.j2", **unit_context(DEFAULTS, "/etc/deepfleet/runtime.yaml"))
