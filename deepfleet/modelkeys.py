@@ -85,7 +85,7 @@ def load_model_keys(path: Path) -> ModelKeys:
     missing = [name for name in expected if not (path / name).is_file()]
     if len(missing) == len(expected):
         raise ModelKeysError(f"no model keys in {path}; create them with `deepfleet model keys create "
-                             f"--dir {path}` (and keep a backup: releases cannot be opened without them)")
+                             f"--keys-dir {path}` (and keep a backup: releases cannot be opened without them)")
     if missing:
         raise ModelKeysError(f"{path} lacks {', '.join(missing)}; restore it from backup")
     return ModelKeys(path)

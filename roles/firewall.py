@@ -35,7 +35,11 @@ def firewall_context(settings: Mapping) -> dict:
         if not sources and setting in ("firewall_ssh_sources", "firewall_gateway_sources"):
             raise RoleError(f"firewall_enabled is set but {setting} is empty: list the networks allowed to "
                             f"reach {name} (port {port}), e.g. [\"10.0.0.0/24\"], or it would be unreachable")
-        networks = [_network(source, setting) for source in sources]
+        label = setting
+        if setting == "firewall_runtime_sources" and settings.get("runtime_sources_derived"):
+            label = ("the runtime_address of a gateway (firewall_runtime_sources is empty, so the gateways' "
+                     "addresses are used)")
+        networks = [_network(source, label) for source in sources]
         for family, version, nft_type in (("ip", 4, "ipv4_addr"), ("ip6", 6, "ipv6_addr")):
             elements = [str(n) for n in networks if n.version == version]
             if elements:
@@ -51,6 +55,7 @@ def fleet_sources(settings: dict) -> dict:
     if runtime_needs_tls(host) and not settings["firewall_runtime_sources"]:
         settings["firewall_runtime_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
                                                 if gateway.name != host.name]
+        settings["runtime_sources_derived"] = True
     if settings["ray_head"] and holds_model(host):
         peers = [member for member in cluster_members(host) if member.name != host.name]
         settings["ray_sources"] = [runtime_address(peer) for peer in peers]
@@ -62,8 +67,10 @@ def _network(source: str, setting: str):
     try:
         return ipaddress.ip_network(source, strict=False)
     except (TypeError, ValueError):
-        raise RoleError(f"{setting}: {source!r} is not a network; write an address or CIDR like "
-                        "10.0.0.0/24 or fd00::/64") from None
+        fix = ("set runtime_address (or ssh_hostname) of that gateway to its IP address, or list the gateways' "
+               "networks in firewall_runtime_sources" if setting.startswith("the runtime_address")
+               else "write an address or CIDR like 10.0.0.0/24 or fd00::/64")
+        raise RoleError(f"{setting}: {source!r} is not a network; {fix}") from None
 
 
 @deploy("deepfleet firewall", data_defaults=DEFAULTS)

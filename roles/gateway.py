@@ -68,6 +68,7 @@ def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
         "audit_checkpoint_every": settings["gateway_audit_checkpoint_every"],
         "metrics_port": settings["gateway_metrics_port"],
         "admin_socket": settings["gateway_admin_socket"],
+        "routing": settings.get("gateway_routing") or {},
     }
 
 
@@ -118,5 +119,5 @@ def gateway():
     if check_address in ("0.0.0.0", "::"):
         check_address = "127.0.0.1"
     ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready https://{check_address}:{data.gateway_port}/health "
-             f"--cafile {tls_paths()['ca.crt']} --timeout 60")
+             f"--cafile {tls_paths()['ca.crt']} --timeout 60 --unit deepfleet-gateway")
     converge_service("deepfleet-gateway", unit, inputs, ready)

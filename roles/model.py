@@ -29,6 +29,7 @@ from deepfleet_runtime.modelstore.manifest import Manifest
 from deepfleet_runtime.modelstore.release import KEY_FILE, MANIFEST_FILE, SIGNATURE_FILE
 
 from .common import control_path, venv_dir
+from .decrypt_room import check_decrypt_room
 from .defaults import DEFAULTS
 from .facts import ModelReleaseState
 from .offline import model_release_from_bundle, offline
@@ -94,6 +95,7 @@ def model():
                     mode="0400")
     secret_file(name="Model manifest verify key", src=str(keys.verify_key_path),
                 dest=f"{host_keys_dir()}/{keys.verify_key_path.name}", mode="0400")
+    check_decrypt_room(sum(entry.size for entry in manifest.files))
     push_release(name=f"Model {manifest.release_name} ({manifest.encrypted_bytes / 1e9:.2f} GB encrypted)",
                  release_dir=str(release_dir), models_dir=models_dir(), keep=data.model_keep_releases,
                  max_rate_mb_s=data.model_push_max_rate_mb_s, transport=data.model_push_transport)

@@ -30,13 +30,14 @@ from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wh
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
-from .gpu_facts import has_nvidia_gpu
+from .gpu_facts import NvidiaSmi, gpu_spec, has_nvidia_gpu, nvidia_devices
 from .hostos import RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
 from .offline import offline, offline_settings, wheelhouse_from_bundle
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
+from .runtime_check import check_runtime_yaml, check_wheel_extras, planner_verdict
 from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
 from .service import converge_service
 from .skip import skip_role
@@ -48,11 +49,13 @@ INSTALL_MARKER = ".deepfleet-install.json"
 # runtime/constraints-cuda.txt pins torch's CUDA 13.0 build, which needs this NVIDIA driver branch or newer.
 CUDA_PINS_MIN_DRIVER_BRANCH = 580
 RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
+DECRYPT_DIR = "/run/deepfleet-decrypted"  # with runtime_decrypt_tmpfs_size: the unit's own tmpfs of that size
 
 
 # runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
 _DEPLOY_ONLY_SETTINGS = ("runtime_mode", "runtime_image_", "runtime_container_", "runtime_wheel_extras",
-                         "runtime_ready_timeout_s", "runtime_address", "runtime_keep_releases")
+                         "runtime_ready_timeout_s", "runtime_address", "runtime_keep_releases",
+                         "runtime_decrypt_tmpfs_size")
 
 
 def runtime_yaml_context(settings: Mapping, model_dir: str, listen_host: str = "127.0.0.1",
@@ -82,6 +85,8 @@ def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -
         "config_path": config_path,
         "runtime_directory": RUNTIME_DIRECTORY,
         "host_model_keys_dir": f"{settings['deepfleet_config_dir']}/keys",
+        "decrypt_tmpfs_size": settings.get("runtime_decrypt_tmpfs_size"),
+        "decrypt_dir": DECRYPT_DIR,
     }
 
 
@@ -162,6 +167,8 @@ def runtime():
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
     if data.ray_head and holds_model(host):
         extras += (RAY_EXTRA,)
+    if holds_model(host) and runs_runtime(host):
+        check_wheel_extras(host.name, settings)
     accelerator = runtime_accelerator(settings)
     target = target_platform(accelerator)
     wheelhouse = _wheelhouse(target, extras)
@@ -189,7 +196,10 @@ def runtime():
         raise RoleError(f"{host.name}: runtime_mode docker cannot serve gateways on other hosts yet (mutual TLS "
                         "is wired for the systemd mode); use runtime_mode systemd on gpu_nodes of a fleet")
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
-    text = runtime_yaml(settings, f"{models_dir()}/{local_release()[1].release_name}", bool(certificates))
+    manifest = local_release()[1]
+    text = runtime_yaml(settings, f"{models_dir()}/{manifest.release_name}", bool(certificates))
+    check_runtime_yaml(host.name, text, nvidia_devices(), [entry.path for entry in manifest.files])
+    _log_planner_verdict(settings)
     files.put(name="Runtime config", src=io.StringIO(text), dest=config_path, user="root",
               group=data.deepfleet_group, mode="0640")
     if mode == "docker":
@@ -205,7 +215,7 @@ def runtime():
         # restart after a release switch reads the new one.
         args = container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(),
                               host_keys_dir(), f"/run/{RUNTIME_DIRECTORY}", gpu)
-        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command())
+        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command(unit=None))
         return
 
     release = _release(text, runtime_version(install_id=wheelhouse.install_id), venv)
@@ -215,6 +225,17 @@ def runtime():
                           mode="0644", **unit_context(settings, f"{current_release_dir()}/runtime.yaml",
                                                       venv=f"{current_release_dir()}/venv"))
     converge_service("deepfleet-runtime", unit, [install, model, release, *certificates], ready_command())
+
+
+def _log_planner_verdict(settings: Mapping) -> None:
+    """Print the capacity planner's verdict for this host's GPUs, when the model's config.json is at hand."""
+    gpus = gpu_spec(host.get_fact(NvidiaSmi), nvidia_devices())
+    if not gpus or offline() or "+" in gpus or not str(settings["runtime_device"]).startswith("cuda"):
+        return
+    config_file = control_path(settings["model_source"], "model_source") / "config.json"
+    if config_file.is_file():
+        logger.info(f"{host.name}: planner: "
+                    f"{planner_verdict(settings['model_name'], json.loads(config_file.read_text()), gpus, settings)}")
 
 
 def _release(config_text: str, version: dict, venv: str):
@@ -233,11 +254,12 @@ def runtime_yaml(settings: Mapping, model_dir: str, tls: bool) -> str:
     return get_template(template("runtime.yaml.j2")).render(**context)
 
 
-def ready_command() -> str:
+def ready_command(unit: str | None = "deepfleet-runtime") -> str:
     """The command that waits until this host's runtime answers /ready (with its client certificate
-    when the runtime serves mutual TLS)."""
+    when the runtime serves mutual TLS); it stops at once, with the unit's journal, when the systemd
+    `unit` fails (None in Docker mode)."""
     data = host.data
-    timeout = f"--timeout {data.runtime_ready_timeout_s}"
+    timeout = f"--timeout {data.runtime_ready_timeout_s}" + (f" --unit {unit}" if unit else "")
     cli = f"{data.deepfleet_home}/venv/bin/deepfleet-runtime wait-ready"
     if not runtime_needs_tls(host):
         return f"{cli} http://127.0.0.1:{data.runtime_port}/ready {timeout}"

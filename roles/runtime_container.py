@@ -111,7 +111,8 @@ def container_args(settings: Mapping, image: str, config_path: str, models_dir: 
     args = [
         "--detach", "--name", name, "--restart", settings["runtime_container_restart"],
         "--network", "host", "--read-only", "--tmpfs", "/tmp",
-        "--tmpfs", f"{runtime_directory}:rw,nosuid,nodev,noexec,mode=0700",
+        "--tmpfs", f"{runtime_directory}:rw,nosuid,nodev,noexec,mode=0700"
+        + (f",size={settings['runtime_decrypt_tmpfs_size']}" if settings.get("runtime_decrypt_tmpfs_size") else ""),
         "--env", f"RUNTIME_DIRECTORY={runtime_directory}",
         "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "SETUID", "--cap-add", "SETGID",
         "--security-opt", "no-new-privileges", "--shm-size", settings["runtime_container_shm_size"],

@@ -128,3 +128,35 @@ def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
     assert unit["ExecStartPre"] == (
         "+/bin/sh -c 'install -d -o svc -g svcg -m 0700 /run/deepfleet-runtime/keys && "
         "install -o svc -g svcg -m 0400 /etc/df/keys/* /run/deepfleet-runtime/keys/'")
+
+
+def test_runtime_yaml_passes_vllm_extra_args_llamacpp_batch_and_cpu_kv_budget():
+    settings = {**DEFAULTS, "runtime_vllm_extra_args": ["--enable-prefix-caching", "--max-num-seqs", "64"],
+                "runtime_llamacpp_n_batch": 128, "runtime_cpu_kv_cache_bytes": 1 << 30,
+                "runtime_decrypt_tmpfs_size": "200G"}
+    context = runtime_yaml_context(settings, "/m")
+    assert "decrypt_tmpfs_size" not in context  # how the unit is run, not runtime.yaml
+    config = from_mapping(RuntimeConfig, yaml.safe_load(_render("runtime.yaml.j2", **context)), "runtime.yaml")
+    assert config.vllm.extra_args == ["--enable-prefix-caching", "--max-num-seqs", "64"]
+    assert (config.llamacpp.n_batch, config.memory.cpu_kv_cache_bytes) == (128, 1 << 30)
+
+
+def test_gateway_routing_setting_becomes_the_routing_section():
+    settings = {**DEFAULTS, "gateway_routing": {"health_interval_s": 0.5, "wait_for_replica_s": 30}}
+    text = _render("gateway.yaml.j2", **gateway_yaml_context(settings, "gw1"))
+    config = from_mapping(GatewayConfig, yaml.safe_load(text), "gateway.yaml")
+    assert (config.routing.health_interval_s, config.routing.wait_for_replica_s) == (0.5, 30.0)
+    defaults = from_mapping(GatewayConfig, yaml.safe_load(_render("gateway.yaml.j2", **gateway_yaml_context(DEFAULTS, "gw1"))),
+                            "gateway.yaml")
+    assert defaults.routing.health_interval_s == 2.0
+
+
+def test_runtime_unit_gives_the_decrypted_release_a_sized_tmpfs_of_its_own_only_when_asked():
+    unit = _unit(_render("systemd/deepfleet-runtime.service.j2",
+                         **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/etc/deepfleet/runtime.yaml")))
+    service = unit["Service"]
+    assert service["TemporaryFileSystem"] == "/run/deepfleet-decrypted:size=200G,mode=1777,nosuid,nodev,noexec"
+    assert "Environment=DEEPFLEET_DECRYPT_DIR=/run/deepfleet-decrypted" in _render(
+        "systemd/deepfleet-runtime.service.j2", **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/c"))
+    plain = _render("systemd/deepfleet-runtime.service.j2", **unit_context(DEFAULTS, "/etc/deepfleet/runtime.yaml"))
+    assert "TemporaryFileSystem" not in plain and "DEEPFLEET_DECRYPT_DIR" not in plain

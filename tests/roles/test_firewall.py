@@ -52,3 +52,12 @@ def test_nft_accepts_the_ruleset_in_a_private_network_namespace(tmp_path):
         pytest.skip("no permission to create a network namespace here")
     assert result.returncode == 0, result.stderr
     assert "table inet deepfleet" in result.stdout and result.stdout.count("chain input") == 1
+
+
+def test_a_gateway_address_the_role_derived_is_blamed_on_the_gateways_runtime_address_not_on_a_setting():
+    settings = {**SETTINGS, "firewall_runtime_sources": ["gw1.example.internal"], "runtime_sources_derived": True}
+    with pytest.raises(RoleError) as error:
+        firewall_context(settings)
+    assert str(error.value).startswith("the runtime_address of a gateway (firewall_runtime_sources is empty, so the "
+                                       "gateways' addresses are used): 'gw1.example.internal' is not a network")
+    assert "set runtime_address" in str(error.value)

@@ -108,8 +108,9 @@ def test_rtx4090_uses_ubuntus_driver_and_runs_the_runtime_under_systemd(wheelhou
     assert _runtime_yaml(ops)["device"] == "cuda"
 
 
-def test_edge_profile_on_arm64_runs_no_nvidia_role_and_builds_aarch64_wheels(wheelhouse, control_data):
-    ops = plan(load_case("debian12-arm64-edge"), SITE_DEPLOY, data=control_data, inventory=INVENTORIES / "edge.py")
+def test_edge_profile_on_arm64_runs_no_nvidia_role_and_builds_aarch64_wheels(wheelhouse, control_data, gguf_model):
+    ops = plan(load_case("debian12-arm64-edge"), SITE_DEPLOY, data={**control_data, "model_source": str(gguf_model)},
+               inventory=INVENTORIES / "edge.py")
     skipped = {op.name.split(" | ")[0]: op.notes[0] for op in ops if op.name.endswith(": skipped")}
     assert skipped == {
         "NVIDIA driver": "no NVIDIA device on the PCI bus (sysfs vendor 0x10de)",

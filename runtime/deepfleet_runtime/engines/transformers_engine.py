@@ -99,8 +99,9 @@ class TransformersEngine(ScheduledEngine):
             budget = self._memory.cpu_kv_cache_bytes
         if budget < per_token * 256:
             raise ModelLoadError(f"only {budget / 2**20:.0f} MiB are left for the KV cache after the weights; "
-                                 "raise memory.gpu_memory_fraction, quantise (quantization.mode int8/int4) "
-                                 "or set scheduler.kv_cache_tokens")
+                                 "raise memory.gpu_memory_fraction (inventory: runtime_gpu_memory_fraction), "
+                                 "quantise (quantization.mode int8/int4: runtime_quantization) or set "
+                                 "scheduler.kv_cache_tokens (runtime_kv_cache_tokens)")
         return int(budget // per_token)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:

@@ -125,7 +125,8 @@ class VllmEngine:
             self.supervisor.start()
             if not self.supervisor.wait_up(self.config.vllm.ready_timeout_s):
                 raise ModelLoadError(f"vllm did not come up on {self.base_url} within "
-                                     f"{self.config.vllm.ready_timeout_s:.0f} s; see its log ({' '.join(self.argv)})")
+                                     f"{self.config.vllm.ready_timeout_s:.0f} s; its output is in this service's log (journalctl -u "
+                                     f"deepfleet-runtime, or docker logs deepfleet-runtime) above: {' '.join(self.argv)}")
         except ModelLoadError:
             self.close()  # no child left running, no decrypted copy left in memory
             raise
