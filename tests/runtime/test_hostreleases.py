@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 
 import pytest
 
-from deepfleet_runtime.modelstore import ModelStoreError
+from deepfleet_runtime.modelstore import ModelStoreError, hostreleases
 from deepfleet_runtime.modelstore.hostreleases import ModelReleases, activate, rollback_target
 from deepfleet_runtime.modelstore.manifest import Manifest
 
@@ -99,3 +100,80 @@ def test_a_first_rollback_has_nowhere_to_go(store, host, tmp_path):
     activate(host, _stage(store, host, tmp_path, b"a"), store.keys, GROUP, keep=3)
     with pytest.raises(ModelStoreError, match="no earlier release on this host"):
         rollback_target(host, None)
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file outside every release, like /etc/shadow: owned by someone else, mode 0600."""
+    path = tmp_path / "outside" / "shadow"
+    path.parent.mkdir()
+    path.write_text("root:$6$secret\n")
+    os.chown(path, 4321, 4321)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _untouched(path) -> bool:
+    info = os.lstat(path)
+    return (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4321, 4321, 0o600)
+
+
+def _activation_refusal(host, release, store) -> str:
+    """The message activation refused with ("" when it went through)."""
+    try:
+        activate(host, release, store.keys, GROUP, keep=3)
+    except ModelStoreError as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.parametrize("where", ["encrypted/extra", "encrypted/config.json", "manifest-dir"])
+def test_a_staged_symbolic_link_changes_no_file_outside_the_release(store, host, tmp_path, victim, where):
+    release = _stage(store, host, tmp_path, b"a")
+    staging = host.staging_dir(release)
+    if where == "manifest-dir":  # a whole directory swapped for a link to the victim's directory
+        shutil.rmtree(staging / "encrypted")
+        (staging / "encrypted").symlink_to(victim.parent)
+    else:
+        (staging / where).unlink(missing_ok=True)
+        (staging / where).symlink_to(victim)
+    refusal = _activation_refusal(host, release, store)
+    assert _untouched(victim), "activation changed the owner or mode of a file outside the release"
+    assert re.search("symbolic link.*removed", refusal)
+    assert host.current() is None and not any(p.is_symlink() for p in staging.rglob("*"))
+
+
+def test_a_staged_hard_link_to_a_file_outside_is_refused(store, host, tmp_path, victim):
+    release = _stage(store, host, tmp_path, b"a")
+    os.link(victim, host.staging_dir(release) / "encrypted" / "extra")
+    refusal = _activation_refusal(host, release, store)
+    assert _untouched(victim), "activation changed the owner or mode of a file outside the release"
+    assert re.search(r"encrypted/extra \(a hard link\).*removed", refusal)
+    assert victim.read_text() == "root:$6$secret\n"
+
+
+def test_files_not_in_the_manifest_are_refused_and_removed(store, host, tmp_path):
+    release = _stage(store, host, tmp_path, b"a")
+    (host.staging_dir(release) / "encrypted" / "planted.py").write_text("import os")
+    with pytest.raises(ModelStoreError, match=r"encrypted/planted.py \(not in the manifest\).*removed"):
+        activate(host, release, store.keys, GROUP, keep=3)
+    assert not (host.staging_dir(release) / "encrypted" / "planted.py").exists()
+    assert activate(host, release, store.keys, GROUP, keep=3)["release"] == release  # the rest stays
+
+
+def test_the_uploader_loses_the_staging_directory_before_it_is_verified(store, host, tmp_path, monkeypatch):
+    release = _stage(store, host, tmp_path, b"a")
+    staging = host.staging_dir(release)
+    for path in [staging, *staging.rglob("*")]:
+        os.chown(path, 4321, 4321)  # the SSH login user's, as pushed
+    seen = {}
+    original = hostreleases.Release.open
+
+    def spying_open(directory, *args, **kwargs):
+        seen.update({str(p.relative_to(staging)): (p.lstat().st_uid, stat.S_IMODE(p.lstat().st_mode))
+                     for p in [staging, *staging.rglob("*")]})
+        return original(directory, *args, **kwargs)
+
+    monkeypatch.setattr(hostreleases.Release, "open", spying_open)
+    activate(host, release, store.keys, GROUP, keep=3)
+    assert seen and all(uid == 0 and not mode & 0o077 for uid, mode in seen.values())

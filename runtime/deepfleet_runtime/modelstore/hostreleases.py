@@ -17,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomicfile import fsync_dir
-from ..releasestore import ReleaseStore
+from ..releasestore import COMPLETE_MARKER, ReleaseStore
 from .errors import ModelStoreError
 from .keys import KeyDirectory
-from .release import MANIFEST_FILE, Release
+from .lockdown import hand_over, remove_unlisted, take_over
+from .release import KEY_FILE, MANIFEST_FILE, SIGNATURE_FILE, Release
 
 
 class ModelReleases(ReleaseStore):
@@ -65,10 +66,13 @@ def rollback_target(releases: ModelReleases, to: str | None) -> str:
 
 def _promote(releases: ModelReleases, release: str, keys: KeyDirectory, group: str, progress) -> None:
     staging = releases.staging_dir(release)
-    if not (staging / MANIFEST_FILE).is_file():
+    if not os.path.lexists(staging / MANIFEST_FILE):
         raise ModelStoreError(f"release {release} of {releases.name} was not pushed to this host "
                               f"({staging} is missing); run the deploy, which pushes it first")
+    take_over(staging)  # from here on only root can change the staged tree; no links left in it
     opened = Release.open(staging, keys, releases.name)
+    remove_unlisted(staging, {MANIFEST_FILE, SIGNATURE_FILE, KEY_FILE, COMPLETE_MARKER,
+                              *(entry.encrypted_path for entry in opened.manifest.files)})
     if opened.manifest.release != release:
         raise ModelStoreError(f"{staging / MANIFEST_FILE} is release {opened.manifest.release}, not {release}")
     for entry in opened.manifest.files:
@@ -83,7 +87,7 @@ def _promote(releases: ModelReleases, release: str, keys: KeyDirectory, group: s
     sync_tree(staging)  # the push does not fsync; the release must survive a crash once current
     manifest_digest = hashlib.sha256((staging / MANIFEST_FILE).read_bytes()).hexdigest()
     releases.mark_complete(staging, {"manifest_sha256": manifest_digest})
-    own_by_root(staging, group)
+    hand_over(staging, grp.getgrnam(group).gr_gid)
     releases.promote(release)
 
 
@@ -98,13 +102,3 @@ def sync_tree(directory: Path) -> None:
                 os.close(fd)
         fsync_dir(Path(root))
 
-
-def own_by_root(directory: Path, group: str) -> None:
-    """root owns a release; the service group may read it, nobody else."""
-    gid = grp.getgrnam(group).gr_gid
-    for root, _, files in os.walk(directory):
-        os.chown(root, 0, gid)
-        os.chmod(root, 0o750)
-        for name in files:
-            os.chown(os.path.join(root, name), 0, gid)
-            os.chmod(os.path.join(root, name), 0o640)
