@@ -24,8 +24,7 @@ from pyinfra.api.util import get_template
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
-from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
+from deepfleet.wheelhouse import SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
 
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
@@ -33,7 +32,7 @@ from .facts import HostPython, JsonFile
 from .gpu_facts import has_nvidia_gpu
 from .hostos import RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
-from .offline import offline, offline_settings, wheelhouse_from_bundle
+from .offline import offline, offline_settings, wheelhouse_from_bundle, wheelhouse_hashes
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
@@ -256,7 +255,7 @@ def _wheelhouse(target: TargetPlatform, extras: tuple[str, ...]) -> Wheelhouse:
 
 def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:
     remote_root = f"{host.data.deepfleet_home}/wheelhouse"
-    deps_manifest = json.loads((wheelhouse.deps_dir / MANIFEST).read_text())
+    deps_manifest, runtime_sha256 = wheelhouse_hashes(wheelhouse)
     deps_remote = f"{remote_root}/deps-{wheelhouse.deps_digest}"
     push_files(name=f"Runtime dependency wheels ({len(deps_manifest)})",
                files={name: str(wheelhouse.deps_dir / name) for name in deps_manifest},
@@ -264,5 +263,5 @@ def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:
     wheel = wheelhouse.runtime_wheel
     runtime_remote = f"{remote_root}/runtime-{wheelhouse.runtime_digest}"
     push_files(name="deepfleet-runtime wheel", files={wheel.name: str(wheel)},
-               manifest={wheel.name: sha256_file(wheel)}, dest_dir=runtime_remote)
+               manifest={wheel.name: runtime_sha256}, dest_dir=runtime_remote)
     return deps_remote, f"{runtime_remote}/{wheel.name}"
