@@ -114,8 +114,9 @@ def test_units_run_the_runtime_as_the_service_user_with_hardening():
 
 def test_certificate_names_cover_the_host_its_address_and_extra_names():
     settings = {**DEFAULTS, "gateway_server_names": ["llm.hospital.internal"], "ssh_hostname": "10.1.2.3"}
-    assert server_names(settings, "gpu1") == sorted(
-        ["gpu1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
+    assert server_names(settings, "gw1", faces_clients=True) == sorted(
+        ["gw1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
+    assert server_names(settings, "gpu1", faces_clients=False) == sorted(["gpu1", "10.1.2.3", "localhost", "127.0.0.1"])
 
 
 def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
