@@ -41,7 +41,8 @@ def run(args) -> int:
         tls = config.tls
         serve(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser,
                          labels=serving_labels(config)), config.server.host, config.server.port,
-              tls.cert if tls else None, tls.key if tls else None, tls.client_ca if tls else None)
+              tls.cert if tls else None, tls.key if tls else None, tls.client_ca if tls else None,
+              tls.allowed_clients if tls else ())
     finally:
         engine.close()
     return 0
