@@ -102,6 +102,11 @@ DEFAULTS = {
     "runtime_wheel_extras": ["transformers"],  # engine extras: + quantization (int8/int4), llamacpp, vllm
 
     # --- gateway: what clients talk to (TLS 1.3, API keys, limits, audit; docs/gateway.md) -----
+    # The gateway's own account (not the runtime's): only it writes the audit log and reads the API
+    # key hashes and the audit signing key; it is in deepfleet_group to read the host's TLS files.
+    "gateway_user": "deepfleet-gateway",
+    "gateway_group": "deepfleet-gateway",
+    "gateway_state_dir": "/var/lib/deepfleet-gateway",  # the gateway's writable state (and the audit log)
     "gateway_listen_address": "0.0.0.0",
     "gateway_port": 8443,
     "gateway_server_names": [],  # extra DNS names / IPs in the certificate (host name always in)
@@ -119,7 +124,7 @@ DEFAULTS = {
     "gateway_default_rpm": 600,  # per-key limits for keys created without their own; 0 = unlimited
     "gateway_default_tpm": 600000,
     "gateway_default_concurrency": 16,
-    "gateway_audit_dir": None,  # default: <deepfleet_state_dir>/audit
+    "gateway_audit_dir": None,  # default: <gateway_state_dir>/audit
     "gateway_audit_content": "full",  # "full" (prompts and completions) or "sha256" (hashes only)
     "gateway_audit_rotate_mb": 64,  # and a new file each UTC day
     "gateway_audit_retention_days": 0,  # 0 = keep every file

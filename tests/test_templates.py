@@ -78,7 +78,7 @@ def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
     assert str(config.tls.key) == "/etc/df/tls/server.key"
     assert str(config.api_keys_file) == "/etc/df/api_keys.json"
     assert (config.limits.max_tokens, config.limits.default_rpm) == (77, 5)
-    assert str(config.audit.dir) == "/var/lib/deepfleet/audit" and config.audit.checkpoint_key is None
+    assert str(config.audit.dir) == "/var/lib/deepfleet-gateway/audit" and config.audit.checkpoint_key is None
     assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9464)
 
 
