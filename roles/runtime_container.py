@@ -117,6 +117,7 @@ def container_args(settings: Mapping, image: str, config_path: str, models_dir: 
         "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "SETUID", "--cap-add", "SETGID",
         "--security-opt", "no-new-privileges", "--shm-size", settings["runtime_container_shm_size"],
         "--ulimit", f"memlock={settings['runtime_container_memlock']}", "--ulimit", "stack=67108864:67108864",
+        "--ulimit", "core=0:0",  # no core dump of the keys or the decrypted weights
         "--volume", f"{config_path}:{config_path}:ro", "--volume", f"{models_dir}:{models_dir}:ro",
         "--volume", f"{keys_dir}:{keys_dir}:ro", "--volume", f"{state_dir}:{state_dir}",
     ]

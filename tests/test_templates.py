@@ -99,6 +99,13 @@ def test_a_malformed_upstream_setting_names_the_fix():
         gateway_yaml_context({**DEFAULTS, "gateway_upstreams": ["10.0.0.12"]}, "gpu1")
 
 
+def test_the_ray_unit_writes_no_core_and_no_swap_either():
+    unit = _unit(_render("systemd/deepfleet-ray.service.j2", role="head", model_name="m", service_user="svc",
+                         service_group="svc", node_ip="10.0.0.1", network_interface="", exec_start="/bin/true",
+                         ray="/srv/ray", state_dir="/var/lib/df"))["Service"]
+    assert (unit["LimitCORE"], unit["MemorySwapMax"]) == ("0", "0")
+
+
 def test_units_run_the_runtime_as_the_service_user_with_hardening():
     settings = {**DEFAULTS, "deepfleet_user": "svc", "deepfleet_home": "/srv/df"}
     for name, command in (("deepfleet-runtime", "serve"), ("deepfleet-gateway", "gateway")):
@@ -110,6 +117,8 @@ def test_units_run_the_runtime_as_the_service_user_with_hardening():
         assert service["NoNewPrivileges"] == "yes"
         assert service["ProtectSystem"] == "strict"
         assert unit["Install"]["WantedBy"] == "multi-user.target"
+        # keys, weights and prompts reach neither a core dump nor swap (docs/model-format.md)
+        assert (service["LimitCORE"], service["MemorySwapMax"]) == ("0", "0"), name
 
 
 def test_certificate_names_cover_the_host_its_address_and_extra_names():
