@@ -167,10 +167,11 @@ def _download(deb: dict, cache: Path, advance) -> Path:
     return partial.rename(cache / deb["file"])
 
 
-def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock_time, link) -> None:
+def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock_time, link, valid_until) -> None:
     """A flat apt repository in `repo`: pool/*.deb, Packages(.gz), Release signed as InRelease and Release.gpg.
 
-    Every byte follows from the .debs and the lock's time, so the same lock gives the same repository.
+    Every byte follows from the .debs and the lock's times, so the same lock gives the same repository.
+    Release carries `Valid-Until`: apt refuses the repository after it (no replay of an old one).
     """
     pool = repo / "pool"
     pool.mkdir(parents=True)
@@ -185,7 +186,7 @@ def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock
     (repo / "Packages").write_text(scan.stdout)
     (repo / "Packages.gz").write_bytes(gzip.compress(scan.stdout.encode(), mtime=0))
     lines = ["Origin: deepfleet", "Label: deepfleet bundle", f"Date: {format_datetime(lock_time, usegmt=True)}",
-             "SHA256:"]
+             f"Valid-Until: {format_datetime(valid_until, usegmt=True)}", "SHA256:"]
     for name in ("Packages", "Packages.gz"):
         data = (repo / name).read_bytes()
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")

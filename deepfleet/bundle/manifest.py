@@ -1,6 +1,6 @@
 """The bundle's manifest: every file's SHA-256 and size, signed; and the check of a bundle against it.
 
-    bundle.json       {"format", "created", "signer", "files": {relative path: {"sha256", "size"}}}
+    bundle.json       {"format", "created", "expires", "signer", "files": {relative path: {"sha256", "size"}}}
     bundle.json.asc   detached OpenPGP signature of bundle.json's exact bytes
 
 `verify_bundle` reads bundle.json once and checks the signature over those bytes with the one
@@ -14,6 +14,7 @@ cannot swap a file between the check and its use).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..progress import byte_progress
-from .lock import LOCK_FILE
+from .lock import LOCK_FILE, VALID_DAYS
 from .signing import BundleSigner, SigningError, verify_detached_bytes
 
 MANIFEST_FILE = "bundle.json"
@@ -112,9 +113,12 @@ def hash_files(root: Path, paths: list[str], description: str, log=None) -> dict
     return entries
 
 
-def write_manifest(root: Path, created: str, signer: BundleSigner, signed_at, log=None) -> dict:
-    """Hash every file under `root`, write bundle.json and sign it; returns the manifest."""
-    manifest = {"format": FORMAT, "created": created, "signer": signer.fingerprint(),
+def write_manifest(root: Path, created: str, signer: BundleSigner, signed_at, log=None, expires=None) -> dict:
+    """Hash every file under `root`, write bundle.json (refused by verify_bundle after `expires`,
+    by default VALID_DAYS after `signed_at`) and sign it; returns the manifest."""
+    expires = expires or signed_at + datetime.timedelta(days=VALID_DAYS)
+    manifest = {"format": FORMAT, "created": created, "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "signer": signer.fingerprint(),
                 "files": hash_files(root, list_files(root), "Hashing the bundle", log)}
     path = root / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -140,6 +144,7 @@ def verify_bundle(root: Path, trusted_key: Path, log=None) -> VerifiedBundle:
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{root}: {MANIFEST_FILE} has format {manifest.get('format')!r}; this deepfleet "
                           f"reads {FORMAT}")
+    _check_expiry(root, manifest)
     listed = manifest["files"]
     present = list_files(root)
     problems = [f"{path}: not in the manifest (added after the bundle was signed)"
@@ -174,3 +179,16 @@ def _read_lock(root: Path, listed: dict, problems: list[str]) -> bytes | None:
         problems.append(f"{LOCK_FILE}: SHA-256 differs from the manifest (changed or damaged)")
         return None
     return lock_bytes
+
+
+def _check_expiry(root: Path, manifest: dict) -> None:
+    """An old bundle (outdated runtime, withdrawn release) is not installed again: its signed
+    `expires` must lie ahead."""
+    expires = manifest.get("expires")
+    if not expires:
+        raise BundleError(f"{root}: {MANIFEST_FILE} carries no expiry (built by an older deepfleet); build a new "
+                          "bundle")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if expires < now:
+        raise BundleError(f"{root}: the bundle expired on {expires} (it is {now}); build a new bundle "
+                          "(`deepfleet bundle build INVENTORY --out DIR`), signed today")

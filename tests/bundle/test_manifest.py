@@ -13,6 +13,8 @@ import pytest
 from deepfleet.bundle.manifest import BundleError, verify_bundle
 from deepfleet.bundle.signing import ensure_signer
 
+from tests.conftest import make_bundle
+
 from .conftest import SMALL_FILES, copy_bundle, manifest_of
 
 
@@ -118,3 +120,16 @@ def test_the_lock_is_the_one_that_verified_not_what_is_on_disk_later(small_bundl
     original = json.loads((small_bundle / "lock.json").read_text())
     (small_bundle / "lock.json").write_text(json.dumps({**original, "images": {"evil": {"file": "../x"}}}))
     assert verified.lock == original
+
+
+def test_a_bundle_past_its_expiry_is_refused_with_the_date(tmp_path, signer):
+    old = make_bundle(tmp_path / "old", signer, SMALL_FILES, {"created": "2024-01-02T03:04:05Z", "valid_days": 30})
+    assert manifest_of(old)["expires"] == "2024-02-01T03:04:05Z"
+    with pytest.raises(BundleError, match="expired on 2024-02-01T03:04:05Z.*build a new bundle"):
+        verify_bundle(old, signer.public_key_path)
+
+
+def test_a_fresh_bundle_carries_its_signed_expiry(small_bundle, signer):
+    verified = verify_bundle(small_bundle, signer.public_key_path)
+    created = verified.manifest["created"]
+    assert verified.manifest["expires"] > created and verified.lock["valid_days"] == 365
