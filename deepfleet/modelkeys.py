@@ -7,6 +7,7 @@ A model keys directory (0700; `model_keys_dir`, default .deepfleet/model-keys):
     model-verify.pub     its public key, PEM: hosts verify manifests with it
     model-kek-<id>.key   key-encryption keys, 32 random bytes in base64, 0600; hosts get them all
     keyring.json         which KEK is current, and when each was created (ids only, no secrets)
+    sequences.json       each model's last release number ({name: n}; back it up with the keys)
 
 The file names of the verify key and the KEKs are the ones hosts use in /etc/deepfleet/keys.
 A verify-only directory (no signing key) is what a site that only deploys needs: it verifies and
@@ -36,10 +37,12 @@ from deepfleet_runtime.modelstore.keys import (
 )
 
 from .atomicfile import write_atomic
+from .filelock import exclusive_lock
 from .keyfiles import load_private_key, private_key_pem
 
 SIGNING_KEY_FILE = "model-signing.key"
 KEYRING_FILE = "keyring.json"
+SEQUENCES_FILE = "sequences.json"
 
 
 class ModelKeysError(RuntimeError):
@@ -83,6 +86,15 @@ class ModelKeys:
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ModelKeysError(f"{self.path / SIGNING_KEY_FILE} is not an Ed25519 private key")
         return key
+
+    def next_sequence(self, name: str) -> int:
+        """Take the next release number of model `name` (one above the last one signed here)."""
+        path = self.path / SEQUENCES_FILE
+        with exclusive_lock(self.path / ".sequences.lock"):
+            sequences = json.loads(path.read_text()) if path.exists() else {}
+            sequences[name] = sequences.get(name, 0) + 1
+            write_atomic(path, json.dumps(sequences, indent=1, sort_keys=True) + "\n", mode=0o644)
+        return sequences[name]
 
     def signing_key_id(self) -> str:
         return signing_key_id(self.keys.verify_key())

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from deepfleet.modelkeys import (SIGNING_KEY_FILE, ModelKeysError, create_model_keys, export_verify_only,
-                                 load_model_keys)
+from deepfleet.modelkeys import (KEYRING_FILE, SIGNING_KEY_FILE, ModelKeysError, create_model_keys,
+                                 export_verify_only, load_model_keys)
 from deepfleet.modelpack import ensure_release, encrypt_model
+from deepfleet_runtime.modelstore.keys import VERIFY_KEY_FILE
 from deepfleet_runtime.modelstore.release import Release
 
 
@@ -17,7 +18,7 @@ def test_a_verify_only_directory_deploys_releases_but_cannot_sign(tiny_model_dir
     site = export_verify_only(keys, tmp_path / "site-keys")
     assert not (site.path / SIGNING_KEY_FILE).exists()
     assert sorted(p.name for p in site.path.iterdir()) == sorted(
-        p.name for p in keys.path.iterdir() if p.name != SIGNING_KEY_FILE)
+        [VERIFY_KEY_FILE, KEYRING_FILE, *(p.name for p in keys.kek_files().values())])
     loaded = load_model_keys(site.path)
     assert ensure_release(tmp_path / "release", "tiny", loaded, tmp_path / "cache") == tmp_path / "release"
     assert Release.open(tmp_path / "release", loaded.keys).manifest.name == "tiny"

@@ -95,7 +95,8 @@ def rollback_release(store: ReleaseStore, to: str | None, keys: KeyDirectory, gr
     target = _rollback_target(store, to)
     record = read_release(store, target)
     models_dir = model_of(store.release_dir(target) / CONFIG_FILE)[0]
-    activate(ModelReleases(models_dir, record["model"]["name"]), record["model"]["release"], keys, group, model_keep)
+    activate(ModelReleases(models_dir, record["model"]["name"]), record["model"]["release"], keys, group, model_keep,
+             allow_older=True)  # a rollback: the one way back below the highest release number served
     with store.locked():
         previous = store.current()
         store.switch(target)

@@ -23,14 +23,15 @@ def host(tmp_path):
     return ModelReleases(tmp_path / "models", "tiny")
 
 
-def _stage(store, host, tmp_path, content: bytes) -> str:
-    """Write a small release with `content` and copy it into the host's staging place; its id."""
+def _stage(store, host, tmp_path, content: bytes, sequence: int = 0) -> str:
+    """Write a small release with `content` (numbered `sequence`) and copy it into the host's
+    staging place; its id."""
     source = tmp_path / f"src-{content.hex()}"
     source.mkdir()
     (source / "config.json").write_text("{}")
     (source / "weights.safetensors").write_bytes(content * 50_000)
     out = tmp_path / f"out-{content.hex()}"
-    store.write(source, out)
+    store.write(source, out, sequence)
     release = Manifest.from_bytes((out / "manifest.json").read_bytes(), "m").release
     host.models_dir.mkdir(exist_ok=True)
     shutil.copytree(out, host.staging_dir(release))
@@ -177,3 +178,17 @@ def test_the_uploader_loses_the_staging_directory_before_it_is_verified(store, h
     monkeypatch.setattr(hostreleases.Release, "open", spying_open)
     activate(host, release, store.keys, GROUP, keep=3)
     assert seen and all(uid == 0 and not mode & 0o077 for uid, mode in seen.values())
+
+
+def test_an_older_signed_release_is_refused_unless_it_is_a_rollback(store, host, tmp_path):
+    new = _stage(store, host, tmp_path, b"\2", sequence=2)
+    activate(host, new, store.keys, GROUP, keep=3)
+    old = _stage(store, host, tmp_path, b"\1", sequence=1)  # signed long ago, still a valid signature
+    with pytest.raises(ModelStoreError, match=r"number 1.*served number 2.*deepfleet rollback"):
+        activate(host, old, store.keys, GROUP, keep=3)
+    assert host.current() == new
+    activate(host, old, store.keys, GROUP, keep=3, allow_older=True)  # what `deepfleet rollback` does
+    assert host.current() == old
+    replayed = _stage(store, host, tmp_path, b"\3", sequence=1)
+    with pytest.raises(ModelStoreError, match="number 1.*served number 2"):  # the floor stays after a rollback
+        activate(host, replayed, store.keys, GROUP, keep=3)

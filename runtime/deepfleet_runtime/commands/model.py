@@ -58,7 +58,7 @@ def rollback_command(args) -> int:
     def run():
         releases = ModelReleases(args.models_dir, args.name)
         target = rollback_target(releases, args.to)
-        return activate(releases, target, KeyDirectory(args.keys_dir), args.group, args.keep)
+        return activate(releases, target, KeyDirectory(args.keys_dir), args.group, args.keep, allow_older=True)
 
     return _report(run)
 
