@@ -71,6 +71,9 @@ DEFAULTS = {
     #                        encrypted once into the cache, or a release from `deepfleet model encrypt`
     "model_keys_dir": ".deepfleet/model-keys",  # control: KEKs + signing key (`deepfleet model keys create`)
     "model_keep_releases": 3,  # releases kept on each host for rollback, the current one included
+    # Hosts in systemd mode keep KEKs sealed with systemd-creds (TPM2 where present, else the host's
+    # credential secret); False, or Docker mode, keeps them as root 0400 files.
+    "model_keys_sealed": True,
     "model_push_max_rate_mb_s": None,  # cap on each host's push bandwidth in MB/s (None: as fast as SSH goes)
     "model_push_transport": "ssh",  # "ssh": the system's ssh client (SFTP where it cannot log in as
     #                                 pyinfra does); "sftp": pyinfra's own connection (slower)

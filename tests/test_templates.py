@@ -135,6 +135,5 @@ def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
                           "runtime.yaml")
     assert (unit["RuntimeDirectory"], unit["RuntimeDirectoryMode"]) == ("deepfleet-runtime", "0700")
     assert str(config.model.keys_dir) == "/run/deepfleet-runtime/keys"
-    assert unit["ExecStartPre"] == (
-        "+/bin/sh -c 'install -d -o svc -g svcg -m 0700 /run/deepfleet-runtime/keys && "
-        "install -o svc -g svcg -m 0400 /etc/df/keys/* /run/deepfleet-runtime/keys/'")
+    assert unit["ExecStartPre"] == ("+/opt/deepfleet/venv/bin/deepfleet-runtime model unseal-keys --keys-dir "
+                                    "/etc/df/keys --to /run/deepfleet-runtime/keys --user svc")

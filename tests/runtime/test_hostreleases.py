@@ -41,7 +41,7 @@ def _stage(store, host, tmp_path, content: bytes, sequence: int = 0) -> str:
 def test_a_pushed_release_is_verified_then_becomes_current_owned_by_root(store, host, tmp_path):
     release = _stage(store, host, tmp_path, b"a")
     result = activate(host, release, store.keys, GROUP, keep=3)
-    assert result == {"release": release, "previous": None, "removed": []}
+    assert result == {"release": release, "previous": None, "removed": [], "retired_keys": []}
     assert host.current() == release and os.readlink(host.current_link) == f"tiny@{release}"
     assert not host.staging_dir(release).exists()
     weights = host.release_dir(release) / "encrypted" / "weights.safetensors"

@@ -26,6 +26,7 @@ from .errors import ModelStoreError
 from .keys import KeyDirectory
 from .lockdown import hand_over, remove_unlisted, take_over
 from .release import KEY_FILE, MANIFEST_FILE, SIGNATURE_FILE, Release
+from .sealedkeys import retire_unused
 
 
 class ModelReleases(ReleaseStore):
@@ -62,8 +63,9 @@ def activate(releases: ModelReleases, release: str, keys: KeyDirectory, group: s
     hash. A file that fails is removed from staging, so the next push sends it again, and nothing
     changes on the host. A kept release that becomes current again (rollback) is checked in full
     too: it has been at rest. Then `<name>@current` is switched by an atomic rename, the history
-    updated, and releases beyond the last `keep` removed. A release numbered below the highest the
-    host has served is refused, unless `allow_older` (a rollback). Returns what was done.
+    updated, releases beyond the last `keep` removed, and the KEKs no kept release uses with them.
+    A release numbered below the highest the host has served is refused, unless `allow_older` (a
+    rollback). Returns what was done.
     """
     with releases.locked():
         previous = releases.current()
@@ -79,7 +81,8 @@ def activate(releases: ModelReleases, release: str, keys: KeyDirectory, group: s
         releases.switch(release)
         releases.record_sequence(sequence)
         removed = releases.prune(keep)
-    return {"release": release, "previous": previous, "removed": removed}
+        retired = retire_unused(keys.path, releases.models_dir)  # keys of pruned releases go too
+    return {"release": release, "previous": previous, "removed": removed, "retired_keys": retired}
 
 
 def rollback_target(releases: ModelReleases, to: str | None) -> str:
