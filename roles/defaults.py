@@ -40,6 +40,8 @@ DEFAULTS = {
 
     # --- cuda: the toolkit (NVIDIA's CUDA repository also carries the driver) ----------------------
     "cuda_repo_base_url": "https://developer.download.nvidia.com/compute/cuda/repos",
+    # the key of NVIDIA's apt repositories (3bf863cc.pub) as NVIDIA publishes it; another key is refused
+    "cuda_repo_key_fingerprints": ["EB693B3035CD5710E231E123A4B469963BF863CC"],
     "cuda_toolkit_install": True,  # False: driver only (containers bring their own CUDA runtime)
     "cuda_version": "12.8",  # cuda-toolkit-12-8 in /usr/local/cuda-12.8, on PATH via /etc/profile.d
     "cuda_source": "cuda_repo",  # cuda_repo | distro (the OS's nvidia-cuda-toolkit, its own version)
@@ -48,6 +50,8 @@ DEFAULTS = {
     "docker_enabled": "auto",  # auto: on hosts with runtime_mode docker or an NVIDIA GPU | True | False
     "docker_source": "docker_ce",  # docker_ce: Docker's repository | distro: the OS's docker.io
     "docker_repo_base_url": "https://download.docker.com/linux",
+    # Docker's apt key as docs.docker.com publishes it; another key is refused
+    "docker_repo_key_fingerprints": ["9DC858229FC7DD38854AE2D88D81803C0EBFCD88"],
     "docker_ce_packages": ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin"],
     "docker_log_max_size": "100m",  # daemon.json: json-file log rotation per container
     "docker_log_max_file": 3,
@@ -58,6 +62,8 @@ DEFAULTS = {
 
     # --- nvidia_container_toolkit ------------------------------------------------------------------
     "nvidia_container_toolkit_repo_base_url": "https://nvidia.github.io/libnvidia-container",
+    # the fingerprint NVIDIA publishes for the toolkit's gpgkey; empty: not checked (not pinned yet)
+    "nvidia_container_toolkit_repo_key_fingerprints": [],
     "nvidia_container_toolkit_version": "1.17.8",  # pinned; None installs the newest
     "nvidia_container_toolkit_default_runtime": False,  # True: every container gets the nvidia runtime
     "nvidia_container_toolkit_test_image": "nvidia/cuda:12.8.1-base-ubuntu24.04",  # smoke test

@@ -25,6 +25,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from ..digests import sha256_file
+from ..pgpkeys import PinError, check_pinned
 from ..progress import byte_progress
 from .signing import BundleSigner
 from .spec import OsTarget
@@ -81,7 +82,11 @@ def _stage_sources(target: OsTarget, scratch: Path) -> None:
         if source.key_url:
             try:
                 with urllib.request.urlopen(source.key_url, timeout=30) as response:
-                    (scratch / "keyrings" / f"deepfleet-{source.name}.asc").write_bytes(response.read())
+                    key = response.read()
+                check_pinned(key, source.key_fingerprints, source.key_url)
+                (scratch / "keyrings" / f"deepfleet-{source.name}.asc").write_bytes(key)
+            except PinError as exc:
+                raise PackageError(f"{target.key}: {exc}") from None
             except (urllib.error.URLError, OSError) as exc:
                 raise PackageError(f"{target.key}: cannot fetch the signing key of the {source.title} from "
                                    f"{source.key_url} ({exc}); build the bundle on a machine that reaches it, "
