@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .atomicfile import write_atomic
+from .keyfiles import load_private_key, private_key_pem
 
 CA_DAYS = 3650
 LEAF_DAYS = 397  # the CA/Browser Forum ceiling; the deploy renews well before expiry
@@ -74,7 +75,7 @@ def init_ca(pki_dir: Path, common_name: str = "deepfleet internal CA") -> tuple[
         .sign(key, hashes.SHA384())
     )
     Path(pki_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(paths.key, _key_pem(key), mode=0o600)
+    write_atomic(paths.key, private_key_pem(key), mode=0o600)  # under DEEPFLEET_KEY_PASSPHRASE when set
     write_atomic(paths.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return paths, True
 
@@ -138,7 +139,7 @@ def _ensure_leaf(pki_dir: Path, host_name: str, kind: str, names: list[str], usa
     wanted = sorted(set(names))
     if pair.cert.exists() and pair.key.exists() and _still_good(pair.cert, ca_cert, wanted):
         return pair, False
-    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    ca_key = load_private_key(ca.key, PkiError)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     cert = (

@@ -67,7 +67,8 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
         repos += [repo] if repo else []
     if gpu:
         packages += toolkit_packages(settings["nvidia_container_toolkit_version"], os)
-        repos.append(toolkit_repo(os, settings["nvidia_container_toolkit_repo_base_url"]))
+        repos.append(toolkit_repo(os, settings["nvidia_container_toolkit_repo_base_url"],
+                                  settings["nvidia_container_toolkit_repo_key_fingerprints"]))
     unique = {repo.name: repo for repo in repos}
     return sorted(set(packages)), [unique[name] for name in sorted(unique)]
 
@@ -112,7 +113,7 @@ def bundle_spec(hosts: list[tuple[str, Mapping]]) -> BundleSpec:
         if not resolver:
             raise RoleError(f"host {name}: bundle_resolver_images names no image for {os.id}-{os.version}")
         target = OsTarget(os.id, os.version, os.family, os.machine, os.deb_arch, resolver, tuple(packages),
-                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os)) for r in repos))
+                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os), r.key_fingerprints) for r in repos))
         known = targets.get(target.key)
         if known:
             if known.resolver_image != resolver:

@@ -26,11 +26,12 @@ from .skip import skip_role
 _CUDA_REPO_KEYS = {"debian": "3bf863cc.pub", "rhel": "D42D0685.pub"}
 
 
-def cuda_repo(os: HostOS, base_url: str) -> PackageRepo:
-    """NVIDIA's CUDA repository for this OS and architecture, under `base_url`."""
+def cuda_repo(os: HostOS, base_url: str, fingerprints: tuple[str, ...] = ()) -> PackageRepo:
+    """NVIDIA's CUDA repository for this OS and architecture, under `base_url`, its key accepted
+    only with one of `fingerprints`."""
     root = f"{base_url.rstrip('/')}/{os.nvidia_distro}/{os.nvidia_arch}"
     return PackageRepo(name="cuda", title="NVIDIA CUDA repository", key_url=f"{root}/{_CUDA_REPO_KEYS[os.family]}",
-                       apt_source=f"{root}/ /", dnf_baseurl=root)
+                       apt_source=f"{root}/ /", dnf_baseurl=root, key_fingerprints=tuple(fingerprints))
 
 
 def cuda_packages(settings, os: HostOS) -> tuple[PackageRepo | None, list[str]]:
@@ -45,7 +46,7 @@ def cuda_packages(settings, os: HostOS) -> tuple[PackageRepo | None, list[str]]:
     version = str(settings["cuda_version"])
     if not re.fullmatch(r"\d+\.\d+", version):
         raise RoleError(f"cuda_version is {version!r}; give major.minor, e.g. '12.8'")
-    return cuda_repo(os, settings["cuda_repo_base_url"]), [f"cuda-toolkit-{version.replace('.', '-')}"]
+    return cuda_repo(os, settings["cuda_repo_base_url"], settings["cuda_repo_key_fingerprints"]), [f"cuda-toolkit-{version.replace('.', '-')}"]
 
 
 def cuda_home(version: str) -> str:

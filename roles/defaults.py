@@ -55,6 +55,8 @@ SETTINGS = {
     # --- cuda: the toolkit (NVIDIA's CUDA repository also carries the driver) ----------------------
     "cuda_repo_base_url": S("https://developer.download.nvidia.com/compute/cuda/repos",
         "NVIDIA's CUDA repositories (or a mirror): <base>/<os>/<arch>/"),
+    "cuda_repo_key_fingerprints": S(["EB693B3035CD5710E231E123A4B469963BF863CC"],
+        "the key of NVIDIA's apt repositories (3bf863cc.pub) as NVIDIA publishes it; another key is refused"),
     "cuda_toolkit_install": S(True, "False: driver only (containers bring their own CUDA runtime)"),
     "cuda_version": S("12.8",
         "cuda-toolkit-12-8 in /usr/local/cuda-12.8, on PATH via /etc/profile.d", example="13.0"),
@@ -70,6 +72,8 @@ SETTINGS = {
         "docker_ce: Docker's repository | distro: the OS's docker.io", choices=("docker_ce", "distro")),
     "docker_repo_base_url": S("https://download.docker.com/linux",
         "Docker's repositories (or a mirror): <base>/<os>/"),
+    "docker_repo_key_fingerprints": S(["9DC858229FC7DD38854AE2D88D81803C0EBFCD88"],
+        "Docker's apt key as docs.docker.com publishes it; another key is refused"),
     "docker_ce_packages": S(["docker-ce",
         "docker-ce-cli", "containerd.io", "docker-buildx-plugin"], "what docker_source docker_ce installs"),
     "docker_log_max_size": S("100m", "daemon.json: json-file log rotation per container"),
@@ -85,6 +89,8 @@ SETTINGS = {
     # --- nvidia_container_toolkit ------------------------------------------------------------------
     "nvidia_container_toolkit_repo_base_url": S("https://nvidia.github.io/libnvidia-container",
         "NVIDIA's libnvidia-container repositories (or a mirror)"),
+    "nvidia_container_toolkit_repo_key_fingerprints": S([],
+        "the fingerprint NVIDIA publishes for the toolkit's gpgkey; empty: not checked (not pinned yet)"),
     "nvidia_container_toolkit_version": S("1.17.8", "pinned; None installs the newest", type="str|null"),
     "nvidia_container_toolkit_default_runtime": S(False, "True: every container gets the nvidia runtime"),
     "nvidia_container_toolkit_test_image": S("nvidia/cuda:12.8.1-base-ubuntu24.04", "smoke test"),
@@ -100,6 +106,9 @@ SETTINGS = {
         type="path|null", example="/models/DeepSeek-R1-Distill-Qwen-7B"),
     "model_keys_dir": S("<state>/model-keys",
         "control: KEKs + signing key (`deepfleet model keys create`)", type="path"),
+    "model_keys_sealed": S(True,
+        "hosts in systemd mode keep KEKs sealed with systemd-creds (TPM2 where present, else the host's "
+        "credential secret); False, or Docker mode, keeps them as root 0400 files"),
     "model_keep_releases": S(3, "releases kept on each host for rollback, the current one included"),
     "model_push_max_rate_mb_s": S(None,
         "cap on each host's push bandwidth in MB/s (None: as fast as SSH goes)", type="float|null", example=200),
@@ -167,6 +176,11 @@ SETTINGS = {
         "the defaults", example={"health_interval_s": 2.0, "wait_for_replica_s": 10.0}),
     "gateway_metrics_port": S(9464, "Prometheus metrics, on 127.0.0.1 only"),
     "gateway_admin_socket": S("/run/deepfleet-gateway/admin.sock", "drain/undrain (root + service user)"),
+    "gateway_user": S("deepfleet-gateway",
+        "the gateway's own account (not the runtime's): only it writes the audit log and reads the API key "
+        "hashes and the audit signing key; it is in deepfleet_group to read the host's TLS files"),
+    "gateway_group": S("deepfleet-gateway", "the gateway account's group"),
+    "gateway_state_dir": S("/var/lib/deepfleet-gateway", "the gateway's writable state (and the audit log)"),
     "gateway_max_body_bytes": S(1048576, "larger request bodies get HTTP 413"),
     "gateway_max_in_flight": S(64, "requests forwarded at once; more wait in the queue"),
     "gateway_max_queued": S(256, "when this many wait, new requests get 503 at once"),

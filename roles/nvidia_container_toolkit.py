@@ -28,13 +28,14 @@ TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
                     "libnvidia-container1")
 
 
-def toolkit_repo(os: HostOS, base_url: str) -> PackageRepo:
-    """NVIDIA's libnvidia-container repository under `base_url`."""
+def toolkit_repo(os: HostOS, base_url: str, fingerprints: tuple[str, ...] = ()) -> PackageRepo:
+    """NVIDIA's libnvidia-container repository under `base_url`, its key accepted only with one of
+    `fingerprints` (when given)."""
     base = base_url.rstrip("/")
     return PackageRepo(name="nvidia-container-toolkit", title="NVIDIA container toolkit repository",
                        key_url=f"{base}/gpgkey", apt_source=f"{base}/stable/deb/{os.deb_arch} /",
                        dnf_baseurl=f"{base}/stable/rpm/$basearch",
-                       dnf_options={"gpgcheck": "0", "repo_gpgcheck": "1"})
+                       dnf_options={"gpgcheck": "0", "repo_gpgcheck": "1"}, key_fingerprints=tuple(fingerprints))
 
 
 def toolkit_packages(version: str | None, os: HostOS) -> list[str]:
@@ -67,7 +68,8 @@ def nvidia_container_toolkit():
         skip_role("NVIDIA container toolkit", "no NVIDIA device on the PCI bus")
         return
     os = host_os()
-    repo_changes = add_repo(toolkit_repo(os, data.nvidia_container_toolkit_repo_base_url), os)
+    repo_changes = add_repo(toolkit_repo(os, data.nvidia_container_toolkit_repo_base_url,
+                                         data.nvidia_container_toolkit_repo_key_fingerprints), os)
     install = install_packages("NVIDIA container toolkit", toolkit_packages(data.nvidia_container_toolkit_version, os),
                                os, repo_changes)
     changes = [install]

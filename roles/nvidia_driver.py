@@ -52,13 +52,14 @@ def driver_packages(os: HostOS, kernel: str, settings) -> DriverPackages:
         if source == "distro":
             raise RoleError(f"{os.label} ships no NVIDIA driver; set nvidia_driver_source to 'cuda_repo'")
         headers = ["kernel-devel-matched", "kernel-headers"] + (["epel-release"] if os.id != "rhel" else [])
-        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"]), headers,
+        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"], settings["cuda_repo_key_fingerprints"]), headers,
                               f"nvidia-driver:{branch}-{'open' if open_modules else 'dkms'}")
     headers = [f"linux-headers-{kernel}"]
     if source == "cuda_repo":
         kernel_modules = {"ubuntu": f"nvidia-driver-{branch}-open", "debian": "nvidia-kernel-open-dkms"}
         driver = ([kernel_modules[os.id]] if open_modules else []) + [f"cuda-drivers-{branch}"]
-        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"]), headers + driver)
+        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"], settings["cuda_repo_key_fingerprints"]),
+                              headers + driver)
     if os.id == "ubuntu":
         flavour = "-open" if open_modules else ""
         return DriverPackages(None, headers + [f"nvidia-headless-{branch}-server{flavour}",

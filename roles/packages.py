@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import posixpath
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
@@ -20,11 +21,14 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, dnf, files, server
 
+from deepfleet import pgpkeys
+
 from .hostos import HostOS
 
 APT_KEYRINGS = "/etc/apt/keyrings"
 # The host's own python3 fetches keys, so no curl/wget/gnupg is needed (apt reads .asc keyrings).
-_FETCH = "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])"
+# ... and refuses a key whose fingerprint is not pinned (deepfleet/pgpkeys.py, sent as it is).
+_FETCH = Path(pgpkeys.__file__).read_text()
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class PackageRepo:
     dnf_baseurl: str = ""
     dnf_options: dict[str, str] = field(default_factory=lambda: {"gpgcheck": "1"})
     keyring: str = ""  # apt: a keyring the OS already ships (e.g. debian-archive-keyring.gpg)
+    key_fingerprints: tuple[str, ...] = ()  # apt: the fingerprints the vendor publishes; another key is refused
 
     def keyring_path(self) -> str:
         return self.keyring or f"{APT_KEYRINGS}/deepfleet-{self.name}.asc"
@@ -56,13 +61,14 @@ class PackageRepo:
 
 
 @operation()
-def download_once(url: str, dest: str, mode: str = "0644"):
+def download_once(url: str, dest: str, mode: str = "0644", fingerprints: tuple[str, ...] = ()):
     """
-    Download `url` to `dest` on the host with its python3, unless `dest` already exists.
+    Download an OpenPGP key from `url` to `dest` on the host with its python3, unless `dest` exists.
 
     + url: http(s):// or file:// URL
     + dest: remote path; written atomically (temporary file, then rename)
     + mode: permissions of the file
+    + fingerprints: the key's pinned fingerprints; a key with another one is refused, naming both
 
     .. code:: python
 
@@ -73,7 +79,8 @@ def download_once(url: str, dest: str, mode: str = "0644"):
         return
     partial = f"{dest}.deepfleet-partial"
     yield StringCommand("install", "-d", "-m", "0755", QuoteString(posixpath.dirname(dest)))
-    yield StringCommand("python3", "-c", QuoteString(_FETCH), QuoteString(url), QuoteString(partial))
+    yield StringCommand("python3", "-c", QuoteString(_FETCH), QuoteString(url), QuoteString(partial),
+                        QuoteString(",".join(fingerprints)))
     yield StringCommand("chmod", mode, QuoteString(partial), "&&", "mv", "-f", QuoteString(partial),
                         QuoteString(dest))
 
@@ -86,7 +93,7 @@ def add_repo(repo: PackageRepo, os: HostOS) -> list[OperationMeta]:
         changes = []
         if not repo.keyring:
             changes.append(download_once(name=f"{repo.title}: signing key", url=repo.key_url,
-                                         dest=repo.keyring_path()))
+                                         dest=repo.keyring_path(), fingerprints=repo.key_fingerprints))
         changes.append(files.put(name=f"{repo.title}: apt source", src=io.StringIO(repo.apt_list(os)),
                                  dest=f"/etc/apt/sources.list.d/deepfleet-{repo.name}.list", user="root",
                                  group="root", mode="0644"))

@@ -24,8 +24,7 @@ from pyinfra.api.util import get_template
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
-from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
+from deepfleet.wheelhouse import SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
 
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
@@ -33,7 +32,7 @@ from .facts import HostPython, JsonFile
 from .gpu_facts import NvidiaSmi, gpu_spec, has_nvidia_gpu, nvidia_devices
 from .hostos import RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
-from .offline import offline, offline_settings, wheelhouse_from_bundle
+from .offline import offline, offline_settings, wheelhouse_from_bundle, wheelhouse_hashes
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
@@ -42,7 +41,7 @@ from .runtime_container import container_args, remove_container, runtime_image, 
 from .service import converge_service
 from .skip import skip_role
 from .tls import host_certificates, tls_paths
-from .topology import holds_model, runs_runtime, runtime_address, runtime_needs_tls
+from .topology import gateway_hosts, holds_model, runs_runtime, runtime_address, runtime_needs_tls
 from .transfer import push_files
 
 INSTALL_MARKER = ".deepfleet-install.json"
@@ -59,18 +58,19 @@ _DEPLOY_ONLY_SETTINGS = ("runtime_mode", "runtime_image_", "runtime_container_",
 
 
 def runtime_yaml_context(settings: Mapping, model_dir: str, listen_host: str = "127.0.0.1",
-                         tls: Mapping[str, str] | None = None) -> dict:
+                         tls: Mapping[str, str] | None = None, allowed_clients: list[str] | None = None) -> dict:
     """Variables for templates/runtime.yaml.j2 from role settings (runtime_* names, prefix dropped;
     the settings of how the runtime is installed and run stay with the role). `tls`: the host's TLS
-    file paths (roles.tls.tls_paths) when gateways on other hosts reach this runtime."""
+    file paths (roles.tls.tls_paths) when gateways on other hosts reach this runtime, which then
+    admits only the client certificates of `allowed_clients`."""
     context = {key[len("runtime_"):]: value for key, value in settings.items()
                if key.startswith("runtime_") and not key.startswith(_DEPLOY_ONLY_SETTINGS)}
     context.setdefault("vllm_host_ip", "")
     context.setdefault("vllm_network_interface", "")
     return context | {"model_name": settings["model_name"], "model_dir": model_dir,
                       "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys", "listen_host": listen_host,
-                      "tls": {"cert": tls["server.crt"], "key": tls["server.key"], "client_ca": tls["ca.crt"]}
-                      if tls else None}
+                      "tls": {"cert": tls["server.crt"], "key": tls["server.key"], "client_ca": tls["ca.crt"],
+                              "allowed_clients": sorted(allowed_clients or [])} if tls else None}
 
 
 def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -> dict:
@@ -250,7 +250,9 @@ def runtime_yaml(settings: Mapping, model_dir: str, tls: bool) -> str:
     """runtime.yaml for this host: on loopback, or with mutual TLS on runtime_address for gateways
     on other hosts."""
     listen = runtime_address(host) if tls else "127.0.0.1"
-    context = runtime_yaml_context(settings, model_dir, listen, tls_paths() if tls else None)
+    # the fleet's gateways, and this host itself (its deploy's readiness check): not other GPU nodes
+    admitted = sorted({gateway.name for gateway in gateway_hosts(host.inventory)} | {host.name})
+    context = runtime_yaml_context(settings, model_dir, listen, tls_paths() if tls else None, admitted)
     return get_template(template("runtime.yaml.j2")).render(**context)
 
 
@@ -278,7 +280,7 @@ def _wheelhouse(target: TargetPlatform, extras: tuple[str, ...]) -> Wheelhouse:
 
 def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:
     remote_root = f"{host.data.deepfleet_home}/wheelhouse"
-    deps_manifest = json.loads((wheelhouse.deps_dir / MANIFEST).read_text())
+    deps_manifest, runtime_sha256 = wheelhouse_hashes(wheelhouse)
     deps_remote = f"{remote_root}/deps-{wheelhouse.deps_digest}"
     push_files(name=f"Runtime dependency wheels ({len(deps_manifest)})",
                files={name: str(wheelhouse.deps_dir / name) for name in deps_manifest},
@@ -286,5 +288,5 @@ def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:
     wheel = wheelhouse.runtime_wheel
     runtime_remote = f"{remote_root}/runtime-{wheelhouse.runtime_digest}"
     push_files(name="deepfleet-runtime wheel", files={wheel.name: str(wheel)},
-               manifest={wheel.name: sha256_file(wheel)}, dest_dir=runtime_remote)
+               manifest={wheel.name: runtime_sha256}, dest_dir=runtime_remote)
     return deps_remote, f"{runtime_remote}/{wheel.name}"

@@ -34,10 +34,11 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, Wheelhouse
+from deepfleet.wheelhouse import Wheelhouse
 
 from .common import RoleError, control_path, template
 from .hostos import RuntimePython
+from .offline import wheelhouse_hashes
 from .transfer import push_files
 
 CONTAINER = "deepfleet-runtime"
@@ -75,12 +76,12 @@ def dockerfile(settings: Mapping, base_image: str, gpu: bool, python: RuntimePyt
 
 def context_files(wheelhouse: Wheelhouse) -> tuple[dict[str, str], dict[str, str]]:
     """The build context's wheels: ({relative path: local path}, {relative path: sha256})."""
-    deps = json.loads((wheelhouse.deps_dir / MANIFEST).read_text())
+    deps, runtime_sha256 = wheelhouse_hashes(wheelhouse)
     local = {f"wheels/deps/{name}": str(wheelhouse.deps_dir / name) for name in deps}
     manifest = {f"wheels/deps/{name}": digest for name, digest in deps.items()}
     runtime_name = f"wheels/runtime/{wheelhouse.runtime_wheel.name}"
     local[runtime_name] = str(wheelhouse.runtime_wheel)
-    manifest[runtime_name] = sha256_file(wheelhouse.runtime_wheel)
+    manifest[runtime_name] = runtime_sha256
     return local, manifest
 
 
@@ -117,6 +118,7 @@ def container_args(settings: Mapping, image: str, config_path: str, models_dir: 
         "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "SETUID", "--cap-add", "SETGID",
         "--security-opt", "no-new-privileges", "--shm-size", settings["runtime_container_shm_size"],
         "--ulimit", f"memlock={settings['runtime_container_memlock']}", "--ulimit", "stack=67108864:67108864",
+        "--ulimit", "core=0:0",  # no core dump of the keys or the decrypted weights
         "--volume", f"{config_path}:{config_path}:ro", "--volume", f"{models_dir}:{models_dir}:ro",
         "--volume", f"{keys_dir}:{keys_dir}:ro", "--volume", f"{state_dir}:{state_dir}",
     ]

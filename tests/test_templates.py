@@ -78,7 +78,7 @@ def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
     assert str(config.tls.key) == "/etc/df/tls/server.key"
     assert str(config.api_keys_file) == "/etc/df/api_keys.json"
     assert (config.limits.max_tokens, config.limits.default_rpm) == (77, 5)
-    assert str(config.audit.dir) == "/var/lib/deepfleet/audit" and config.audit.checkpoint_key is None
+    assert str(config.audit.dir) == "/var/lib/deepfleet-gateway/audit" and config.audit.checkpoint_key is None
     assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9464)
 
 
@@ -99,6 +99,13 @@ def test_a_malformed_upstream_setting_names_the_fix():
         gateway_yaml_context({**DEFAULTS, "gateway_upstreams": ["10.0.0.12"]}, "gpu1")
 
 
+def test_the_ray_unit_writes_no_core_and_no_swap_either():
+    unit = _unit(_render("systemd/deepfleet-ray.service.j2", role="head", model_name="m", service_user="svc",
+                         service_group="svc", node_ip="10.0.0.1", network_interface="", exec_start="/bin/true",
+                         ray="/srv/ray", state_dir="/var/lib/df"))["Service"]
+    assert (unit["LimitCORE"], unit["MemorySwapMax"]) == ("0", "0")
+
+
 def test_units_run_the_runtime_as_the_service_user_with_hardening():
     settings = {**DEFAULTS, "deepfleet_user": "svc", "deepfleet_home": "/srv/df"}
     for name, command in (("deepfleet-runtime", "serve"), ("deepfleet-gateway", "gateway")):
@@ -110,12 +117,15 @@ def test_units_run_the_runtime_as_the_service_user_with_hardening():
         assert service["NoNewPrivileges"] == "yes"
         assert service["ProtectSystem"] == "strict"
         assert unit["Install"]["WantedBy"] == "multi-user.target"
+        # keys, weights and prompts reach neither a core dump nor swap (docs/model-format.md)
+        assert (service["LimitCORE"], service["MemorySwapMax"]) == ("0", "0"), name
 
 
 def test_certificate_names_cover_the_host_its_address_and_extra_names():
     settings = {**DEFAULTS, "gateway_server_names": ["llm.hospital.internal"], "ssh_hostname": "10.1.2.3"}
-    assert server_names(settings, "gpu1") == sorted(
-        ["gpu1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
+    assert server_names(settings, "gw1", faces_clients=True) == sorted(
+        ["gw1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
+    assert server_names(settings, "gpu1", faces_clients=False) == sorted(["gpu1", "10.1.2.3", "localhost", "127.0.0.1"])
 
 
 def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
@@ -125,9 +135,8 @@ def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
                           "runtime.yaml")
     assert (unit["RuntimeDirectory"], unit["RuntimeDirectoryMode"]) == ("deepfleet-runtime", "0700")
     assert str(config.model.keys_dir) == "/run/deepfleet-runtime/keys"
-    assert unit["ExecStartPre"] == (
-        "+/bin/sh -c 'install -d -o svc -g svcg -m 0700 /run/deepfleet-runtime/keys && "
-        "install -o svc -g svcg -m 0400 /etc/df/keys/* /run/deepfleet-runtime/keys/'")
+    assert unit["ExecStartPre"] == ("+/opt/deepfleet/venv/bin/deepfleet-runtime model unseal-keys --keys-dir "
+                                    "/etc/df/keys --to /run/deepfleet-runtime/keys --user svc")
 
 
 def test_runtime_yaml_passes_vllm_extra_args_llamacpp_batch_and_cpu_kv_budget():

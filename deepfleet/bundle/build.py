@@ -29,7 +29,7 @@ from deepfleet_runtime.modelstore.release import MANIFEST_FILE as MODEL_MANIFEST
 from ..modelkeys import load_model_keys
 from ..modelpack import ensure_release
 from . import debs, images, wheels
-from .lock import LOCK_FILE, LockError, check_covers, created_at, load_lock, lock_text, new_lock
+from .lock import LOCK_FILE, LockError, check_covers, created_at, expires_at, load_lock, lock_text, new_lock
 from .manifest import BundleError, write_manifest
 from .signing import PUBLIC_KEY_FILE, ensure_signer
 from .spec import BundleSpec
@@ -56,6 +56,7 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
     lock = new_lock()
     if pinned:
         lock["created"] = pinned["created"]
+        lock["valid_days"] = pinned.get("valid_days", lock["valid_days"])
     out.parent.mkdir(parents=True, exist_ok=True)
     signer = ensure_signer(signer_dir, log)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -65,7 +66,7 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
             entry = (pinned or {}).get("os", {}).get(target.key)
             resolved = entry["debs"] if entry else debs.resolve_closure(target, log)
             fetched = debs.fetch_debs(resolved, cache / "bundle-debs" / target.key, log)
-            debs.write_apt_repo(scratch / "apt" / target.key, fetched, signer, when, copy_file)
+            debs.write_apt_repo(scratch / "apt" / target.key, fetched, signer, when, copy_file, expires_at(lock))
             lock["os"][target.key] = {"packages": sorted(target.packages), "resolver_image": target.resolver_image,
                                       "debs": resolved}
         for target in spec.wheels:
@@ -83,7 +84,7 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
                                                       (pinned or {}).get("models", {}).get(model.name), log)
         (scratch / LOCK_FILE).write_text(lock_text(lock))
         copy_file(signer.public_key_path, scratch / PUBLIC_KEY_FILE)
-        manifest = write_manifest(scratch, lock["created"], signer, when, log)
+        manifest = write_manifest(scratch, lock["created"], signer, when, log, expires_at(lock))
         check_against_lock(scratch, manifest["files"], lock)
         os.chmod(scratch, 0o755)
         os.rename(scratch, out)

@@ -25,6 +25,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from ..digests import sha256_file
+from ..pgpkeys import PinError, check_pinned
 from ..progress import byte_progress
 from .signing import BundleSigner
 from .spec import OsTarget
@@ -81,7 +82,11 @@ def _stage_sources(target: OsTarget, scratch: Path) -> None:
         if source.key_url:
             try:
                 with urllib.request.urlopen(source.key_url, timeout=30) as response:
-                    (scratch / "keyrings" / f"deepfleet-{source.name}.asc").write_bytes(response.read())
+                    key = response.read()
+                check_pinned(key, source.key_fingerprints, source.key_url)
+                (scratch / "keyrings" / f"deepfleet-{source.name}.asc").write_bytes(key)
+            except PinError as exc:
+                raise PackageError(f"{target.key}: {exc}") from None
             except (urllib.error.URLError, OSError) as exc:
                 raise PackageError(f"{target.key}: cannot fetch the signing key of the {source.title} from "
                                    f"{source.key_url} ({exc}); build the bundle on a machine that reaches it, "
@@ -167,10 +172,11 @@ def _download(deb: dict, cache: Path, advance) -> Path:
     return partial.rename(cache / deb["file"])
 
 
-def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock_time, link) -> None:
+def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock_time, link, valid_until) -> None:
     """A flat apt repository in `repo`: pool/*.deb, Packages(.gz), Release signed as InRelease and Release.gpg.
 
-    Every byte follows from the .debs and the lock's time, so the same lock gives the same repository.
+    Every byte follows from the .debs and the lock's times, so the same lock gives the same repository.
+    Release carries `Valid-Until`: apt refuses the repository after it (no replay of an old one).
     """
     pool = repo / "pool"
     pool.mkdir(parents=True)
@@ -185,7 +191,7 @@ def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock
     (repo / "Packages").write_text(scan.stdout)
     (repo / "Packages.gz").write_bytes(gzip.compress(scan.stdout.encode(), mtime=0))
     lines = ["Origin: deepfleet", "Label: deepfleet bundle", f"Date: {format_datetime(lock_time, usegmt=True)}",
-             "SHA256:"]
+             f"Valid-Until: {format_datetime(valid_until, usegmt=True)}", "SHA256:"]
     for name in ("Packages", "Packages.gz"):
         data = (repo / name).read_bytes()
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")

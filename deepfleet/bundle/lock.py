@@ -22,6 +22,7 @@ from .spec import BundleSpec
 
 FORMAT = "deepfleet-bundle-lock/1"
 LOCK_FILE = "lock.json"
+VALID_DAYS = 365  # a bundle (and its apt repositories) is refused this long after it was built
 
 
 class LockError(ValueError):
@@ -30,12 +31,18 @@ class LockError(ValueError):
 
 def new_lock() -> dict:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    return {"format": FORMAT, "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "os": {}, "wheelhouses": {},
-            "images": {}, "models": {}}
+    return {"format": FORMAT, "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "valid_days": VALID_DAYS, "os": {},
+            "wheelhouses": {}, "images": {}, "models": {}}
 
 
 def created_at(lock: dict) -> datetime.datetime:
     return datetime.datetime.strptime(lock["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+
+
+def expires_at(lock: dict) -> datetime.datetime:
+    """When the bundle built from `lock` stops being accepted (its signed manifest's `expires` and
+    its apt repositories' Valid-Until): `valid_days` after it was created."""
+    return created_at(lock) + datetime.timedelta(days=lock.get("valid_days", VALID_DAYS))
 
 
 def load_lock(path: Path) -> dict:

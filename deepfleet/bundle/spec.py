@@ -17,6 +17,7 @@ class AptSource:
     title: str
     key_url: str  # "" when `keyring` ships with the OS
     apt_list: str  # the sources.list.d content, signed-by already in it
+    key_fingerprints: tuple[str, ...] = ()  # the key is refused without one of these (deepfleet.pgpkeys)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class TlsSection:
     cert: Path
     key: Path
     client_ca: Path | None = None  # only clients with a certificate from this CA (the gateways)
+    # With client_ca: the certificate common names admitted (the fleet's gateways and this host's own
+    # readiness check); any other certificate of the CA gets 403. Empty: any certificate of the CA.
+    allowed_clients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ def test_container_limits_and_hardening():
     assert pairs["--restart"] == "unless-stopped" and pairs["--network"] == "host"
     assert pairs["--shm-size"] == "16g" and pairs["--cap-drop"] == "ALL"
     assert "--read-only" in args and ["--ulimit", "memlock=-1:-1"] == args[args.index("memlock=-1:-1") - 1:][:2]
+    assert ["--ulimit", "core=0:0"] == args[args.index("core=0:0") - 1:][:2]  # no core dump of keys or weights
     assert "/opt/m:/opt/m:ro" in args and args[-4:] == ["/etc/deepfleet/keys", "serve", "--config",
                                                         "/etc/deepfleet/runtime.yaml"]
 

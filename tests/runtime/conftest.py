@@ -63,8 +63,8 @@ class Store:
     def release(self) -> Path:
         return self.root / "release"
 
-    def write(self, source: Path, out: Path) -> None:
-        write_release(source, out, "tiny", self.kek, self.signing, "none", chunk_size=CHUNK)
+    def write(self, source: Path, out: Path, sequence: int = 0) -> None:
+        write_release(source, out, "tiny", self.kek, self.signing, "none", chunk_size=CHUNK, sequence=sequence)
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,10 @@ def run(args) -> int:
     from ..gateway.app import Gateway
     from ..gateway.audit import AuditError
     from ..gateway.config import load_gateway_config
+    from ..privatememory import keep_memory_private
     from ..serving import SideServer, build_server, serve_with_side_servers, tcp_listener, unix_listener
 
+    keep_memory_private()  # prompts, completions and the audit signing key never reach a core dump
     config = load_gateway_config(args.config)
     try:
         gateway = Gateway(config)

@@ -26,9 +26,11 @@ def run(args) -> int:
     from ..engines import build_engine
     from ..engines.base import EngineConfigError
     from ..metrics import gpu_capability
+    from ..privatememory import keep_memory_private
     from ..server import create_app
     from ..serving import serve
 
+    keep_memory_private()  # the model keys and decrypted weights never reach a core dump
     config = load_runtime_config(args.config)
     # Read by torch when it first touches CUDA: set before any engine imports torch.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", config.memory.pytorch_cuda_alloc_conf)
@@ -41,7 +43,8 @@ def run(args) -> int:
         tls = config.tls
         serve(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser,
                          labels=serving_labels(config)), config.server.host, config.server.port,
-              tls.cert if tls else None, tls.key if tls else None, tls.client_ca if tls else None)
+              tls.cert if tls else None, tls.key if tls else None, tls.client_ca if tls else None,
+              tls.allowed_clients if tls else ())
     finally:
         engine.close()
     return 0

@@ -47,7 +47,7 @@ class Gateway:
         )
         routes.router.redirect_slashes = False  # exactly the allowlisted paths; "/v1/models/" is 404
         self.app = _FastPath(endpoint, routes)
-        self.admin_app = create_admin_app(self.pool)
+        self.admin_app = create_admin_app(self.pool, self.audit, config.audit.content)
         self.metrics_app = Starlette(routes=[Route("/metrics", self._metrics)])
 
     @contextlib.asynccontextmanager

@@ -246,3 +246,17 @@ def test_replica_on_another_host_is_reached_with_mutual_tls(tmp_path, gateway_pk
         with running_gateway(site), site.openai() as client:
             answer = client.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=4)
         assert answer.choices[0].message.content
+
+
+def test_a_probes_completion_is_audited_like_any_other(two_replicas):
+    """A probe sends a prompt to a replica and gets an answer back around every API key: whoever
+    can reach the admin socket must not be able to use the model unrecorded."""
+    code, answer = _admin(two_replicas, "probe", "r1", "--model", "tiny", "--prompt", "probe me", "--max-tokens", "3")
+    assert code == 0
+    records = [json.loads(line) for path in sorted(two_replicas.audit_dir.glob("audit-*.jsonl"))
+               for line in path.read_text().splitlines()]
+    probes = [r for r in records if r.get("type") == "probe"]
+    assert probes and probes[-1]["replica"] == "r1" and probes[-1]["model"] == "tiny"
+    assert probes[-1]["prompt"] == [{"role": "user", "content": "probe me"}]
+    assert probes[-1]["completion"] == answer["content"] and probes[-1]["status"] == 200
+    assert probes[-1]["completion_tokens"] == 3 and probes[-1]["client"] == "admin socket"
