@@ -28,6 +28,7 @@ from .skip import skip_role
 
 NOUVEAU_BLACKLIST = "# Written by deepfleet (roles/nvidia_driver.py)\nblacklist nouveau\noptions nouveau modeset=0\n"
 REBUILD_INITRAMFS = {"debian": "update-initramfs -u", "rhel": "dracut --force"}
+APT_PIN = "/etc/apt/preferences.d/deepfleet-nvidia-driver"
 # Debian ships one driver branch per release in non-free.
 DEBIAN_DRIVER_BRANCH = {"12": "535"}
 
@@ -36,9 +37,10 @@ DEBIAN_DRIVER_BRANCH = {"12": "535"}
 class DriverPackages:
     """Where this host's driver comes from and what to install."""
 
-    repo: PackageRepo | None  # a repository to add first (None: the OS's configured ones)
+    repos: list[PackageRepo]  # repositories to add first ([]: the OS's configured ones)
     packages: list[str]  # kernel headers and driver packages
     dnf_module: str | None = None  # RHEL family: the nvidia-driver module stream to install
+    apt_pin: str | None = None  # apt: an /etc/apt/preferences.d file that holds the driver to its branch
 
 
 def driver_packages(os: HostOS, kernel: str, settings) -> DriverPackages:
@@ -52,27 +54,46 @@ def driver_packages(os: HostOS, kernel: str, settings) -> DriverPackages:
         if source == "distro":
             raise RoleError(f"{os.label} ships no NVIDIA driver; set nvidia_driver_source to 'cuda_repo'")
         headers = ["kernel-devel-matched", "kernel-headers"] + (["epel-release"] if os.id != "rhel" else [])
-        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"]), headers,
+        return DriverPackages([cuda_repo(os, settings["cuda_repo_base_url"])], headers,
                               f"nvidia-driver:{branch}-{'open' if open_modules else 'dkms'}")
     headers = [f"linux-headers-{kernel}"]
+    mirror = settings["nvidia_driver_debian_mirror_url"].rstrip("/")
     if source == "cuda_repo":
         kernel_modules = {"ubuntu": f"nvidia-driver-{branch}-open", "debian": "nvidia-kernel-open-dkms"}
         driver = ([kernel_modules[os.id]] if open_modules else []) + [f"cuda-drivers-{branch}"]
-        return DriverPackages(cuda_repo(os, settings["cuda_repo_base_url"]), headers + driver)
+        repos = [cuda_repo(os, settings["cuda_repo_base_url"])]
+        if os.id == "debian":  # NVIDIA's Debian instructions enable contrib (the driver's dependencies live there)
+            repos.insert(0, debian_components(os, mirror, ("contrib",)))
+        return DriverPackages(repos, headers + driver, apt_pin=apt_branch_pin(branch))
     if os.id == "ubuntu":
         flavour = "-open" if open_modules else ""
-        return DriverPackages(None, headers + [f"nvidia-headless-{branch}-server{flavour}",
-                                               f"nvidia-utils-{branch}-server"])
+        return DriverPackages([], headers + [f"nvidia-headless-{branch}-server{flavour}",
+                                             f"nvidia-utils-{branch}-server"])
     packaged = DEBIAN_DRIVER_BRANCH[os.major]
     if branch != packaged:
         raise RoleError(f"Debian {os.major}'s non-free driver is branch {packaged}, not {branch}: set "
                         f"nvidia_driver_branch to {packaged}, or nvidia_driver_source to 'cuda_repo'")
-    mirror = settings["nvidia_driver_debian_mirror_url"].rstrip("/")
-    nonfree = PackageRepo(name="debian-non-free", title="Debian non-free (NVIDIA driver)",
-                          key_url="", apt_source=f"{mirror} {os.codename} non-free non-free-firmware",
-                          keyring="/usr/share/keyrings/debian-archive-keyring.gpg")
+    # nvidia-driver is in non-free, the open module and nvidia-persistenced in contrib, GSP firmware in
+    # non-free-firmware (Debian's NvidiaGraphicsDrivers instructions enable all three).
+    nonfree = debian_components(os, mirror, ("contrib", "non-free", "non-free-firmware"))
     modules = ["nvidia-open-kernel-dkms"] if open_modules else []
-    return DriverPackages(nonfree, headers + modules + ["nvidia-driver", "nvidia-smi", "firmware-misc-nonfree"])
+    return DriverPackages([nonfree], headers + modules + ["nvidia-driver", "nvidia-smi", "firmware-misc-nonfree"])
+
+
+def debian_components(os: HostOS, mirror: str, components: tuple[str, ...]) -> PackageRepo:
+    """Debian's own archive with `components`: added to the host's entry for `mirror` where it has one."""
+    return PackageRepo(name="debian-nvidia", title=f"Debian {' '.join(components)} (NVIDIA driver)",
+                       key_url="", apt_source=f"{mirror} {os.codename} {' '.join(components)}",
+                       keyring="/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+def apt_branch_pin(branch: str) -> str:
+    """An apt preferences file that keeps NVIDIA's driver packages on `branch` (NVIDIA's driver
+    installation guide, "Version locking", APT): without it the CUDA repository's newest branch wins."""
+    return (f"# Written by deepfleet (roles/nvidia_driver.py): the NVIDIA driver stays on branch {branch}.\n"
+            "Package: src:*nvidia*:any src:cuda-drivers:any src:cuda-compat:any\n"
+            f"Pin: version {branch}.*\n"
+            "Pin-Priority: 1000\n")
 
 
 def module_needs_reboot() -> bool:
@@ -124,7 +145,11 @@ def nvidia_driver():
     os = host_os()
     settings = {key: data.get(key) for key in DEFAULTS}
     plan = driver_packages(os, host.get_fact(KernelVersion), settings)
-    repo_changes = add_repo(plan.repo, os) if plan.repo else []
+    repo_changes = [change for repo in plan.repos for change in add_repo(repo, os)]
+    if plan.apt_pin:
+        repo_changes.append(files.put(name=f"Hold the NVIDIA driver to branch {data.nvidia_driver_branch} (apt pin)",
+                                      src=io.StringIO(plan.apt_pin), dest=APT_PIN, user="root", group="root",
+                                      mode="0644"))
     gpus = ", ".join(sorted({device["model"] for device in nvidia_devices()}))
     install_packages(f"NVIDIA driver {data.nvidia_driver_branch} for {gpus}", plan.packages, os, repo_changes,
                      no_recommends=False)

@@ -20,6 +20,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, dnf, files, server
 
+from .aptsources import AptSources, source_plan
 from .hostos import HostOS
 
 APT_KEYRINGS = "/etc/apt/keyrings"
@@ -38,6 +39,9 @@ class PackageRepo:
     dnf_baseurl: str = ""
     dnf_options: dict[str, str] = field(default_factory=lambda: {"gpgcheck": "1"})
     keyring: str = ""  # apt: a keyring the OS already ships (e.g. debian-archive-keyring.gpg)
+
+    def apt_path(self) -> str:
+        return f"/etc/apt/sources.list.d/deepfleet-{self.name}.list"
 
     def keyring_path(self) -> str:
         return self.keyring or f"{APT_KEYRINGS}/deepfleet-{self.name}.asc"
@@ -79,21 +83,34 @@ def download_once(url: str, dest: str, mode: str = "0644"):
 
 
 def add_repo(repo: PackageRepo, os: HostOS) -> list[OperationMeta]:
-    """Configure `repo` on the host; returns the operations whose change means "refresh the lists"."""
+    """Configure `repo` on the host; returns the operations whose change means "refresh the lists".
+
+    apt: when another sources file already lists the repository's URI and suite (the OS's stock
+    sources, cuda-keyring's, NVIDIA's or Docker's own list), that entry is reused, with missing
+    components added in place, and no second entry is written: two entries with different
+    Signed-By values make `apt-get update` fail for the whole host (roles/aptsources.py).
+    """
     if host.data.get("bundle_dir"):  # air-gapped: the bundle's repository holds every package (roles/bundle.py)
         return []
-    if os.family == "debian":
-        changes = []
-        if not repo.keyring:
-            changes.append(download_once(name=f"{repo.title}: signing key", url=repo.key_url,
-                                         dest=repo.keyring_path()))
-        changes.append(files.put(name=f"{repo.title}: apt source", src=io.StringIO(repo.apt_list(os)),
-                                 dest=f"/etc/apt/sources.list.d/deepfleet-{repo.name}.list", user="root",
-                                 group="root", mode="0644"))
+    if os.family != "debian":
+        return [files.put(name=f"{repo.title}: dnf repository", src=io.StringIO(repo.dnf_repo()),
+                          dest=f"/etc/yum.repos.d/deepfleet-{repo.name}.repo", user="root", group="root",
+                          mode="0644")]
+    uri, suite, *components = repo.apt_source.split()
+    decision = source_plan(host.get_fact(AptSources), repo.apt_path(), uri, suite, tuple(components))
+    if decision.reuse:
+        changes = [files.put(name=f"{repo.title}: {' '.join(components)} added to {path}", src=io.StringIO(text),
+                             dest=path, user="root", group="root", mode="0644")
+                   for path, text in decision.rewritten.items()]
+        changes.append(files.file(name=f"{repo.title}: the host's own entry in {decision.reuse.path} is used",
+                                  path=repo.apt_path(), present=False))
         return changes
-    return [files.put(name=f"{repo.title}: dnf repository", src=io.StringIO(repo.dnf_repo()),
-                      dest=f"/etc/yum.repos.d/deepfleet-{repo.name}.repo", user="root", group="root",
-                      mode="0644")]
+    changes = []
+    if not repo.keyring:
+        changes.append(download_once(name=f"{repo.title}: signing key", url=repo.key_url, dest=repo.keyring_path()))
+    changes.append(files.put(name=f"{repo.title}: apt source", src=io.StringIO(repo.apt_list(os)),
+                             dest=repo.apt_path(), user="root", group="root", mode="0644"))
+    return changes
 
 
 def pinned(name: str, version: str, os: HostOS) -> str:

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from roles.common import RoleError
-from roles.nvidia_driver import NOUVEAU_BLACKLIST, module_needs_reboot, nvidia_driver
+from roles.nvidia_driver import APT_PIN, NOUVEAU_BLACKLIST, module_needs_reboot, nvidia_driver
 
 from .factplan import changed, expect_plan, find, load_case, plan, with_facts
 
@@ -44,13 +44,13 @@ def test_proprietary_modules_leave_out_the_open_flavour(case, package):
     assert ("nvidia-driver:570-dkms" in proprietary) == case.startswith("rocky")
 
 
-def test_debian_distro_driver_comes_from_non_free_signed_by_the_debian_keyring():
+def test_debian_distro_driver_extends_the_hosts_debian_entry_with_contrib_non_free_and_firmware():
     ops = plan(with_facts(load_case("debian12-nogpu"), **ONE_GPU), nvidia_driver,
                data={"nvidia_driver_source": "distro", "nvidia_driver_branch": "535",
                      "nvidia_driver_open_kernel_modules": False})
-    source = find(ops, "apt source").uploads()["/etc/apt/sources.list.d/deepfleet-debian-non-free.list"]
-    assert ("deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-            "http://deb.debian.org/debian bookworm non-free non-free-firmware\n") in source
+    edit = find(ops, "added to /etc/apt/sources.list")
+    assert edit.uploads()["/etc/apt/sources.list"] == (
+        "deb http://deb.debian.org/debian bookworm main contrib non-free non-free-firmware\n")
     assert not [op for op in ops if op.name.endswith("signing key")]
     install = find(ops, ": packages").shell()[-1]
     assert install.endswith("install linux-headers-6.1.0-25-amd64 nvidia-driver nvidia-smi firmware-misc-nonfree")
@@ -103,8 +103,9 @@ def test_converged_host_plans_no_changes():
                                           "cuda-drivers-570")}
     ops = plan(load_case("ubuntu2204-2xa100"), nvidia_driver)
     source = find(ops, "apt source").uploads()["/etc/apt/sources.list.d/deepfleet-cuda.list"]
+    pin = find(ops, "apt pin").uploads()[APT_PIN]
     sha1 = {f"path={path}": hashlib.sha1(text.encode()).hexdigest() for path, text in (
-        ("/etc/apt/sources.list.d/deepfleet-cuda.list", source),
+        ("/etc/apt/sources.list.d/deepfleet-cuda.list", source), (APT_PIN, pin),
         ("/etc/modprobe.d/deepfleet-blacklist-nouveau.conf", NOUVEAU_BLACKLIST))}
     present = {"user": "root", "group": "root", "mode": 644, "size": 1}
     facts = with_facts(load_case("ubuntu2204-2xa100"), **{
