@@ -135,6 +135,15 @@ def dnf_module_install(module: str, package: str, version_prefix: str):
     yield StringCommand("dnf", "-y", "module", "install", module)
 
 
+def driver_sources(plan: DriverPackages, os: HostOS, branch: str) -> list:
+    """The repositories (and the apt branch pin) of `plan`; the operations whose change means "refresh"."""
+    changes = [change for repo in plan.repos for change in add_repo(repo, os)]
+    if plan.apt_pin:
+        changes.append(files.put(name=f"Hold the NVIDIA driver to branch {branch} (apt pin)",
+                                 src=io.StringIO(plan.apt_pin), dest=APT_PIN, user="root", group="root", mode="0644"))
+    return changes
+
+
 @deploy("NVIDIA driver", data_defaults=DEFAULTS)
 def nvidia_driver():
     """Install and load the pinned driver branch; skipped (with a message) on hosts without an NVIDIA GPU."""
@@ -145,11 +154,7 @@ def nvidia_driver():
     os = host_os()
     settings = {key: data.get(key) for key in DEFAULTS}
     plan = driver_packages(os, host.get_fact(KernelVersion), settings)
-    repo_changes = [change for repo in plan.repos for change in add_repo(repo, os)]
-    if plan.apt_pin:
-        repo_changes.append(files.put(name=f"Hold the NVIDIA driver to branch {data.nvidia_driver_branch} (apt pin)",
-                                      src=io.StringIO(plan.apt_pin), dest=APT_PIN, user="root", group="root",
-                                      mode="0644"))
+    repo_changes = driver_sources(plan, os, str(data.nvidia_driver_branch))
     gpus = ", ".join(sorted({device["model"] for device in nvidia_devices()}))
     install_packages(f"NVIDIA driver {data.nvidia_driver_branch} for {gpus}", plan.packages, os, repo_changes,
                      no_recommends=False)
