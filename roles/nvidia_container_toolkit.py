@@ -52,7 +52,13 @@ def register_docker_runtime(daemon_json: str, default_runtime: bool):
     """
     config = host.get_fact(JsonFile, path=daemon_json) or {}
     declared = "nvidia" in (config.get("runtimes") or {})
-    if declared and (config.get("default-runtime") == "nvidia") == bool(default_runtime):
+    is_default = config.get("default-runtime") == "nvidia"
+    if declared and is_default and not default_runtime:
+        # nvidia-ctk adds a default runtime but never removes one: running it would change nothing.
+        host.noop(f"{daemon_json} declares the nvidia runtime; its default-runtime nvidia was set outside "
+                  "deepfleet and is left as is (remove it from daemon.json by hand if containers should not get it)")
+        return
+    if declared and is_default == bool(default_runtime):
         host.noop(f"{daemon_json} declares the nvidia runtime")
         return
     yield StringCommand("nvidia-ctk", "runtime", "configure", "--runtime=docker", f"--config={daemon_json}",

@@ -18,7 +18,8 @@ from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, dnf, files, server
+from pyinfra.facts.rpm import RpmPackages
+from pyinfra.operations import apt, files, server
 
 from .aptsources import AptSources, source_plan
 from .hostos import HostOS
@@ -114,12 +115,27 @@ def add_repo(repo: PackageRepo, os: HostOS) -> list[OperationMeta]:
 
 
 def pinned(name: str, version: str, os: HostOS) -> str:
-    """A package pinned to `version` the way the host's package manager writes it."""
-    return f"{name}={version}" if os.family == "debian" else f"{name}-{version}"
+    """A package pinned to `version`, written `name=version` for every package manager
+    (`install_packages` turns it into dnf's `name-version`; pyinfra's dnf facts never match that)."""
+    return f"{name}={version}"
+
+
+@operation()
+def dnf_install(packages: list[str]):
+    """
+    `dnf install -y` the packages not installed at their pinned version.
+
+    + packages: `name` or `name=version-release` entries (as `pinned` writes them)
+    """
+    missing = missing_packages(packages, host.get_fact(RpmPackages) or {})
+    if not missing:
+        host.noop(f"installed: {', '.join(packages)}")
+        return
+    yield StringCommand("dnf", "install", "-y", *(package.replace("=", "-", 1) for package in missing))
 
 
 def missing_packages(packages: list[str], installed: dict) -> list[str]:
-    """The apt `name[=version]` entries not installed (at that version)."""
+    """The `name[=version]` entries not installed (at that version; rpm versions are version-release)."""
     missing = []
     for package in packages:
         name, _, version = package.partition("=")
@@ -144,4 +160,4 @@ def install_packages(title: str, packages: list[str], os: HostOS,
         server.shell(name=f"{title}: refresh apt lists (after a repository change, or for missing packages)",
                      commands=["apt-get update -qq"], _if=refresh_needed)
         return apt.packages(name=f"{title}: packages", packages=packages, no_recommends=no_recommends)
-    return dnf.packages(name=f"{title}: packages", packages=packages)
+    return dnf_install(name=f"{title}: packages", packages=packages)
