@@ -10,6 +10,7 @@ changed; the module loaded, and the host rebooted only when the new module canno
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 from pyinfra import host
@@ -21,7 +22,8 @@ from pyinfra.operations import files, server, systemd
 from .common import RoleError
 from .cuda import cuda_repo
 from .defaults import DEFAULTS
-from .gpu_facts import NvidiaModuleState, has_nvidia_gpu, nvidia_devices
+from .facts import DnfEnabledRepos
+from .gpu_facts import NvidiaModuleState, has_nvidia_gpu, nvidia_devices, nvswitches
 from .hostos import HostOS, host_os
 from .packages import PackageRepo, add_repo, install_packages
 from .skip import skip_role
@@ -43,8 +45,9 @@ class DriverPackages:
     apt_pin: str | None = None  # apt: an /etc/apt/preferences.d file that holds the driver to its branch
 
 
-def driver_packages(os: HostOS, kernel: str, settings) -> DriverPackages:
-    """The repository and packages of the pinned driver for this OS (the one OS dispatch of this role)."""
+def driver_packages(os: HostOS, kernel: str, settings, nvswitch: bool = False) -> DriverPackages:
+    """The repository and packages of the pinned driver for this OS (the one OS dispatch of this role).
+    `nvswitch`: the board has NVSwitches, so Fabric Manager of the same branch comes too."""
     branch = str(settings["nvidia_driver_branch"])
     open_modules = settings["nvidia_driver_open_kernel_modules"]
     source = settings["nvidia_driver_source"]
@@ -53,14 +56,19 @@ def driver_packages(os: HostOS, kernel: str, settings) -> DriverPackages:
     if os.family == "rhel":
         if source == "distro":
             raise RoleError(f"{os.label} ships no NVIDIA driver; set nvidia_driver_source to 'cuda_repo'")
-        headers = ["kernel-devel-matched", "kernel-headers"] + (["epel-release"] if os.id != "rhel" else [])
+        # Headers of the running kernel (NVIDIA's role: kernel-*-{{ansible_kernel}}): kernel-devel-matched
+        # would pull the newest kernel and DKMS would build for a kernel that is not running.
+        running = re.sub(r"\.(x86_64|aarch64)$", "", kernel)
+        headers = [f"kernel-devel={running}", f"kernel-headers={running}"] + (["epel-release"] if os.id != "rhel" else [])
+        stream = f"nvidia-driver:{branch}-{'open' if open_modules else 'dkms'}"
         return DriverPackages([cuda_repo(os, settings["cuda_repo_base_url"])], headers,
-                              f"nvidia-driver:{branch}-{'open' if open_modules else 'dkms'}")
+                              stream + ("/fm" if nvswitch else ""))  # the fm profile adds Fabric Manager
     headers = [f"linux-headers-{kernel}"]
     mirror = settings["nvidia_driver_debian_mirror_url"].rstrip("/")
     if source == "cuda_repo":
         kernel_modules = {"ubuntu": f"nvidia-driver-{branch}-open", "debian": "nvidia-kernel-open-dkms"}
         driver = ([kernel_modules[os.id]] if open_modules else []) + [f"cuda-drivers-{branch}"]
+        driver += [f"nvidia-fabricmanager-{branch}"] if nvswitch else []
         repos = [cuda_repo(os, settings["cuda_repo_base_url"])]
         if os.id == "debian":  # NVIDIA's Debian instructions enable contrib (the driver's dependencies live there)
             repos.insert(0, debian_components(os, mirror, ("contrib",)))
@@ -68,7 +76,11 @@ def driver_packages(os: HostOS, kernel: str, settings) -> DriverPackages:
     if os.id == "ubuntu":
         flavour = "-open" if open_modules else ""
         return DriverPackages([], headers + [f"nvidia-headless-{branch}-server{flavour}",
-                                             f"nvidia-utils-{branch}-server"])
+                                             f"nvidia-utils-{branch}-server"]
+                              + ([f"nvidia-fabricmanager-{branch}"] if nvswitch else []))
+    if nvswitch:
+        raise RoleError(f"this board has NVSwitches and needs NVIDIA Fabric Manager, which Debian does not ship: "
+                        "set nvidia_driver_source to 'cuda_repo'")
     packaged = DEBIAN_DRIVER_BRANCH[os.major]
     if branch != packaged:
         raise RoleError(f"Debian {os.major}'s non-free driver is branch {packaged}, not {branch}: set "
@@ -120,6 +132,25 @@ def load_nvidia_module():
 
 
 @operation()
+def enable_crb(os_id: str, machine: str):
+    """
+    Enable CodeReady Builder (CRB), which EPEL's DKMS and NVIDIA's driver depend on (NVIDIA's CUDA
+    installation guide, RHEL 9 / Rocky 9), unless it is enabled already.
+
+    + os_id: "rocky"/"almalinux" (dnf config-manager) or "rhel" (subscription-manager)
+    + machine: uname -m
+    """
+    enabled = host.get_fact(DnfEnabledRepos)
+    if any(repo == "crb" or repo.startswith("codeready-builder") for repo in enabled):
+        host.noop("CRB is enabled")
+        return
+    if os_id == "rhel":
+        yield StringCommand("subscription-manager", "repos", "--enable", f"codeready-builder-for-rhel-9-{machine}-rpms")
+        return
+    yield StringCommand("dnf", "config-manager", "--set-enabled", "crb")
+
+
+@operation()
 def dnf_module_install(module: str, package: str, version_prefix: str):
     """
     `dnf module install MODULE` unless `package` is installed at a version starting with `version_prefix`.
@@ -153,8 +184,11 @@ def nvidia_driver():
         return
     os = host_os()
     settings = {key: data.get(key) for key in DEFAULTS}
-    plan = driver_packages(os, host.get_fact(KernelVersion), settings)
+    switches = nvswitches()
+    plan = driver_packages(os, host.get_fact(KernelVersion), settings, nvswitch=bool(switches))
     repo_changes = driver_sources(plan, os, str(data.nvidia_driver_branch))
+    if os.family == "rhel":
+        enable_crb(name="Enable CodeReady Builder (CRB) for EPEL's DKMS", os_id=os.id, machine=os.machine)
     gpus = ", ".join(sorted({device["model"] for device in nvidia_devices()}))
     install_packages(f"NVIDIA driver {data.nvidia_driver_branch} for {gpus}", plan.packages, os, repo_changes,
                      no_recommends=False)
@@ -176,6 +210,9 @@ def nvidia_driver():
                      commands=["echo 'the NVIDIA driver is installed but its module needs a reboot; reboot "
                                "the host or set nvidia_driver_reboot: true' >&2; exit 1"],
                      _if=module_needs_reboot)
+    if switches:  # NVIDIA's Fabric Manager guide: enabled and started after the driver loads
+        systemd.service(name=f"NVIDIA Fabric Manager for {len(switches)} NVSwitches",
+                        service="nvidia-fabricmanager.service", running=True, enabled=True)
     if data.nvidia_driver_persistenced:
         systemd.service(name="nvidia-persistenced", service="nvidia-persistenced.service", running=True,
                         enabled=True)

@@ -123,3 +123,15 @@ def test_converged_host_plans_no_changes():
         "NVIDIA driver | Rebuild the initramfs without nouveau",
         "NVIDIA driver | Reboot to load the new NVIDIA kernel module (only if it could not be loaded)",
     ]  # conditional steps only: their conditions (a change, a module mismatch) are false on this host
+
+
+def test_rocky_installs_headers_of_the_running_kernel_and_enables_crb():
+    # NVIDIA's role installs kernel-devel/kernel-headers-{{ansible_kernel}}; kernel-devel-matched pulls the
+    # newest kernel instead, and DKMS builds for a kernel that is not running.
+    ops = plan(load_case("rocky9-8xh100"), nvidia_driver)
+    install = find(ops, ": packages").shell()[-1]
+    assert "kernel-devel-5.14.0-427.13.1.el9_4 kernel-headers-5.14.0-427.13.1.el9_4 epel-release" in install
+    assert "kernel-devel-matched" not in install
+    assert find(ops, "CodeReady Builder").shell() == ["dnf config-manager --set-enabled crb"]
+    enabled = with_facts(load_case("rocky9-8xh100"), **{"roles.facts.DnfEnabledRepos": ["baseos", "crb"]})
+    assert find(plan(enabled, nvidia_driver), "CodeReady Builder").change == "no"
