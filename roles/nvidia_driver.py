@@ -31,6 +31,10 @@ from .skip import skip_role
 NOUVEAU_BLACKLIST = "# Written by deepfleet (roles/nvidia_driver.py)\nblacklist nouveau\noptions nouveau modeset=0\n"
 REBUILD_INITRAMFS = {"debian": "update-initramfs -u", "rhel": "dracut --force"}
 APT_PIN = "/etc/apt/preferences.d/deepfleet-nvidia-driver"
+# Ubuntu's unit runs --no-persistence-mode; NVIDIA's ansible role overrides ExecStart with this (files/).
+PERSISTENCED_OVERRIDE_PATH = "/etc/systemd/system/nvidia-persistenced.service.d/deepfleet-persistence-mode.conf"
+PERSISTENCED_OVERRIDE = ("# Written by deepfleet (roles/nvidia_driver.py): persistence mode on.\n[Service]\nExecStart=\n"
+                         "ExecStart=/usr/bin/nvidia-persistenced --user root --persistence-mode --verbose\n")
 # Debian ships one driver branch per release in non-free.
 DEBIAN_DRIVER_BRANCH = {"12": "535"}
 
@@ -214,5 +218,11 @@ def nvidia_driver():
         systemd.service(name=f"NVIDIA Fabric Manager for {len(switches)} NVSwitches",
                         service="nvidia-fabricmanager.service", running=True, enabled=True)
     if data.nvidia_driver_persistenced:
+        override = files.put(name="nvidia-persistenced: persistence mode on (unit override)",
+                             src=io.StringIO(PERSISTENCED_OVERRIDE), dest=PERSISTENCED_OVERRIDE_PATH, user="root",
+                             group="root", mode="0644")
+        systemd.daemon_reload(name="Reload systemd units for nvidia-persistenced", _if=override.did_change)
         systemd.service(name="nvidia-persistenced", service="nvidia-persistenced.service", running=True,
                         enabled=True)
+        systemd.service(name="nvidia-persistenced (restarted for persistence mode)",
+                        service="nvidia-persistenced.service", restarted=True, _if=override.did_change)

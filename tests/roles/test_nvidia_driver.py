@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from roles.common import RoleError
-from roles.nvidia_driver import APT_PIN, NOUVEAU_BLACKLIST, module_needs_reboot, nvidia_driver
+from roles.nvidia_driver import (APT_PIN, NOUVEAU_BLACKLIST, PERSISTENCED_OVERRIDE, PERSISTENCED_OVERRIDE_PATH,
+                                 module_needs_reboot, nvidia_driver)
 
 from .factplan import changed, expect_plan, find, load_case, plan, with_facts
 
@@ -106,6 +107,7 @@ def test_converged_host_plans_no_changes():
     pin = find(ops, "apt pin").uploads()[APT_PIN]
     sha1 = {f"path={path}": hashlib.sha1(text.encode()).hexdigest() for path, text in (
         ("/etc/apt/sources.list.d/deepfleet-cuda.list", source), (APT_PIN, pin),
+        (PERSISTENCED_OVERRIDE_PATH, PERSISTENCED_OVERRIDE),
         ("/etc/modprobe.d/deepfleet-blacklist-nouveau.conf", NOUVEAU_BLACKLIST))}
     present = {"user": "root", "group": "root", "mode": 644, "size": 1}
     facts = with_facts(load_case("ubuntu2204-2xa100"), **{
@@ -122,6 +124,8 @@ def test_converged_host_plans_no_changes():
         "missing packages)",
         "NVIDIA driver | Rebuild the initramfs without nouveau",
         "NVIDIA driver | Reboot to load the new NVIDIA kernel module (only if it could not be loaded)",
+        "NVIDIA driver | Reload systemd units for nvidia-persistenced",
+        "NVIDIA driver | nvidia-persistenced (restarted for persistence mode)",
     ]  # conditional steps only: their conditions (a change, a module mismatch) are false on this host
 
 
@@ -135,3 +139,29 @@ def test_rocky_installs_headers_of_the_running_kernel_and_enables_crb():
     assert find(ops, "CodeReady Builder").shell() == ["dnf config-manager --set-enabled crb"]
     enabled = with_facts(load_case("rocky9-8xh100"), **{"roles.facts.DnfEnabledRepos": ["baseos", "crb"]})
     assert find(plan(enabled, nvidia_driver), "CodeReady Builder").change == "no"
+
+
+def test_persistence_mode_is_really_on_with_nvidias_unit_override():
+    # Ubuntu's nvidia-persistenced unit runs --no-persistence-mode; NVIDIA's ansible role (and DeepOps) override
+    # ExecStart with --persistence-mode, then the unit is restarted once.
+    ops = plan(load_case("ubuntu2204-2xa100"), nvidia_driver)
+    override = find(ops, "persistence mode on").uploads()[
+        "/etc/systemd/system/nvidia-persistenced.service.d/deepfleet-persistence-mode.conf"]
+    assert override.endswith(
+        "[Service]\nExecStart=\nExecStart=/usr/bin/nvidia-persistenced --user root --persistence-mode --verbose\n")
+    service = find(ops, "nvidia-persistenced (restarted")
+    assert service.change == "conditional"
+
+
+def test_dev_char_symlinks_keep_containers_gpus_across_daemon_reload():
+    # NVIDIA/nvidia-container-toolkit#48 and the toolkit's troubleshooting guide: with systemd cgroups a
+    # `systemctl daemon-reload` detaches GPUs unless /dev/char links exist; the remedy is this udev rule
+    # in /lib/udev/rules.d/71-nvidia-dev-char.rules plus one `nvidia-ctk system create-dev-char-symlinks --create-all`.
+    from roles.nvidia_container_toolkit import nvidia_container_toolkit
+    ops = plan(load_case("ubuntu2204-2xa100"), nvidia_container_toolkit)
+    rule = find(ops, "udev rule").uploads()["/lib/udev/rules.d/71-nvidia-dev-char.rules"]
+    assert ('ACTION=="add", DEVPATH=="/bus/pci/drivers/nvidia", '
+            'RUN+="/usr/bin/nvidia-ctk system create-dev-char-symlinks --create-all"\n') in rule
+    links = find(ops, "Create the /dev/char links")
+    assert links.shell() == ["nvidia-ctk system create-dev-char-symlinks --create-all"]
+    assert links.change == "conditional"
