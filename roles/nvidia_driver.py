@@ -36,7 +36,7 @@ PERSISTENCED_OVERRIDE_PATH = "/etc/systemd/system/nvidia-persistenced.service.d/
 PERSISTENCED_OVERRIDE = ("# Written by deepfleet (roles/nvidia_driver.py): persistence mode on.\n[Service]\nExecStart=\n"
                          "ExecStart=/usr/bin/nvidia-persistenced --user root --persistence-mode --verbose\n")
 # Debian ships one driver branch per release in non-free.
-DEBIAN_DRIVER_BRANCH = {"12": "535"}
+DEBIAN_DRIVER_BRANCH = {"12": "535", "13": "550"}
 
 
 @dataclass(frozen=True)
