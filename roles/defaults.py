@@ -36,6 +36,8 @@ DEFAULTS = {
     "nvidia_driver_persistenced": True,  # keep GPUs initialised between jobs (nvidia-persistenced)
     "nvidia_driver_reboot": True,  # reboot when a new module cannot be loaded; False: fail and say so
     "nvidia_driver_reboot_timeout_s": 900,
+    "nvidia_driver_allow_reboot_serving": False,  # reboot a host whose gateway/runtime runs, undrained (False:
+    #   refused with a message; `deepfleet rollout` drains hosts first and may reboot them)
     "nvidia_driver_debian_mirror_url": "http://deb.debian.org/debian",  # Debian + distro source: non-free
 
     # --- cuda: the toolkit (NVIDIA's CUDA repository also carries the driver) ----------------------

@@ -4,7 +4,7 @@
                        (no pciutils, no driver needed): [{"slot", "device_id", "model", "memory_gb"}]
     NvidiaSmi          nvidia-smi's view: {"gpus": [{index, name, memory_mib, driver_version,
                        compute_capability, pci_bus_id}], "driver_version", "cuda_version", "error"}
-    NvidiaModuleState  {"loaded": version in /sys/module/nvidia, "installed": modinfo's version}
+    NvidiaModuleState  {"loaded", "installed", "running", "built": {kernel: version}, "default", "driver"}
     GpuContainerTest   `docker run --gpus all IMAGE nvidia-smi -L`: {"exit_code", "gpus", "output"}
     NvidiaNvSwitches   NVSwitch PCI functions (HGX boards), read from sysfs: [slot, ...]
     NvidiaFabric       per GPU, nvidia-smi -q's Fabric state and status: [{"state", "status"}]
@@ -197,15 +197,31 @@ class NvidiaSmi(FactBase):
 
 
 class NvidiaModuleState(FactBase):
-    """{"loaded": version of the running nvidia module or None, "installed": modinfo's or None}."""
+    """The nvidia module as built and loaded: {"loaded": version in /sys/module/nvidia, "installed":
+    modinfo's version for the running kernel, "running": uname -r, "built": {kernel: version} of every
+    kernel with an nvidia module, "default": the kernel the host boots next where grubby says
+    (RHEL family), "driver": the version of DKMS's nvidia source in /usr/src}; unknown values None."""
 
     def command(self) -> str:
         return ('echo "loaded=$(cat /sys/module/nvidia/version 2>/dev/null)"; '
-                'echo "installed=$(/sbin/modinfo -F version nvidia 2>/dev/null)"')
+                'echo "installed=$(/sbin/modinfo -F version nvidia 2>/dev/null)"; '
+                'echo "running=$(uname -r)"; '
+                'for k in /lib/modules/*; do v=$(/sbin/modinfo -k "${k##*/}" -F version nvidia 2>/dev/null) '
+                '&& [ -n "$v" ] && echo "built=${k##*/} $v"; done; '
+                'd=$(grubby --default-kernel 2>/dev/null) && echo "default=${d#/boot/vmlinuz-}"; '
+                'for s in /usr/src/nvidia-[0-9]*; do [ -d "$s" ] && echo "driver=${s##*/nvidia-}"; done; true')
 
     def process(self, output):
-        values = dict(line.split("=", 1) for line in output if "=" in line)
-        return {key: values.get(key) or None for key in ("loaded", "installed")}
+        values, built = {}, {}
+        for line in output:
+            key, _, value = line.partition("=")
+            if key == "built" and value.strip():
+                kernel, _, version = value.partition(" ")
+                built[kernel] = version.strip()
+            elif value.strip():
+                values[key] = value.strip()
+        return {**{key: values.get(key) for key in ("loaded", "installed", "running", "default", "driver")},
+                "built": built}
 
 
 class GpuContainerTest(FactBase):

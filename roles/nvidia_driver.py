@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.api import QuoteString, StringCommand, deploy, operation
 from pyinfra.facts.rpm import RpmPackages
 from pyinfra.facts.server import KernelVersion
 from pyinfra.operations import files, server, systemd
@@ -23,6 +23,8 @@ from .common import RoleError
 from .cuda import cuda_repo
 from .defaults import DEFAULTS
 from .facts import DnfEnabledRepos
+from .driver_reboot import (MOK_FIX, SecureBoot, current_action, hold_packages, reboot_allowed, secure_boot_blocks,
+                            serving)
 from .gpu_facts import NvidiaModuleState, has_nvidia_gpu, nvidia_devices, nvswitches
 from .hostos import HostOS, host_os
 from .packages import PackageRepo, add_repo, install_packages
@@ -47,11 +49,14 @@ class DriverPackages:
     packages: list[str]  # kernel headers and driver packages
     dnf_module: str | None = None  # RHEL family: the nvidia-driver module stream to install
     apt_pin: str | None = None  # apt: an /etc/apt/preferences.d file that holds the driver to its branch
+    dkms: bool = True  # the module is built on the host (False: the OS's signed prebuilt modules)
 
 
-def driver_packages(os: HostOS, kernel: str, settings, nvswitch: bool = False) -> DriverPackages:
+def driver_packages(os: HostOS, kernel: str, settings, nvswitch: bool = False,
+                    secure_boot: bool = False) -> DriverPackages:
     """The repository and packages of the pinned driver for this OS (the one OS dispatch of this role).
-    `nvswitch`: the board has NVSwitches, so Fabric Manager of the same branch comes too."""
+    `nvswitch`: the board has NVSwitches, so Fabric Manager of the same branch comes too.
+    `secure_boot`: on Ubuntu's own driver, Canonical's signed prebuilt modules instead of DKMS."""
     branch = str(settings["nvidia_driver_branch"])
     open_modules = settings["nvidia_driver_open_kernel_modules"]
     source = settings["nvidia_driver_source"]
@@ -79,9 +84,13 @@ def driver_packages(os: HostOS, kernel: str, settings, nvswitch: bool = False) -
         return DriverPackages(repos, headers + driver, apt_pin=apt_branch_pin(branch))
     if os.id == "ubuntu":
         flavour = "-open" if open_modules else ""
+        fabric = [f"nvidia-fabricmanager-{branch}"] if nvswitch else []
+        if secure_boot:  # signed by Canonical: they load under Secure Boot, no DKMS build, no MOK
+            return DriverPackages([], [f"linux-modules-nvidia-{branch}-server{flavour}-{kernel}",
+                                       f"nvidia-headless-no-dkms-{branch}-server{flavour}",
+                                       f"nvidia-utils-{branch}-server"] + fabric, dkms=False)
         return DriverPackages([], headers + [f"nvidia-headless-{branch}-server{flavour}",
-                                             f"nvidia-utils-{branch}-server"]
-                              + ([f"nvidia-fabricmanager-{branch}"] if nvswitch else []))
+                                             f"nvidia-utils-{branch}-server"] + fabric)
     if nvswitch:
         raise RoleError(f"this board has NVSwitches and needs NVIDIA Fabric Manager, which Debian does not ship: "
                         "set nvidia_driver_source to 'cuda_repo'")
@@ -113,9 +122,8 @@ def apt_branch_pin(branch: str) -> str:
 
 
 def module_needs_reboot() -> bool:
-    """True when a driver is installed whose module is not the one running (checked at run time)."""
-    module = host.get_fact(NvidiaModuleState)
-    return bool(module["installed"]) and module["loaded"] != module["installed"]
+    """True when the module that was built can only be loaded by a reboot (checked at run time)."""
+    return current_action() == "reboot"
 
 
 @operation()
@@ -189,7 +197,8 @@ def nvidia_driver():
     os = host_os()
     settings = {key: data.get(key) for key in DEFAULTS}
     switches = nvswitches()
-    plan = driver_packages(os, host.get_fact(KernelVersion), settings, nvswitch=bool(switches))
+    plan = driver_packages(os, host.get_fact(KernelVersion), settings, nvswitch=bool(switches),
+                           secure_boot=host.get_fact(SecureBoot)["enabled"])
     repo_changes = driver_sources(plan, os, str(data.nvidia_driver_branch))
     if os.family == "rhel":
         enable_crb(name="Enable CodeReady Builder (CRB) for EPEL's DKMS", os_id=os.id, machine=os.machine)
@@ -199,6 +208,11 @@ def nvidia_driver():
     if plan.dnf_module:
         dnf_module_install(name=f"NVIDIA driver module {plan.dnf_module}", module=plan.dnf_module,
                            package="nvidia-driver", version_prefix=f"{data.nvidia_driver_branch}.")
+        hold_packages(name="Hold the NVIDIA driver packages (no unattended upgrade moves the module)", packages=[],
+                      dnf_pattern=f"*nvidia*{data.nvidia_driver_branch}*")
+    else:
+        hold_packages(name="Hold the NVIDIA driver packages (no unattended upgrade moves the module)",
+                      packages=[name for name in plan.packages if not name.startswith(("linux-headers-", "kernel-"))])
 
     blacklist = files.put(name="Blacklist nouveau", src=io.StringIO(NOUVEAU_BLACKLIST),
                           dest="/etc/modprobe.d/deepfleet-blacklist-nouveau.conf", user="root", group="root",
@@ -206,7 +220,19 @@ def nvidia_driver():
     server.shell(name="Rebuild the initramfs without nouveau", commands=[REBUILD_INITRAMFS[os.family]],
                  _if=blacklist.did_change)
     load_nvidia_module(name="Load the NVIDIA kernel module")
-    if data.nvidia_driver_reboot:
+    server.shell(name="Stop: no NVIDIA kernel module for this host's kernel (only if the build produced none)",
+                 commands=[StringCommand("echo", QuoteString("the nvidia module was not built for a kernel this host "
+                                                             "runs or boots; see dkms status"), ">&2;", "exit", "1")],
+                 _if=lambda: current_action() == "fail")
+    server.shell(name="Stop: Secure Boot would refuse the unsigned DKMS module (only if its key is not enrolled)",
+                 commands=[f"echo '{MOK_FIX}' >&2; exit 1"], _if=lambda: secure_boot_blocks(plan.dkms))
+    if data.nvidia_driver_reboot and not reboot_allowed(data.nvidia_driver_allow_reboot_serving):
+        server.shell(name="Reboot to load the new NVIDIA kernel module: refused: the host serves traffic "
+                          f"({', '.join(serving())})",
+                     commands=["echo 'the new NVIDIA module needs a reboot and this host serves traffic: run "
+                               "deepfleet rollout (drains it first), or set nvidia_driver_allow_reboot_serving: "
+                               "true' >&2; exit 1"], _if=module_needs_reboot)
+    elif data.nvidia_driver_reboot:
         server.reboot(name="Reboot to load the new NVIDIA kernel module (only if it could not be loaded)",
                       delay=30, reboot_timeout=data.nvidia_driver_reboot_timeout_s, _if=module_needs_reboot)
     else:

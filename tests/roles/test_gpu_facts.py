@@ -66,10 +66,22 @@ def test_nvidia_smi_without_a_loaded_driver_says_why():
 
 
 def test_module_state_loaded_and_installed_versions():
+    unknown = {"running": None, "default": None, "driver": None, "built": {}}
     assert NvidiaModuleState().process(["loaded=570.133.20", "installed=570.133.20"]) == {
-        "loaded": "570.133.20", "installed": "570.133.20"}
+        "loaded": "570.133.20", "installed": "570.133.20", **unknown}
     assert NvidiaModuleState().process(["loaded=", "installed=570.133.20"]) == {
-        "loaded": None, "installed": "570.133.20"}
+        "loaded": None, "installed": "570.133.20", **unknown}
+
+
+def test_module_state_lists_every_kernel_the_module_was_built_for(tmp_path):
+    output = ["loaded=", "installed=", "running=5.14.0-427.13.1.el9_4.x86_64",
+              "built=5.14.0-503.14.1.el9_5.x86_64 570.133.20", "default=5.14.0-503.14.1.el9_5.x86_64",
+              "driver=570.133.20"]
+    state = NvidiaModuleState().process(output)
+    assert state["built"] == {"5.14.0-503.14.1.el9_5.x86_64": "570.133.20"}
+    assert (state["default"], state["driver"]) == ("5.14.0-503.14.1.el9_5.x86_64", "570.133.20")
+    real = subprocess.run(["sh", "-c", NvidiaModuleState().command()], capture_output=True, text=True, check=True)
+    assert NvidiaModuleState().process(real.stdout.splitlines())["running"] == os.uname().release
 
 
 def test_container_test_counts_gpus_and_keeps_docker_errors():

@@ -116,6 +116,7 @@ def test_converged_host_plans_no_changes():
         "files.Directory": {"*": {"user": "root", "group": "root", "mode": 755}},
         "files.Sha1File": sha1,
         "roles.gpu_facts.NvidiaModuleState": {"$output": ["loaded=570.133.20", "installed=570.133.20"]},
+        "roles.driver_reboot.HeldPackages": {"$output": ["nvidia-driver-570-open", "cuda-drivers-570"]},
         "systemd.SystemdStatus": {"*": {"nvidia-persistenced.service": True}},
         "systemd.SystemdEnabled": {"*": {"nvidia-persistenced.service": True}},
     })
@@ -123,6 +124,8 @@ def test_converged_host_plans_no_changes():
         "NVIDIA driver | NVIDIA driver 570 for A100: refresh apt lists (after a repository change, or for "
         "missing packages)",
         "NVIDIA driver | Rebuild the initramfs without nouveau",
+        "NVIDIA driver | Stop: no NVIDIA kernel module for this host's kernel (only if the build produced none)",
+        "NVIDIA driver | Stop: Secure Boot would refuse the unsigned DKMS module (only if its key is not enrolled)",
         "NVIDIA driver | Reboot to load the new NVIDIA kernel module (only if it could not be loaded)",
         "NVIDIA driver | Reload systemd units for nvidia-persistenced",
         "NVIDIA driver | nvidia-persistenced (restarted for persistence mode)",
