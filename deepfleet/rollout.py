@@ -200,8 +200,8 @@ class Rollout:
         self.log(f"converging {', '.join(members)} (site deploy, --limit)")
         try:
             # drained: the driver role may reboot these hosts (roles/driver_reboot.py)
-            result = run_deploy(self.fleet.inventory, limit=tuple(members), env={**self.fleet.env, "DEEPFLEET_DRAINED": "1"},
-                                echo=False)
+            drained = {**self.fleet.env, "DEEPFLEET_DRAINED": "1"}
+            result = run_deploy(self.fleet.inventory, limit=tuple(members), env=drained, echo=False)
             failed, log = result.failed_hosts, result.log
         except DeployError as exc:
             log = exc.log

@@ -107,3 +107,11 @@ def test_a_host_serving_traffic_is_not_rebooted_unless_allowed():
     assert not [name for name in changed(ops) if name.endswith("(only if it could not be loaded)")]
     allowed = plan(serving, nvidia_driver, data={"nvidia_driver_allow_reboot_serving": True}, changed=[])
     assert find(allowed, "Reboot to load the new NVIDIA kernel module").change == "yes"
+
+
+def test_a_host_drained_by_rollout_may_be_rebooted(monkeypatch):
+    serving = with_facts(load_case("ubuntu2204-2xa100"), **{
+        "systemd.SystemdStatus": {"*": {"deepfleet-runtime.service": True}},
+        "roles.gpu_facts.NvidiaModuleState": {"$output": ["loaded=550.54.15", "installed=570.133.20"]}})
+    monkeypatch.setenv("DEEPFLEET_DRAINED", "1")  # what deepfleet rollout sets for the hosts it drained
+    assert find(plan(serving, nvidia_driver, changed=[]), "Reboot to load the new NVIDIA kernel module").change == "yes"
