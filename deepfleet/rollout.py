@@ -199,7 +199,9 @@ class Rollout:
             results[host.name].step = "converge"
         self.log(f"converging {', '.join(members)} (site deploy, --limit)")
         try:
-            result = run_deploy(self.fleet.inventory, limit=tuple(members), env=self.fleet.env, echo=False)
+            # drained: the driver role may reboot these hosts (roles/driver_reboot.py)
+            drained = {**self.fleet.env, "DEEPFLEET_DRAINED": "1"}
+            result = run_deploy(self.fleet.inventory, limit=tuple(members), env=drained, echo=False)
             failed, log = result.failed_hosts, result.log
         except DeployError as exc:
             log = exc.log

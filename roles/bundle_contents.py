@@ -56,7 +56,7 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
                             "is built against that kernel's headers, which the bundle must carry")
         driver = driver_packages(os, kernel, settings)
         packages += driver.packages
-        repos += [driver.repo] if driver.repo else []
+        repos += driver.repos
         if settings["cuda_toolkit_install"]:
             repo, names = cuda_packages(settings, os)
             packages += names

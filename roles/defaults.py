@@ -50,6 +50,9 @@ SETTINGS = {
     "nvidia_driver_persistenced": S(True, "keep GPUs initialised between jobs (nvidia-persistenced)"),
     "nvidia_driver_reboot": S(True, "reboot when a new module cannot be loaded; False: fail and say so"),
     "nvidia_driver_reboot_timeout_s": S(900, "how long to wait for the host to come back after that reboot"),
+    "nvidia_driver_allow_reboot_serving": S(False,
+        "reboot a host whose gateway/runtime runs, undrained (False: refused with a message; `deepfleet "
+        "rollout` drains hosts first and may reboot them)"),
     "nvidia_driver_debian_mirror_url": S("http://deb.debian.org/debian", "Debian + distro source: non-free"),
 
     # --- cuda: the toolkit (NVIDIA's CUDA repository also carries the driver) ----------------------

@@ -1,6 +1,7 @@
 """The firewall role (nftables): a host admits SSH and the gateway port only from the networks the
 inventory lists (and the runtime port only from gateways on other hosts, Ray's ports only from the
-other nodes of its Ray cluster); the rest is dropped.
+other nodes of its Ray cluster); the rest is dropped. On Rocky/RHEL, where firewalld runs by
+default, it opens those ports in firewalld instead (roles/firewalld.py).
 
 Off unless `firewall_enabled`. It replaces only its own table (`inet deepfleet`), atomically, after
 `nft -c` has checked the new ruleset; established connections (this deploy's SSH session) go on.
@@ -18,6 +19,8 @@ from pyinfra.operations import apt, files, server, systemd
 
 from .common import RoleError, template
 from .defaults import DEFAULTS
+from .firewalld import firewalld_open, served_ports
+from .hostos import host_os
 from .ray import cluster_members, ray_ports
 from .topology import gateway_hosts, holds_model, runtime_address, runtime_needs_tls
 
@@ -77,6 +80,11 @@ def _network(source: str, setting: str):
 def firewall():
     """Install nftables if missing, render the ruleset, check it, load it (again only if it changed)."""
     data = host.data
+    if host_os().family == "rhel":  # firewalld is on by default there and would drop what deepfleet serves
+        settings = fleet_sources({key: data.get(key) for key in [*DEFAULTS, "ssh_port"]})
+        settings["runtime_remote"] = runtime_needs_tls(host)
+        firewalld_open(name="Open deepfleet's ports in firewalld", ports=served_ports(settings))
+        return
     if not data.firewall_enabled:
         host.noop("firewall_enabled is off")
         return

@@ -135,7 +135,10 @@ def test_rocky9_site_installs_with_dnf_and_runs_the_runtime_on_python_311(wheelh
     data = {**control_data, "runtime_device": "cuda", "nvidia_driver_branch": "580", "cuda_version": "13.0"}
     ops = plan(load_case("rocky9-8xh100"), SITE_DEPLOY, data=data)
     assert _deploys_in_order(changed(ops)) == [
-        "deepfleet base", *GPU_ROLES, "deepfleet model", "deepfleet runtime", "deepfleet gateway"]
+        "deepfleet base", *GPU_ROLES, "deepfleet firewall", "deepfleet model", "deepfleet runtime",
+        "deepfleet gateway"]  # firewall: firewalld runs there by default, the gateway port is opened
+    assert find(ops, "Open deepfleet's ports in firewalld").shell() == [
+        "firewall-cmd --permanent --add-port=8443/tcp", "firewall-cmd --reload"]
     # Rocky 9's python3 is 3.9: the runtime's venv gets AppStream's python3.11, through dnf.
     assert find(ops, "deepfleet base | Base: packages").shell() == ["dnf install -y python3.11"]
     assert re.fullmatch(r"test -x (/opt/deepfleet/venvs/[0-9a-f]{16}-[0-9a-z]{16})/bin/python3\.11 \|\| "
