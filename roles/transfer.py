@@ -115,7 +115,10 @@ def sealed_secret(src: str, dest: str, credential: str):
     if host.get_fact(File, path=dest):
         host.noop(f"{dest} is sealed on the host")
         return
-    staging = f"/dev/shm/deepfleet-secret-{secrets.token_hex(8)}"  # memory, unguessable, not pre-creatable
+    # memory, unguessable, not pre-creatable; pyinfra's @docker connector copies files with `docker cp`,
+    # which cannot write into a tmpfs mount, so there the staging directory is on /tmp (test hosts only)
+    memory = "/tmp" if host.connector_cls.__name__ == "DockerConnector" else "/dev/shm"
+    staging = f"{memory}/deepfleet-secret-{secrets.token_hex(8)}"
     partial = f"{dest}.partial"
     yield StringCommand("mkdir", "-m", "0700", staging, _sudo=False)
     yield FileUploadCommand(src, f"{staging}/plain", remote_temp_filename=f"{staging}/upload")
