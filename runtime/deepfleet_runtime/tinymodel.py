@@ -67,29 +67,19 @@ VOCAB_SIZE = 2048
 # A shape vLLM's CPU MLA kernel accepts (kv_lora_rank + qk_rope_head_dim == 576, DeepSeek-V3's
 # sigmoid/noaux_tc router; ../shared/notes/cpu-inference.md). With R1's 129,280-row vocabulary it
 # has about 34M parameters, nearly all of them embedding and lm_head: use it with bf16.
-VLLM_CPU_SHAPE = dict(
-    hidden_size=128,
-    intermediate_size=256,
-    moe_intermediate_size=64,
-    num_hidden_layers=2,
-    first_k_dense_replace=1,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    q_lora_rank=64,
-    kv_lora_rank=512,
-    qk_nope_head_dim=32,
-    qk_rope_head_dim=64,
-    v_head_dim=32,
-    head_dim=64,
-    n_routed_experts=8,
-    num_experts_per_tok=2,
-    n_group=2,
-    topk_group=1,
-    n_shared_experts=1,
-    topk_method="noaux_tc",
-    scoring_func="sigmoid",
-    max_position_embeddings=4096,
-)
+VLLM_CPU_SHAPE = {
+    **TINY_SHAPE,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "moe_intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "q_lora_rank": 64,
+    "kv_lora_rank": 512,
+    "qk_rope_head_dim": 64,
+    "head_dim": 64,
+    "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid",
+}
 SHAPES = {"tiny": TINY_SHAPE, "vllm-cpu": VLLM_CPU_SHAPE}
 
 # Embedding rows of the real checkpoints (larger than the tokenizer: the rows are padded); other
