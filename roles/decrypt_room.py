@@ -26,11 +26,12 @@ class HostMemory(FactBase):
     """{"ram_bytes": MemTotal, "run_bytes": the size of the filesystem on /run} of the host."""
 
     def command(self) -> str:
-        return "awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo; df -B1 --output=size /run | tail -n 1"
+        # MemTotal in KiB as the kernel writes it: awk's own arithmetic prints big numbers rounded (2.5276e+10)
+        return "awk '/^MemTotal:/ {print $2}' /proc/meminfo; df -B1 --output=size /run | tail -n 1"
 
     def process(self, output):
-        ram, run = (int(float(line.strip())) for line in list(output)[:2])
-        return {"ram_bytes": ram, "run_bytes": run}
+        ram_kib, run = (int(line.strip()) for line in list(output)[:2])
+        return {"ram_bytes": ram_kib * 1024, "run_bytes": run}
 
 
 def tmpfs_bytes(size: str, ram_bytes: int) -> int:

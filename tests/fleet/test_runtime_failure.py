@@ -13,6 +13,7 @@ import time
 import pytest
 
 from deepfleet.deployrun import DeployError
+from roles.decrypt_room import HostMemory
 
 pytestmark = pytest.mark.fleet
 
@@ -54,3 +55,12 @@ def test_the_decrypted_model_gets_a_tmpfs_of_the_size_set_seen_only_by_the_runti
             assert client.models.list().data
     finally:
         site.deploy()
+
+
+def test_the_memory_fact_reads_a_real_hosts_ram_and_run(site):
+    fact = HostMemory()
+    memory = fact.process(site.on_host(fact.command()).splitlines())
+    ram_kib = int(site.on_host("grep MemTotal: /proc/meminfo").split()[1])
+    assert memory["ram_bytes"] == ram_kib * 1024
+    assert memory["run_bytes"] == int(site.on_host("stat -f -c '%b %S' /run").split()[0]) * int(
+        site.on_host("stat -f -c '%S' /run").strip())

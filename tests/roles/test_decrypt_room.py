@@ -44,7 +44,7 @@ def test_tmpfs_sizes_are_read_as_tmpfs_reads_them():
 
 
 def test_the_site_deploy_refuses_before_any_push_on_a_host_with_too_little_memory(wheelhouse, control_data):
-    facts = with_facts(load_case("debian12-arm64-edge"), **{"roles.decrypt_room.HostMemory": {"$output": ["4096", "10"]}})
+    facts = with_facts(load_case("debian12-arm64-edge"), **{"roles.decrypt_room.HostMemory": {"$output": ["4", "10"]}})
     data = {**control_data, "runtime_engine": "llamacpp", "runtime_wheel_extras": ["llamacpp"]}
     with pytest.raises(RoleError, match=r"^h1: the llamacpp engine decrypts the release \(0\.0 GiB\) into memory, "
                                         r"and the unit's RuntimeDirectory is on /run, a tmpfs of 0\.0 GiB: .*"
