@@ -71,7 +71,7 @@ class Engine(Protocol):
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
-        """Token ids of <think> and </think> when the tokenizer has them as single tokens."""
+        """Token ids of <think> and </think> when they are special tokens (decode to nothing), else None."""
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Prompt token ids for chat messages, rendered with the model's chat template."""
