@@ -162,6 +162,16 @@ def _checked_prompt(prompt: list[int], limits: LimitsSection) -> list[int]:
     return prompt
 
 
+def _check_context(engine: Engine, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse a request whose prompt plus max_tokens does not fit the model's context window."""
+    context = getattr(engine, "context_tokens", None)
+    if context and prompt_tokens + max_tokens > context:
+        raise RequestError(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is "
+                           f"{prompt_tokens + max_tokens} tokens; the model has a context window of {context} "
+                           "tokens: shorten the prompt or lower max_tokens", param="max_tokens",
+                           code="context_length_exceeded")
+
+
 def _check_model(engine: Engine, body) -> None:
     if body.model != engine.model_name:
         raise RequestError(404, f"model '{body.model}' does not exist; this server serves "
@@ -177,6 +187,7 @@ async def _respond(engine: Engine, body, prompt: list[int], limits: LimitsSectio
     if max_tokens > limits.max_tokens:
         raise RequestError(400, f"max_tokens {max_tokens} exceeds the limit of {limits.max_tokens}",
                            param="max_tokens")
+    _check_context(engine, len(prompt), max_tokens)
     sampling = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                               top_k=body.top_k, stop=body.stop_strings(), seed=body.seed,
                               ignore_eos=body.ignore_eos)

@@ -21,6 +21,7 @@ class ScriptedEngine:
         self.model_name, self.tokenizer, self.script = model_name, tokenizer, script
         self.context_tokens = context_tokens
         self.ready = True
+        self.submitted: list[GenerationRequest] = []  # what reached the engine
 
     @property
     def reasoning_token_ids(self):
@@ -36,6 +37,7 @@ class ScriptedEngine:
         return text_prompt_ids(self.tokenizer, text)
 
     async def generate(self, request: GenerationRequest):
+        self.submitted.append(request)
         sequence = Sequence(request, IncrementalDecoder(self.tokenizer, request.sampling.stop),
                             asyncio.get_running_loop(), asyncio.Queue(), frozenset({self.tokenizer.eos_token_id}))
         for token in self.script:

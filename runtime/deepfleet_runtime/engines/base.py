@@ -61,6 +61,7 @@ class Engine(Protocol):
     """An inference engine: load once, then stream tokens for many requests."""
 
     model_name: str
+    context_tokens: int | None  # the model's context window (prompt + output); None when unknown
 
     def load(self) -> None:
         """Load weights and tokenizer and warm up; blocks until the engine can serve."""

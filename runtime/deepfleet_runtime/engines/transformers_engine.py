@@ -51,6 +51,11 @@ class TransformersEngine(ScheduledEngine):
         return self._model
 
     @property
+    def context_tokens(self) -> int | None:
+        """The model's context window: max_position_embeddings of its config."""
+        return getattr(self._model.config, "max_position_embeddings", None) if self._model else None
+
+    @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
         return think_token_ids(self._tokenizer) if self._tokenizer else None
 
