@@ -32,6 +32,7 @@ class Sequence:
     queue: asyncio.Queue
     eos_ids: frozenset[int]
     generator: object = None  # the engine's per-request RNG, when the request has a seed
+    counts: object = None  # the engine's per-token counts of generated tokens, for penalties
     produced: int = 0
     finished: bool = False
     cancelled: bool = False
@@ -46,21 +47,23 @@ class Sequence:
         """KV slots this sequence may need at most (prompt + every token it may generate)."""
         return len(self.request.prompt_token_ids) + self.request.sampling.max_tokens
 
-    def accept(self, token: int) -> TokenEvent:
-        """Apply one generated token; the event says whether (and why) the sequence finished."""
+    def accept(self, token: int, logprob=None) -> TokenEvent:
+        """Apply one generated token (with its TokenLogprob when the request asked for logprobs);
+        the event says whether (and why) the sequence finished."""
         params = self.request.sampling
         self.produced += 1
+        logprobs = None if logprob is None else [logprob]
         if token in self.eos_ids and not params.ignore_eos:
             self.finished = True
-            return TokenEvent(self.decoder.flush(), [token], "stop", self.produced)
+            return TokenEvent(self.decoder.flush(), [token], "stop", self.produced, logprobs)
         delta, stopped = self.decoder.push(token)
         if stopped:
             self.finished = True
-            return TokenEvent(delta, [token], "stop", self.produced)
+            return TokenEvent(delta, [token], "stop", self.produced, logprobs)
         if self.produced >= params.max_tokens:
             self.finished = True
-            return TokenEvent(delta + self.decoder.flush(), [token], "length", self.produced)
-        return TokenEvent(delta, [token], None, self.produced)
+            return TokenEvent(delta + self.decoder.flush(), [token], "length", self.produced, logprobs)
+        return TokenEvent(delta, [token], None, self.produced, logprobs)
 
     def cancelled_event(self) -> TokenEvent:
         self.finished = True

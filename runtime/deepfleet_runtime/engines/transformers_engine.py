@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class TransformersEngine(ScheduledEngine):
     """Serves one transformers model directory with continuous batching."""
 
+    parameters = frozenset({"presence_penalty", "frequency_penalty", "min_p", "logprobs", "top_logprobs"})
+
     def __init__(self, model_name: str, model_dir: Path, device: str = "cpu", dtype: str = "float32",
                  quantization: QuantizationPlan = QuantizationPlan("none", "none"),
                  scheduler: SchedulerSection = SchedulerSection(), memory: MemorySection = MemorySection(),
@@ -154,6 +156,7 @@ class TransformersEngine(ScheduledEngine):
         scheduler.kv_used_tokens = self._batch.rows * self._batch.columns if self._batch else 0
 
     def _prefill(self, joining: list[Sequence], events: list) -> None:
+        import torch
         from transformers import DynamicCache
 
         from .padded_batch import PaddedBatch
@@ -167,25 +170,29 @@ class TransformersEngine(ScheduledEngine):
             [s.request.prompt_token_ids for s in joining], pad, self._device)
         output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
                              cache=DynamicCache(config=self._model.config), use_cache=True, logits_to_keep=1)
-        tokens = self._sample(output.logits[:, -1], joining)
+        sampled = self._sample(output.logits[:, -1], joining)
+        tokens = torch.tensor([token for token, _ in sampled], device=self._device)
         batch = PaddedBatch(output.cache, mask, mask.sum(dim=1), tokens)
         batch.zero_padding()
-        for sequence, token in zip(joining, tokens.tolist()):
-            events.append((sequence, sequence.accept(token)))
+        for sequence, (token, logprob) in zip(joining, sampled):
+            events.append((sequence, sequence.accept(token, logprob)))
         if self._batch is None:
             self._batch = batch
         else:
             self._batch.merge(batch)
 
     def _decode(self, events: list) -> None:
+        import torch
+
         batch = self._batch
         ids, mask, positions = batch.decode_inputs()
         output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=batch.cache,
                              use_cache=True)
         running = self._scheduler.running
-        batch.next_tokens = self._sample(output.logits[:, -1], running)
-        for sequence, token in zip(running, batch.next_tokens.tolist()):
-            events.append((sequence, sequence.accept(token)))
+        sampled = self._sample(output.logits[:, -1], running)
+        batch.next_tokens = torch.tensor([token for token, _ in sampled], device=self._device)
+        for sequence, (token, logprob) in zip(running, sampled):
+            events.append((sequence, sequence.accept(token, logprob)))
 
     def _drop_finished(self) -> None:
         running = self._scheduler.running
@@ -198,18 +205,37 @@ class TransformersEngine(ScheduledEngine):
         else:
             self._batch = None
 
-    def _sample(self, logits, sequences: list[Sequence]):
-        """Next token per row: one argmax for all greedy rows, per-row sampling for the others."""
+    def _sample(self, logits, sequences: list[Sequence]) -> list[tuple[int, object]]:
+        """(next token, its TokenLogprob or None) per row: one argmax for the plain greedy rows,
+        per-row penalties and sampling for the others, logprobs for the rows that asked."""
         import torch
 
-        from .sampling import sample_next_token
+        from .sampling import apply_penalties, sample_next_token, token_logprob
 
         tokens = torch.argmax(logits, dim=-1)
         for row, sequence in enumerate(sequences):
             params = sequence.request.sampling
-            if params.temperature > 0:
-                tokens[row] = sample_next_token(logits[row], params, sequence.generator)
-        return tokens
+            if params.temperature > 0 or params.penalised:
+                row_logits = logits[row]
+                if params.penalised:
+                    if sequence.counts is None:
+                        sequence.counts = torch.zeros(logits.shape[-1], device=logits.device)
+                    row_logits = apply_penalties(row_logits, sequence.counts, params)
+                tokens[row] = sample_next_token(row_logits, params, sequence.generator)
+        chosen = tokens.tolist()
+        results = []
+        for row, (sequence, token) in enumerate(zip(sequences, chosen)):
+            params = sequence.request.sampling
+            if sequence.counts is not None:
+                sequence.counts[token] += 1
+            logprob = None
+            if params.logprobs is not None:
+                logprob = token_logprob(logits[row], token, params.logprobs, self._token_text)
+            results.append((token, logprob))
+        return results
+
+    def _token_text(self, token: int) -> str:
+        return self._tokenizer.decode([token])
 
 
 def _eos_token_ids(model, tokenizer) -> set[int]:
