@@ -8,6 +8,7 @@ reasoning_content.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -22,7 +23,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .config import LimitsSection
-from .engines.base import Engine, GenerationRequest, SamplingParams, TokenEvent
+from .engines.base import (Engine, EngineUnavailable, GenerationRequest, RequestFailed, SamplingParams,
+                           TokenEvent)
 from .engines.scheduler import CapacityError
 from .metrics import CONTENT_TYPE, RuntimeMetrics
 from .reasoning import ReasoningSplitter
@@ -65,8 +67,9 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
     async def ready(_: Request) -> JSONResponse:
         if engine.ready:
             return JSONResponse({"status": "ready", "model": engine.model_name, **(labels or {})})
-        if state["load_error"]:  # it will not become ready by waiting: say so, for deploys to stop waiting
-            return JSONResponse({"status": "failed", "detail": state["load_error"]}, 503)
+        failure = state["load_error"] or getattr(engine, "failure", None)
+        if failure:  # it will not become ready by waiting: say so, for deploys and gateways to stop waiting
+            return JSONResponse({"status": "failed", "detail": failure}, 503)
         return JSONResponse({"status": "not ready", "detail": "model is loading"}, 503)
 
     async def models(_: Request) -> JSONResponse:
@@ -92,7 +95,7 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
                 _checked_prompt(prompt, limits)
                 splitter = ReasoningSplitter(engine.reasoning_token_ids) if chat and reasoning_parser != "none" else None
                 response = await _respond(engine, body, prompt, limits, chat, splitter,
-                                          _Timing(metrics, arrived))
+                                          _Timing(metrics, arrived), request)
             except RequestError as exc:
                 metrics.requests.labels(route, str(exc.status)).inc()
                 return exc.response()
@@ -206,8 +209,20 @@ def _check_model(engine: Engine, body) -> None:
                            type_="server_error")
 
 
+def _engine_error(exc: Exception) -> RequestError:
+    """An engine's failure as an OpenAI server error: 503 when it cannot serve now, else 500."""
+    status = 503 if isinstance(exc, EngineUnavailable) else 500
+    return RequestError(status, str(exc), type_="server_error")
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client has gone away (its body was read already: only disconnect is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _respond(engine: Engine, body, prompt: list[int], limits: LimitsSection, chat: bool,
-                   splitter: ReasoningSplitter | None, timing: _Timing):
+                   splitter: ReasoningSplitter | None, timing: _Timing, request: Request):
     max_tokens = body.requested_max_tokens() or limits.default_max_tokens
     if max_tokens > limits.max_tokens:
         raise RequestError(400, f"max_tokens {max_tokens} exceeds the limit of {limits.max_tokens}",
@@ -227,20 +242,39 @@ async def _respond(engine: Engine, body, prompt: list[int], limits: LimitsSectio
     except CapacityError as exc:
         await events.aclose()
         raise RequestError(400, str(exc), param="max_tokens") from None
+    except (EngineUnavailable, RequestFailed) as exc:
+        raise _engine_error(exc) from None
     stream = _Stream(first, events, timing, splitter)
-    if body.stream:
+    if body.stream:  # Starlette closes the stream (so the row is freed) when the client goes away
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(shape, stream, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
+    collecting = asyncio.ensure_future(_whole(stream))
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not collecting.done():  # the client went away: cancelling ends the request and frees its row
+        collecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collecting
+        raise RequestError(499, "the client closed the connection")
+    try:
+        reasoning, text, finish, logprobs = collecting.result()
+    except (EngineUnavailable, RequestFailed) as exc:
+        raise _engine_error(exc) from None
+    return JSONResponse(shape.full(text, finish, stream.completion_tokens, reasoning if splitter else None,
+                                   logprobs if sampling.logprobs is not None else None))
+
+
+async def _whole(stream: "_Stream") -> tuple[str, str, str | None, list]:
+    """A whole answer: (reasoning, content, finish reason, logprobs)."""
     reasoning, text, finish, logprobs = [], [], None, []
     async for part in stream:
         reasoning.append(part.reasoning)
         text.append(part.content)
         logprobs.extend(part.logprobs or ())
         finish = part.finish_reason or finish
-    return JSONResponse(shape.full("".join(text), finish, stream.completion_tokens,
-                                   "".join(reasoning) if splitter else None,
-                                   logprobs if sampling.logprobs is not None else None))
+    return "".join(reasoning), "".join(text), finish, logprobs
 
 
 class _Part:
@@ -347,9 +381,14 @@ async def _sse(shape: _ResponseShape, stream: _Stream, include_usage: bool):
 
     if shape.chat:
         yield frame(shape.chunk(None, role=True))
-    async for part in stream:
-        if part.reasoning or part.content or part.finish_reason or part.logprobs:
-            yield frame(shape.chunk(part))
+    try:
+        async for part in stream:
+            if part.reasoning or part.content or part.finish_reason or part.logprobs:
+                yield frame(shape.chunk(part))
+    except (EngineUnavailable, RequestFailed) as exc:  # after the first byte: an error event ends it
+        yield frame(error_body(str(exc), "server_error"))
+        yield "data: [DONE]\n\n"
+        return
     if include_usage:
         yield frame(shape.envelope([], chunk=True) | {"usage": shape.usage(stream.completion_tokens)})
     yield "data: [DONE]\n\n"

@@ -18,6 +18,14 @@ class ModelLoadError(RuntimeError):
     """The model cannot be loaded; the message names the path and the cause."""
 
 
+class RequestFailed(RuntimeError):
+    """The engine failed on this request (and only on it); the others keep being served."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve now: shutting down, or its device failed (the service restarts)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
