@@ -92,3 +92,13 @@ def test_bitsandbytes_int8_skips_mla_kv_b_proj_and_still_runs(tiny_model_dir, fp
     assert weight_bytes(model) < weight_bytes(fp32_model[0])
     cosine = torch.nn.functional.cosine_similarity(_logits(model, tokenizer), _logits(*fp32_model), dim=0)
     assert cosine > 0.99
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_bitsandbytes_says_that_it_leaves_the_moe_experts_unquantised(tiny_model_dir, mode, caplog):
+    pytest.importorskip("bitsandbytes", reason="deepfleet-runtime[quantization] installs bitsandbytes")
+    with caplog.at_level("WARNING", logger="deepfleet_runtime.engines.loading"):
+        model, _ = load_model_and_tokenizer(tiny_model_dir, "float32", "cpu", QuantizationPlan(mode, "bitsandbytes"))
+    assert all(p.dtype.is_floating_point for p in _experts(model))  # bitsandbytes cannot reach fused experts
+    assert any("MoE expert weights" in r.message and "unquantised" in r.message and "torchao" in r.message
+               for r in caplog.records), caplog.text
