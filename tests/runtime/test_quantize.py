@@ -102,3 +102,24 @@ def test_bitsandbytes_says_that_it_leaves_the_moe_experts_unquantised(tiny_model
     assert all(p.dtype.is_floating_point for p in _experts(model))  # bitsandbytes cannot reach fused experts
     assert any("MoE expert weights" in r.message and "unquantised" in r.message and "torchao" in r.message
                for r in caplog.records), caplog.text
+
+
+def test_torchao_quantises_before_the_weights_move_to_the_device(tiny_model_dir, monkeypatch):
+    """An int8 model that fits the GPU only once quantised must never be there whole in bf16:
+    torchao's quantize_(device=...) moves one module at a time and quantises it there."""
+    from deepfleet_runtime.engines import loading
+
+    calls, original_apply, original_to = [], loading.apply_torchao, torch.nn.Module.to
+
+    def apply(model, mode, device=None):
+        calls.append(("quantise", str(device)))
+        original_apply(model, mode, device)
+
+    def move(self, *args, **kwargs):
+        if self.__class__.__name__.endswith("ForCausalLM"):
+            calls.append(("move", str(args[0] if args else kwargs)))
+        return original_to(self, *args, **kwargs)
+    monkeypatch.setattr(loading, "apply_torchao", apply)
+    monkeypatch.setattr(torch.nn.Module, "to", move)
+    load_model_and_tokenizer(tiny_model_dir, "bfloat16", "cpu", QuantizationPlan("int8", "torchao"))
+    assert calls[0] == ("quantise", "cpu"), calls

@@ -51,15 +51,15 @@ def load_model_and_tokenizer(model_dir: Path, dtype: str = "float32", device: st
     except ImportError as exc:
         raise ModelLoadError(f"quantization {quantization.method} needs a package that is not installed "
                              f"({exc}); install deepfleet-runtime[quantization]") from exc
-    if quantization.method != "bitsandbytes" or not device.startswith("cuda"):
-        model = model.to(torch.device(device))
-    if quantization.method == "torchao":
+    if quantization.method == "torchao":  # quantised module by module on the device, then moved whole
         try:
             with torch.no_grad():
-                apply_torchao(model, quantization.mode)
+                apply_torchao(model, quantization.mode, torch.device(device))
         except ImportError as exc:
             raise ModelLoadError(f"quantization torchao needs torchao ({exc}); install "
                                  "deepfleet-runtime[quantization]") from exc
+    if quantization.method != "bitsandbytes" or not device.startswith("cuda"):
+        model = model.to(torch.device(device))
     if quantization.method == "bitsandbytes":
         _warn_unquantised_experts(model)
     return model.eval(), tokenizer
