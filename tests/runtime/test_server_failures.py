@@ -69,7 +69,7 @@ def test_a_client_that_goes_away_frees_its_row(served):
     engine, url = served
     with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting for the whole answer
         httpx.post(f"{url}/v1/completions", json=GONE, timeout=1.0)
-    assert engine.stats().running == 1
+    # 3,000 tokens take far longer than the wait below: only a cancellation frees the row in time
     assert _wait(lambda: engine.stats().running == 0, 10), "the row was not freed"
 
 
