@@ -51,12 +51,6 @@ def build_server(app, host: str, port: int, tls_cert: Path | None = None, tls_ke
     return uvicorn.Server(config)
 
 
-def serve(app, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None,
-          client_ca: Path | None = None, allowed_clients: Collection[str] = ()) -> None:
-    """Serve `app` until stopped (SIGTERM/SIGINT)."""
-    build_server(app, host, port, tls_cert, tls_key, client_ca, allowed_clients).run()
-
-
 class SideServer(uvicorn.Server):
     """A listener next to a main server (admin socket, metrics): no lifespan, no signal handlers of
     its own; it stops when the main server has stopped."""

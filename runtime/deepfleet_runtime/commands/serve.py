@@ -28,7 +28,7 @@ def run(args) -> int:
     from ..metrics import gpu_capability
     from ..privatememory import keep_memory_private
     from ..server import create_app
-    from ..serving import serve
+    from ..serving import build_server
 
     keep_memory_private()  # the model keys and decrypted weights never reach a core dump
     config = load_runtime_config(args.config)
@@ -41,10 +41,17 @@ def run(args) -> int:
         return 2
     try:
         tls = config.tls
-        serve(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser,
-                         labels=serving_labels(config)), config.server.host, config.server.port,
-              tls.cert if tls else None, tls.key if tls else None, tls.client_ca if tls else None,
-              tls.allowed_clients if tls else ())
+        server = build_server(create_app(engine, config.limits, reasoning_parser=config.reasoning_parser,
+                                         labels=serving_labels(config)), config.server.host, config.server.port,
+                              tls.cert if tls else None, tls.key if tls else None, tls.client_ca if tls else None,
+                              tls.allowed_clients if tls else ())
+        # a broken device stops the server; the non-zero exit makes systemd restart the unit
+        engine.on_fatal = lambda reason: setattr(server, "should_exit", True)
+        server.run()
     finally:
         engine.close()
+    failure = getattr(engine, "failure", None)
+    if failure:
+        print(f"deepfleet-runtime: {failure}", file=sys.stderr)
+        return 1
     return 0

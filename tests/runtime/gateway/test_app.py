@@ -86,6 +86,16 @@ def test_a_key_limited_to_other_models_is_refused(gateway):
         assert client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices
 
 
+@pytest.mark.parametrize("depth", [100_000, 900])
+def test_deeply_nested_json_is_a_400_through_the_gateway(gateway, depth):
+    body = b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + (
+        b"[" * depth + b"]" * depth + b"}")
+    with gateway.http() as client:
+        response = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
+
+
 def test_unknown_routes_are_404(gateway):
     with gateway.http() as client:
         for path in ("/admin", "/v1/embeddings", "/metrics", "/", "/upstreams", "/v1/chat/completions/x"):
