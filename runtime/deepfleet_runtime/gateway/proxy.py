@@ -2,14 +2,19 @@
 relay -> audit record, durable before the response completes.
 
 Order of refusals: 401 (key), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
-(the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer). Every
-request that reaches an API route gets one audit record, refused ones included. A client that
-goes away cancels the upstream request (its record says 499).
+(the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer).
+
+Audit: a request that is forwarded gets a durable "started" record (key, model, prompt, time)
+before its first byte goes upstream, and its end record (status, completion, usage) before the
+response completes: on success, failure, client disconnect (499) or shutdown. A request refused
+before that gets one record, with its body's SHA-256 and size only. A client that goes away
+cancels the upstream request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -55,7 +60,9 @@ class Exchange:
     error: str | None = None
     completion: list[str] = field(default_factory=list)
     usage: dict | None = None
+    started_record: bool = False  # its "started" record is durable: the end record follows it
     recorded: bool = False
+    body: bytes = b""  # as received; a refused request's record keeps only its hash and size
 
     def used_tokens(self) -> int:
         """Tokens to charge the key: the upstream's usage, else an estimate of what was produced."""
@@ -97,6 +104,7 @@ class ApiEndpoint:
         if scope["method"] == "POST":
             try:
                 body = await _read_body(receive, headers, self.config.limits.max_body_bytes)
+                ex.body = body
                 ex.inspected = inspect_body(body, ex.route == "/v1/chat/completions", self.config.limits)
             except ClientGone:
                 ex.status, ex.error = 499, "the client closed the connection while sending"
@@ -137,8 +145,13 @@ class ApiEndpoint:
         watch = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the server's graceful shutdown ran out: record, then go
             work.cancel()
+            if ex.started_record and not ex.recorded:
+                ex.status, ex.error = 503, "the gateway shut down during the request; the answer was cut off"
+                ex.recorded = True
+                with contextlib.suppress(AuditError):
+                    self.audit.submit(self._audit_record(ex))  # queued now; written before the log closes
             raise
         finally:
             watch.cancel()
@@ -155,6 +168,16 @@ class ApiEndpoint:
         inspected = ex.inspected
         streaming = bool(inspected and inspected.stream)
         upstream_headers = {"content-type": "application/json", "x-request-id": ex.request_id}
+        if inspected:
+            ex.started_record = True  # from here on an end record follows it (a cancel included)
+            try:
+                await self.audit.append(self._start_record(ex))
+            except AuditError as exc:
+                ex.started_record, ex.recorded = False, True  # nothing can be recorded now; nothing goes upstream either
+                ex.status, ex.error = 503, str(exc)
+                return await _send_json(send, 503, error_body(f"{exc}; the request was not forwarded, retry "
+                                                              "later", "server_error", code="audit_unavailable"),
+                                        ex.request_id, [(b"retry-after", b"5")])
         try:
             ex.forwarded = await self.pool.forward(method, ex.route, upstream_headers,
                                                    inspected.upstream_body if inspected else body,
@@ -240,27 +263,43 @@ class ApiEndpoint:
         ex.recorded = True
         await self.audit.append(self._audit_record(ex))
 
+    def _content_policy(self, ex: Exchange) -> str:
+        return (ex.key.audit_content if ex.key else None) or self.config.audit.content
+
+    def _start_record(self, ex: Exchange) -> dict:
+        """The "started" record: who asks what, written before anything goes upstream."""
+        inspected, key = ex.inspected, ex.key
+        record: dict[str, Any] = {
+            "type": "started", "time": ex.time, "request_id": ex.request_id, "key_id": key.key_id,
+            "client": ex.client, "route": ex.route, "model": inspected.model, "params": inspected.params,
+        }
+        if self._content_policy(ex) == "full":
+            record["prompt"] = inspected.prompt
+        else:
+            record["prompt_sha256"] = _sha256_json(inspected.prompt)
+        return record
+
     def _audit_record(self, ex: Exchange) -> dict:
+        """The end record (after a "started" one), or the only record of a refused request."""
         inspected, forwarded, key = ex.inspected, ex.forwarded, ex.key
         replica = forwarded.replica if forwarded else None
         record: dict[str, Any] = {
             "type": "request", "time": ex.time, "request_id": ex.request_id,
             "key_id": key.key_id if key else None, "client": ex.client, "route": ex.route,
             "model": inspected.model if inspected else None,
-            "replica": replica.name if replica else None,
-            "release": replica.release if replica else None,
-            "quantization": replica.quantization if replica else None,
-            "attempts": forwarded.attempts if forwarded else 0,
-            "params": inspected.params if inspected else {},
         }
-        if inspected:
-            policy = (key.audit_content if key else None) or self.config.audit.content
+        if ex.started_record:
+            record.update({"replica": replica.name if replica else None,
+                           "release": replica.release if replica else None,
+                           "quantization": replica.quantization if replica else None,
+                           "attempts": forwarded.attempts if forwarded else 0})
             completion = "".join(ex.completion) if forwarded else None
-            if policy == "full":
-                record["prompt"], record["completion"] = inspected.prompt, completion
+            if self._content_policy(ex) == "full":
+                record["completion"] = completion
             else:
-                record["prompt_sha256"] = _sha256_json(inspected.prompt)
                 record["completion_sha256"] = _sha256_json(completion) if completion is not None else None
+        elif ex.body:  # refused: what was sent, by hash and size only (refusals must not fill the disk)
+            record.update({"body_sha256": hashlib.sha256(ex.body).hexdigest(), "body_bytes": len(ex.body)})
         usage = ex.usage or {}
         record.update({"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
                        "status": ex.status, "error": ex.error,

@@ -22,7 +22,12 @@ def _records(site) -> list[dict]:
 
 
 def _record(site, request_id: str) -> dict:
-    return next(r for r in _records(site) if r.get("request_id") == request_id)
+    """A request's fields from its "started" and end records together."""
+    merged = {}
+    for record in _records(site):
+        if record.get("request_id") == request_id:
+            merged.update(record)
+    return merged
 
 
 def test_chat_through_the_gateway_streamed_and_not(gateway):
