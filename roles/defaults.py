@@ -119,11 +119,20 @@ DEFAULTS = {
     "gateway_default_rpm": 600,  # per-key limits for keys created without their own; 0 = unlimited
     "gateway_default_tpm": 600000,
     "gateway_default_concurrency": 16,
+    # Client connections (docs/gateway.md, "Connection limits"): counted from accept, before TLS.
+    "gateway_max_connections": 8192,  # open at once, all clients (when full, the longest idle one goes)
+    "gateway_max_connections_per_client": 256,  # open at once from one address; more are closed at once
+    "gateway_handshake_timeout_s": 10,  # TLS handshake deadline
+    "gateway_header_timeout_s": 10,  # a request's headers must arrive whole within this, else 408
+    "gateway_idle_timeout_s": 15,  # keep-alive connections without a new request are closed
+    "gateway_max_header_bytes": 32768,  # request line + headers; larger get 431
+    "gateway_max_unauthenticated_per_minute": 60,  # per address: more requests without a valid key get 429
+    "gateway_limit_nofile": 65536,  # the unit's LimitNOFILE (file descriptors: connections + files)
     "gateway_audit_dir": None,  # default: <deepfleet_state_dir>/audit
     "gateway_audit_content": "full",  # "full" (prompts and completions) or "sha256" (hashes only)
     "gateway_audit_rotate_mb": 64,  # and a new file each UTC day
     "gateway_audit_retention_days": 0,  # 0 = keep every file
-    "gateway_audit_signing": False,  # Ed25519-signed checkpoints; the public key stays in gateway_pki_dir
+    "gateway_audit_signing": True,  # Ed25519-signed checkpoints; the public key stays in gateway_pki_dir
     "gateway_audit_checkpoint_every": 1000,
 
     # --- firewall (nftables): only SSH and the gateway port, from the networks listed ------------
@@ -131,6 +140,7 @@ DEFAULTS = {
     "firewall_ssh_port": None,  # default: the inventory's ssh_port, else 22
     "firewall_ssh_sources": [],  # CIDRs allowed to reach SSH, e.g. ["10.0.0.0/24"]
     "firewall_gateway_sources": [],  # CIDRs allowed to reach the gateway port
+    "firewall_gateway_connections_per_source": 512,  # nft `ct count`: more new ones from an address dropped
     "firewall_runtime_sources": [],  # CIDRs of gateways on other hosts that reach this runtime (mTLS)
 
     # === runtime, Docker mode (roles/runtime.py, roles/runtime_container.py) =========================

@@ -52,3 +52,14 @@ def test_nft_accepts_the_ruleset_in_a_private_network_namespace(tmp_path):
         pytest.skip("no permission to create a network namespace here")
     assert result.returncode == 0, result.stderr
     assert "table inet deepfleet" in result.stdout and result.stdout.count("chain input") == 1
+
+
+def test_connections_per_source_to_the_gateway_are_capped_by_conntrack():
+    text = _render({**SETTINGS, "firewall_gateway_connections_per_source": 300})
+    # nftables wiki ("Connlimits"): a dynamic set and `ct count over N` on new connections
+    for family, kind in (("ip", "ipv4_addr"), ("ip6", "ipv6_addr")):
+        assert (f"tcp dport 8443 ct state new add @gateway_conn_{family} {{ {family} saddr ct count over 300 }} drop"
+                in text)
+        assert f"set gateway_conn_{family} {{\n\t\ttype {kind}\n\t\tsize 65535\n\t\tflags dynamic" in text
+    assert text.index("ct count") < text.index("@gateway_v4 accept")  # counted before the source is accepted
+    assert "ct count" not in _render({**SETTINGS, "firewall_gateway_connections_per_source": 0})

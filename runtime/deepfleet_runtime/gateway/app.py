@@ -30,6 +30,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig):
         self.config = config
+        self.connections = None  # the public server's ConnectionTable (gateway/connections.py), once built
         signer = Ed25519Signer(config.audit.checkpoint_key) if config.audit.checkpoint_key else None
         self.audit = AuditLog(config.audit, signer)
         self.pool = UpstreamPool(config)
@@ -92,6 +93,20 @@ class Gateway:
                               lambda: {(): self.audit.records_written}, kind="counter"))
         self.metrics.add(Live("deepfleet_gateway_audit_fsyncs_total", "fdatasync calls (one per batch).", (),
                               lambda: {(): self.audit.fsyncs}, kind="counter"))
+        self.metrics.add(Live("deepfleet_gateway_audit_writable", "0 while the audit log cannot be written "
+                              "(requests are refused with 503).", (), lambda: {(): float(self.audit.writable)}))
+        self.metrics.add(Live("deepfleet_gateway_audit_write_failures_total", "Audit batches that failed and "
+                              "were cut back.", (), lambda: {(): self.audit.write_failures}, kind="counter"))
+        table = lambda: self.connections  # noqa: E731 - set once the server is built
+        for name, help_text, read, kind in (
+            ("connections", "Client connections open (TLS handshakes included).", lambda t: t.total, "gauge"),
+            ("connections_refused_total", "Connections closed at accept (per-address or total limit).",
+             lambda t: t.refused, "counter"),
+            ("connections_evicted_total", "Idle connections closed to make room for new ones.",
+             lambda t: t.evicted, "counter"),
+        ):
+            self.metrics.add(Live(f"deepfleet_gateway_{name}", help_text, (),
+                                  lambda read=read: {(): read(table())} if table() else {}, kind=kind))
 
 
 class _FastPath:
