@@ -153,7 +153,8 @@ def test_client_disconnect_cancels_the_upstream_request(gateway):
             next(response.iter_raw())
     # The connection is gone; the gateway notices, cancels the upstream request and records it.
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(r.get("request_id") == request_id for r in _records(gateway)):
+    while time.monotonic() < deadline and not any(r.get("request_id") == request_id and r["type"] == "request"
+                                                  for r in _records(gateway)):  # its end record
         time.sleep(0.05)
     record = _record(gateway, request_id)
     assert record["status"] == 499
