@@ -40,6 +40,9 @@ class Gateway:
         self._add_live_metrics()
         endpoint = ApiEndpoint(config, KeyStore(config.api_keys_file), KeyLimiter(config.limits), self.queue,
                                self.pool, self.audit, self.metrics)
+        self.metrics.add(Live("deepfleet_gateway_unauthenticated_throttled_total", "Requests without a valid key "
+                              "refused with 429 (no audit record) over the per-address limit.", (),
+                              lambda: {(): endpoint.addresses.throttled}, kind="counter"))
         routes = Starlette(
             routes=[Route("/health", self._health), Route("/ready", self._ready),
                     *(Route(path, endpoint, methods=methods) for path, methods in API_ROUTES.items())],

@@ -1,7 +1,8 @@
 """The gateway's API endpoint (an ASGI app): key -> body checks -> limits -> queue -> replica ->
 relay -> audit record, durable before the response completes.
 
-Order of refusals: 401 (key), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
+Order of refusals: 401 (key; 429 unrecorded beyond connections.max_unauthenticated_per_minute
+from one address), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
 (the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer).
 
 Audit: a request that is forwarded gets a durable "started" record (key, model, prompt, time)
@@ -15,22 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..schema import error_body
 from .audit import AuditError, AuditLog, utc_now_iso
 from .auth import KeyRecord, KeyStore
 from .config import GatewayConfig
-from .limits import AdmissionQueue, KeyLimiter, QueueFull, Refusal
+from .limits import AddressLimiter, AdmissionQueue, KeyLimiter, QueueFull, Refusal
 from .metrics import GatewayMetrics
 from .payload import BadRequest, Inspected, inspect_body
+from .records import end_record, start_record
 from .upstream_http import UpstreamError
 from .upstreams import Forwarded, UpstreamPool, UpstreamUnavailable
 
@@ -63,6 +63,7 @@ class Exchange:
     started_record: bool = False  # its "started" record is durable: the end record follows it
     recorded: bool = False
     body: bytes = b""  # as received; a refused request's record keeps only its hash and size
+    throttled_before: int = 0  # requests from this address refused (429) without a record since its last one
 
     def used_tokens(self) -> int:
         """Tokens to charge the key: the upstream's usage, else an estimate of what was produced."""
@@ -80,6 +81,7 @@ class ApiEndpoint:
                  pool: UpstreamPool, audit: AuditLog, metrics: GatewayMetrics):
         self.config, self.keys, self.limiter, self.queue = config, keys, limiter, queue
         self.pool, self.audit, self.metrics = pool, audit, metrics
+        self.addresses = AddressLimiter(config.connections.max_unauthenticated_per_minute)
 
     async def __call__(self, scope, receive, send) -> None:
         client = scope.get("client")
@@ -97,7 +99,14 @@ class ApiEndpoint:
     async def _serve(self, ex: Exchange, scope, receive, send) -> None:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         ex.key = self.keys.identify(_bearer_token(headers.get("authorization", "")))
-        if ex.key is None:
+        if ex.key is None:  # before any body is read
+            allowed, retry_after, ex.throttled_before = self.addresses.admit(ex.client or "")
+            if not allowed:
+                ex.status = 429
+                return await _send_json(send, 429, error_body(
+                    "too many requests without a valid API key from this address; pass a valid key as "
+                    "'Authorization: Bearer <key>'", "rate_limit_error", code="rate_limit_exceeded"),
+                    ex.request_id, [(b"retry-after", str(max(1, math.ceil(retry_after))).encode())])
             return await self._refuse(ex, send, 401, "Incorrect or missing API key. Pass it as "
                                       "'Authorization: Bearer <key>'.", code="invalid_api_key")
         body = b""
@@ -267,44 +276,10 @@ class ApiEndpoint:
         return (ex.key.audit_content if ex.key else None) or self.config.audit.content
 
     def _start_record(self, ex: Exchange) -> dict:
-        """The "started" record: who asks what, written before anything goes upstream."""
-        inspected, key = ex.inspected, ex.key
-        record: dict[str, Any] = {
-            "type": "started", "time": ex.time, "request_id": ex.request_id, "key_id": key.key_id,
-            "client": ex.client, "route": ex.route, "model": inspected.model, "params": inspected.params,
-        }
-        if self._content_policy(ex) == "full":
-            record["prompt"] = inspected.prompt
-        else:
-            record["prompt_sha256"] = _sha256_json(inspected.prompt)
-        return record
+        return start_record(ex, self._content_policy(ex))
 
     def _audit_record(self, ex: Exchange) -> dict:
-        """The end record (after a "started" one), or the only record of a refused request."""
-        inspected, forwarded, key = ex.inspected, ex.forwarded, ex.key
-        replica = forwarded.replica if forwarded else None
-        record: dict[str, Any] = {
-            "type": "request", "time": ex.time, "request_id": ex.request_id,
-            "key_id": key.key_id if key else None, "client": ex.client, "route": ex.route,
-            "model": inspected.model if inspected else None,
-        }
-        if ex.started_record:
-            record.update({"replica": replica.name if replica else None,
-                           "release": replica.release if replica else None,
-                           "quantization": replica.quantization if replica else None,
-                           "attempts": forwarded.attempts if forwarded else 0})
-            completion = "".join(ex.completion) if forwarded else None
-            if self._content_policy(ex) == "full":
-                record["completion"] = completion
-            else:
-                record["completion_sha256"] = _sha256_json(completion) if completion is not None else None
-        elif ex.body:  # refused: what was sent, by hash and size only (refusals must not fill the disk)
-            record.update({"body_sha256": hashlib.sha256(ex.body).hexdigest(), "body_bytes": len(ex.body)})
-        usage = ex.usage or {}
-        record.update({"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-                       "status": ex.status, "error": ex.error,
-                       "latency_ms": round((time.monotonic() - ex.started) * 1000, 1)})
-        return record
+        return end_record(ex, self._content_policy(ex))
 
 
 class _TooLarge(Exception):
@@ -382,13 +357,6 @@ def _upstream_error_message(content: bytes) -> str:
         return str(json.loads(content)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return content[:200].decode("utf-8", "replace")
-
-
-def _sha256_json(value) -> str:
-    """SHA-256 of a string's UTF-8 bytes, or of compact sorted JSON for anything else (chat messages)."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True,
-                                                            separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class _SseSplitter:
