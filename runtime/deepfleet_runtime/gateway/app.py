@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -120,10 +121,23 @@ class _FastPath:
         self.endpoint, self.routes = endpoint, routes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] in API_ROUTES.get(scope["path"], ()):
-            await self.endpoint(scope, receive, send)
-        else:
+        methods = API_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if methods is None:
             await self.routes(scope, receive, send)
+        elif scope["method"] in methods:
+            await self.endpoint(scope, receive, send)
+        else:  # Starlette would answer HEAD on a GET route by running it: never forward that
+            await _method_not_allowed(scope, send, methods)
+
+
+async def _method_not_allowed(scope, send, methods: list[str]) -> None:
+    allowed = ", ".join(methods)
+    body = json.dumps(error_body(f"{scope['method']} is not allowed on {scope['path']}; use {allowed}",
+                                 code="method_not_allowed")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"allow", allowed.encode())]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
