@@ -40,6 +40,9 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache
                 (b"x-accel-buffering", b"no")]
 
 
+AUDIT_DOWN = "the gateway cannot write its audit log at the moment"
+
+
 class ClientGone(Exception):
     """The client disconnected before its request was read."""
 
@@ -69,8 +72,10 @@ class Exchange:
         """Tokens to charge the key: the upstream's usage, else an estimate of what was produced."""
         if self.usage:
             return int(self.usage.get("prompt_tokens", 0)) + int(self.usage.get("completion_tokens", 0))
-        if self.forwarded is None or self.inspected is None:
-            return 0
+        if self.inspected is None or not self.started_record:
+            return 0  # refused before anything went upstream
+        if self.forwarded is None:  # no replica answered (0), or the client left while one worked: worst case
+            return self.inspected.prompt_estimate + self.inspected.max_tokens if self.status == 499 else 0
         return self.inspected.prompt_estimate + len(self.completion)
 
 
@@ -182,18 +187,20 @@ class ApiEndpoint:
             try:
                 await self.audit.append(self._start_record(ex))
             except AuditError as exc:
-                ex.started_record, ex.recorded = False, True  # nothing can be recorded now; nothing goes upstream either
+                ex.started_record, ex.recorded = False, True  # nothing can be recorded: nothing goes upstream
                 ex.status, ex.error = 503, str(exc)
-                return await _send_json(send, 503, error_body(f"{exc}; the request was not forwarded, retry "
-                                                              "later", "server_error", code="audit_unavailable"),
+                log.error("request %s not forwarded: %s", ex.request_id, exc)
+                return await _send_json(send, 503, error_body(f"{AUDIT_DOWN}; the request was not forwarded, "
+                                                              "retry later", "server_error", code="audit_unavailable"),
                                         ex.request_id, [(b"retry-after", b"5")])
         try:
             ex.forwarded = await self.pool.forward(method, ex.route, upstream_headers,
                                                    inspected.upstream_body if inspected else body,
                                                    buffered=not streaming)
         except UpstreamUnavailable as exc:
-            return await self._refuse(ex, send, exc.status, f"the model service is unavailable: {exc}; retry "
-                                      "with backoff", type_="server_error", code="upstream_unavailable",
+            what = "did not answer in time" if exc.status == 504 else "is unavailable"
+            return await self._refuse(ex, send, exc.status, f"the model service {what}; retry with backoff",
+                                      type_="server_error", code="upstream_unavailable", detail=str(exc),
                                       retry_after=max(1, math.ceil(self.config.routing.health_interval_s)))
         try:
             response = ex.forwarded.response
@@ -209,9 +216,11 @@ class ApiEndpoint:
         try:
             content = await response.read()
         except UpstreamError as exc:  # a streamed request's error answer broke off
-            return await self._refuse(ex, send, 502, f"the model service broke off its answer: {exc}",
-                                      type_="server_error")
+            return await self._refuse(ex, send, 502, "the model service broke off its answer; retry with backoff",
+                                      type_="server_error", detail=str(exc))
         ex.status = response.status_code
+        if ex.status == 200 and ex.route == "/v1/models" and ex.key.models is not None:
+            content = _only_models(content, ex.key.models)
         if ex.status == 200 and ex.inspected:
             _read_completion(ex, content)
         elif ex.status >= 400:
@@ -219,7 +228,8 @@ class ApiEndpoint:
         try:
             await self._record(ex)
         except AuditError as exc:
-            return await _send_json(send, 503, error_body(f"{exc}; the response was withheld",
+            log.error("response %s withheld: %s", ex.request_id, exc)
+            return await _send_json(send, 503, error_body(f"{AUDIT_DOWN}; the response was withheld",
                                                           "server_error"), ex.request_id)
         headers = [(b"content-type", response.headers.get("content-type", "application/json").encode()),
                    (b"content-length", str(len(content)).encode()), (b"x-request-id", ex.request_id.encode())]
@@ -246,24 +256,28 @@ class ApiEndpoint:
         ex.status = 200 if done else 502
         if not done and not ex.error:
             ex.error = "the upstream stream ended without [DONE]"
+        told = "the model service broke off the stream; retry with backoff"
         try:
             await self._record(ex)
         except AuditError as exc:
-            done, ex.error = None, f"{exc}; the end of the response was withheld"
+            log.error("end of stream %s withheld: %s", ex.request_id, exc)
+            done, told = None, f"{AUDIT_DOWN}; the end of the response was withheld"
         if done is None:
-            failure = json.dumps(error_body(ex.error, "server_error"))
+            failure = json.dumps(error_body(told, "server_error"))
             await send({"type": "http.response.body", "body": f"data: {failure}\n\n".encode(), "more_body": False})
         else:
             await send({"type": "http.response.body", "body": done, "more_body": False})
 
     async def _refuse(self, ex: Exchange, send, status: int, message: str, param: str | None = None,
                       code: str | None = None, type_: str = "invalid_request_error",
-                      retry_after: float | None = None) -> None:
-        ex.status, ex.error = status, message
+                      retry_after: float | None = None, detail: str | None = None) -> None:
+        """Answer `message` (what the client may know); the record gets `detail` too (addresses, errors)."""
+        ex.status, ex.error = status, f"{message} ({detail})" if detail else message
         try:
             await self._record(ex)
         except AuditError as exc:
-            status, message, retry_after, type_ = 503, str(exc), 1, "server_error"
+            log.error("request %s refused: %s", ex.request_id, exc)
+            status, message, retry_after, type_ = 503, AUDIT_DOWN, 1, "server_error"
         extra = [(b"retry-after", str(max(1, math.ceil(retry_after))).encode())] if retry_after else []
         await _send_json(send, status, error_body(message, type_, param, code), ex.request_id, extra)
 
@@ -350,6 +364,16 @@ def _stream_event(ex: Exchange, data: str) -> bool:
         if isinstance(text, str) and text:
             ex.completion.append(text)
     return True
+
+
+def _only_models(content: bytes, allowed) -> bytes:
+    """The upstream's model list, less the models the key may not use."""
+    try:
+        listing = json.loads(content)
+        listing["data"] = [m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed]
+    except (ValueError, KeyError, TypeError):
+        return json.dumps({"object": "list", "data": []}).encode()
+    return json.dumps(listing).encode()
 
 
 def _upstream_error_message(content: bytes) -> str:
