@@ -144,6 +144,8 @@ class _AcceptLoop:
             if not self._table.admit(slot.client, slot):
                 conn.close()
                 continue
+            if conn.family in (socket.AF_INET, socket.AF_INET6):  # as the loop's own servers do: no Nagle delay
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             slot.task = asyncio.ensure_future(self._open(conn, slot))
 
     async def _open(self, conn, slot: _Slot) -> None:
@@ -211,13 +213,12 @@ def _bounded_http(inner_class: type, table: ConnectionTable) -> type:
                 return super().data_received(data)
             self._head_bytes += len(data)
             super().data_received(data)
-            if self._in_head and self._head_bytes > section.max_header_bytes and self.transport is not None:
+            if not self._in_head or self.transport is None:
+                return
+            if self._head_bytes > section.max_header_bytes:
                 self._refuse(431, "Request Header Fields Too Large",
                              f"request headers larger than {section.max_header_bytes} bytes")
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            if self._head_timer is None:
+            elif self._head_timer is None:  # headers spread over reads: from now on they are timed
                 self._start_head_timer()
 
         def on_headers_complete(self) -> None:

@@ -155,28 +155,25 @@ class ApiEndpoint:
 
     async def _relay_watching_client(self, ex: Exchange, method: str, body: bytes, receive, send) -> None:
         """Relay the exchange; if the client disconnects first, cancel it (and the upstream request)."""
-        work = asyncio.ensure_future(self._relay(ex, method, body, send))
-        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        task, state = asyncio.current_task(), {"relaying": True, "gone": False}
+        watch = asyncio.ensure_future(_cancel_on_disconnect(receive, task, state))
         try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server's graceful shutdown ran out: record, then go
-            work.cancel()
-            if ex.started_record and not ex.recorded:
-                ex.status, ex.error = 503, "the gateway shut down during the request; the answer was cut off"
-                ex.recorded = True
-                with contextlib.suppress(AuditError):
-                    self.audit.submit(self._audit_record(ex))  # queued now; written before the log closes
-            raise
-        finally:
-            watch.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            await self._relay(ex, method, body, send)
+        except asyncio.CancelledError:
+            if not state["gone"]:  # the server's graceful shutdown ran out: record, then go
+                if ex.started_record and not ex.recorded:
+                    ex.status, ex.error = 503, "the gateway shut down during the request; the answer was cut off"
+                    ex.recorded = True
+                    with contextlib.suppress(AuditError):
+                        self.audit.submit(self._audit_record(ex))  # queued now; written before the log closes
+                raise
+            task.uncancel()
             if not ex.recorded:
                 ex.status, ex.error = 499, "the client closed the connection; the upstream request was cancelled"
                 await self._record(ex)
-            return
-        work.result()
+        finally:
+            state["relaying"] = False
+            watch.cancel()
 
     async def _relay(self, ex: Exchange, method: str, body: bytes, send) -> None:
         inspected = ex.inspected
@@ -318,9 +315,13 @@ async def _read_body(receive, headers: dict, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def _wait_for_disconnect(receive) -> None:
+async def _cancel_on_disconnect(receive, task: asyncio.Task, state: dict) -> None:
+    """Cancel `task` if the client disconnects while it still relays."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    if state["relaying"]:
+        state["gone"] = True
+        task.cancel()
 
 
 async def _send_json(send, status: int, payload: dict, request_id: str, extra_headers=()) -> None:
