@@ -178,7 +178,7 @@ def _append(path: Path, offset: int, data: bytes) -> int:
 def gateway_source(gateway) -> AuditSource:
     """The audit directory of a fleet gateway (deepfleet/fleet.py FleetHost), read over ssh as root."""
     settings = gateway.settings
-    directory = settings.get("gateway_audit_dir") or f"{settings['deepfleet_state_dir']}/audit"
+    directory = settings.get("gateway_audit_dir") or f"{settings['gateway_state_dir']}/audit"
     return AuditSource(gateway.name, [*gateway.ssh, *(["sudo", "-n"] if gateway.sudo else [])],
                        f"{settings['deepfleet_home']}/venv/bin/python", directory)
 

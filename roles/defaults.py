@@ -204,7 +204,7 @@ SETTINGS = {
     "gateway_max_unauthenticated_per_minute": S(60,
         "per address: more requests without a valid key get 429"),
     "gateway_limit_nofile": S(65536, "the unit's LimitNOFILE (file descriptors: connections + files)"),
-    "gateway_audit_dir": S(None, "default: <deepfleet_state_dir>/audit", type="str|null"),
+    "gateway_audit_dir": S(None, "default: <gateway_state_dir>/audit", type="str|null"),
     "gateway_audit_content": S("full",
         "\"full\" (prompts and completions) or \"sha256\" (hashes only)", choices=("full", "sha256")),
     "gateway_audit_rotate_mb": S(64, "and a new file each UTC day"),
