@@ -191,12 +191,25 @@ SETTINGS = {
     "gateway_default_rpm": S(600, "per-key limits for keys created without their own; 0 = unlimited"),
     "gateway_default_tpm": S(600000, "tokens per minute, per key"),
     "gateway_default_concurrency": S(16, "requests at once, per key"),
-    "gateway_audit_dir": S(None, "default: <deepfleet_state_dir>/audit", type="str|null"),
+    # Client connections (docs/gateway.md, "Connection limits"): counted from accept, before TLS.
+    "gateway_max_connections": S(8192,
+        "client connections open at once, all clients (when full, the longest idle one goes)"),
+    "gateway_max_connections_per_client": S(256,
+        "connections open at once from one address; more are closed at once"),
+    "gateway_handshake_timeout_s": S(10, "TLS handshake deadline", type="float"),
+    "gateway_header_timeout_s": S(10,
+        "a request's headers must arrive whole within this, else 408", type="float"),
+    "gateway_idle_timeout_s": S(15, "keep-alive connections without a new request are closed", type="float"),
+    "gateway_max_header_bytes": S(32768, "request line + headers; larger get 431"),
+    "gateway_max_unauthenticated_per_minute": S(60,
+        "per address: more requests without a valid key get 429"),
+    "gateway_limit_nofile": S(65536, "the unit's LimitNOFILE (file descriptors: connections + files)"),
+    "gateway_audit_dir": S(None, "default: <gateway_state_dir>/audit", type="str|null"),
     "gateway_audit_content": S("full",
         "\"full\" (prompts and completions) or \"sha256\" (hashes only)", choices=("full", "sha256")),
     "gateway_audit_rotate_mb": S(64, "and a new file each UTC day"),
     "gateway_audit_retention_days": S(0, "0 = keep every file"),
-    "gateway_audit_signing": S(False, "Ed25519-signed checkpoints; the public key stays in gateway_pki_dir"),
+    "gateway_audit_signing": S(True, "Ed25519-signed checkpoints; the public key stays in gateway_pki_dir"),
     "gateway_audit_checkpoint_every": S(1000, "records between two signed checkpoints"),
 
     # --- firewall (nftables): only SSH and the gateway port, from the networks listed ------------
@@ -204,6 +217,8 @@ SETTINGS = {
     "firewall_ssh_port": S(None, "default: the inventory's ssh_port, else 22", type="int|null"),
     "firewall_ssh_sources": S([], "CIDRs allowed to reach SSH, e.g. [\"10.0.0.0/24\"]", example=["10.0.0.0/24"]),
     "firewall_gateway_sources": S([], "CIDRs allowed to reach the gateway port"),
+    "firewall_gateway_connections_per_source": S(512,
+        "nft `ct count`: more new connections from one address to the gateway port are dropped"),
     "firewall_runtime_sources": S([], "CIDRs of gateways on other hosts that reach this runtime (mTLS)"),
 
     # === runtime, Docker mode (roles/runtime.py, roles/runtime_container.py) =========================

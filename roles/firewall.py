@@ -1,7 +1,9 @@
 """The firewall role (nftables): a host admits SSH and the gateway port only from the networks the
 inventory lists (and the runtime port only from gateways on other hosts, Ray's ports only from the
-other nodes of its Ray cluster); the rest is dropped. On Rocky/RHEL, where firewalld runs by
-default, it opens those ports in firewalld instead (roles/firewalld.py).
+other nodes of its Ray cluster); the rest is dropped. New connections to the gateway port beyond
+`firewall_gateway_connections_per_source` open ones from one address are dropped (`ct count`).
+On Rocky/RHEL, where firewalld runs by default, it opens those ports in firewalld instead
+(roles/firewalld.py); there the gateway's own per-client limit is the only connection cap.
 
 Off unless `firewall_enabled`. It replaces only its own table (`inet deepfleet`), atomically, after
 `nft -c` has checked the new ruleset; established connections (this deploy's SSH session) go on.
@@ -48,7 +50,13 @@ def firewall_context(settings: Mapping) -> dict:
             if elements:
                 sets.append({"name": f"{name}_v{version}", "type": nft_type, "elements": elements})
                 rules.append({"port": port, "family": family, "set": f"{name}_v{version}"})
-    return {"sets": sets, "rules": rules}
+    limits = []
+    per_source = settings.get("firewall_gateway_connections_per_source")
+    if per_source:  # connections per client address to the gateway, counted by conntrack
+        for family, nft_type in (("ip", "ipv4_addr"), ("ip6", "ipv6_addr")):
+            limits.append({"set": f"gateway_conn_{family}", "type": nft_type, "family": family,
+                           "port": settings["gateway_port"], "count": int(per_source)})
+    return {"sets": sets, "rules": rules, "connection_limits": limits}
 
 
 def fleet_sources(settings: dict) -> dict:

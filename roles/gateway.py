@@ -37,6 +37,13 @@ def upstreams(settings: Mapping, host_name: str) -> list[dict]:
             for e in configured]
 
 
+# gateway.yaml `connections:` keys and the role settings behind them
+CONNECTION_SETTINGS = {"max_connections": "max_connections", "max_per_client": "max_connections_per_client",
+                       "handshake_timeout_s": "handshake_timeout_s", "header_timeout_s": "header_timeout_s",
+                       "idle_timeout_s": "idle_timeout_s", "max_header_bytes": "max_header_bytes",
+                       "max_unauthenticated_per_minute": "max_unauthenticated_per_minute"}
+
+
 def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
     """Variables for templates/gateway.yaml.j2 from role settings."""
     tls = f"{settings['deepfleet_config_dir']}/tls"
@@ -66,6 +73,7 @@ def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
         "audit_retention_days": settings["gateway_audit_retention_days"],
         "audit_checkpoint_key": f"{tls}/audit-signing.key" if settings["gateway_audit_signing"] else None,
         "audit_checkpoint_every": settings["gateway_audit_checkpoint_every"],
+        "connections": {name: settings[f"gateway_{setting}"] for name, setting in CONNECTION_SETTINGS.items()},
         "metrics_port": settings["gateway_metrics_port"],
         "admin_socket": settings["gateway_admin_socket"],
         "routing": settings.get("gateway_routing") or {},
@@ -115,7 +123,7 @@ def gateway():
                                  user="root", group=group, mode="0640", **context))
     unit = files.template(name="Gateway systemd unit", src=template("systemd/deepfleet-gateway.service.j2"),
                           dest="/etc/systemd/system/deepfleet-gateway.service", user="root", group="root",
-                          mode="0644", audit_dir=context["audit_dir"],
+                          mode="0644", audit_dir=context["audit_dir"], limit_nofile=data.gateway_limit_nofile,
                           **unit_context(settings, config_path) | {"service_user": data.gateway_user,
                                                                    "service_group": group,
                                                                    "state_dir": data.gateway_state_dir})

@@ -78,8 +78,11 @@ def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
     assert str(config.tls.key) == "/etc/df/tls/server.key"
     assert str(config.api_keys_file) == "/etc/df/api_keys.json"
     assert (config.limits.max_tokens, config.limits.default_rpm) == (77, 5)
-    assert str(config.audit.dir) == "/var/lib/deepfleet-gateway/audit" and config.audit.checkpoint_key is None
+    assert str(config.audit.dir) == "/var/lib/deepfleet-gateway/audit"
+    assert str(config.audit.checkpoint_key) == "/etc/df/tls/audit-signing.key"  # signed by default
     assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9464)
+    assert config.connections.max_per_client == DEFAULTS["gateway_max_connections_per_client"]
+    assert config.connections.max_header_bytes == DEFAULTS["gateway_max_header_bytes"]
 
 
 def test_gateway_yaml_with_remote_replicas_uses_mutual_tls_and_signing():
@@ -110,7 +113,7 @@ def test_units_run_the_runtime_as_the_service_user_with_hardening():
     settings = {**DEFAULTS, "deepfleet_user": "svc", "deepfleet_home": "/srv/df"}
     for name, command in (("deepfleet-runtime", "serve"), ("deepfleet-gateway", "gateway")):
         unit = _unit(_render(f"systemd/{name}.service.j2", audit_dir="/var/lib/deepfleet/audit",
-                             **unit_context(settings, "/etc/x.yaml")))
+                             limit_nofile=settings["gateway_limit_nofile"], **unit_context(settings, "/etc/x.yaml")))
         service = unit["Service"]
         assert service["User"] == "svc"
         assert service["ExecStart"] == f"/srv/df/venv/bin/deepfleet-runtime {command} --config /etc/x.yaml"
@@ -119,6 +122,7 @@ def test_units_run_the_runtime_as_the_service_user_with_hardening():
         assert unit["Install"]["WantedBy"] == "multi-user.target"
         # keys, weights and prompts reach neither a core dump nor swap (docs/model-format.md)
         assert (service["LimitCORE"], service["MemorySwapMax"]) == ("0", "0"), name
+    assert unit["Service"]["LimitNOFILE"] == "65536"  # the gateway's: a descriptor per client connection
 
 
 def test_certificate_names_cover_the_host_its_address_and_extra_names():

@@ -61,3 +61,14 @@ def test_a_gateway_address_the_role_derived_is_blamed_on_the_gateways_runtime_ad
     assert str(error.value).startswith("the runtime_address of a gateway (firewall_runtime_sources is empty, so the "
                                        "gateways' addresses are used): 'gw1.example.internal' is not a network")
     assert "set runtime_address" in str(error.value)
+
+
+def test_connections_per_source_to_the_gateway_are_capped_by_conntrack():
+    text = _render({**SETTINGS, "firewall_gateway_connections_per_source": 300})
+    # nftables wiki ("Connlimits"): a dynamic set and `ct count over N` on new connections
+    for family, kind in (("ip", "ipv4_addr"), ("ip6", "ipv6_addr")):
+        assert (f"tcp dport 8443 ct state new add @gateway_conn_{family} {{ {family} saddr ct count over 300 }} drop"
+                in text)
+        assert f"set gateway_conn_{family} {{\n\t\ttype {kind}\n\t\tsize 65535\n\t\tflags dynamic" in text
+    assert text.index("ct count") < text.index("@gateway_v4 accept")  # counted before the source is accepted
+    assert "ct count" not in _render({**SETTINGS, "firewall_gateway_connections_per_source": 0})

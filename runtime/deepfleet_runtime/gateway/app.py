@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,6 +31,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig):
         self.config = config
+        self.connections = None  # the public server's ConnectionTable (gateway/connections.py), once built
         signer = Ed25519Signer(config.audit.checkpoint_key) if config.audit.checkpoint_key else None
         self.audit = AuditLog(config.audit, signer)
         self.pool = UpstreamPool(config)
@@ -39,6 +41,9 @@ class Gateway:
         self._add_live_metrics()
         endpoint = ApiEndpoint(config, KeyStore(config.api_keys_file), KeyLimiter(config.limits), self.queue,
                                self.pool, self.audit, self.metrics)
+        self.metrics.add(Live("deepfleet_gateway_unauthenticated_throttled_total", "Requests without a valid key "
+                              "refused with 429 (no audit record) over the per-address limit.", (),
+                              lambda: {(): endpoint.addresses.throttled}, kind="counter"))
         routes = Starlette(
             routes=[Route("/health", self._health), Route("/ready", self._ready),
                     *(Route(path, endpoint, methods=methods) for path, methods in API_ROUTES.items())],
@@ -92,6 +97,20 @@ class Gateway:
                               lambda: {(): self.audit.records_written}, kind="counter"))
         self.metrics.add(Live("deepfleet_gateway_audit_fsyncs_total", "fdatasync calls (one per batch).", (),
                               lambda: {(): self.audit.fsyncs}, kind="counter"))
+        self.metrics.add(Live("deepfleet_gateway_audit_writable", "0 while the audit log cannot be written "
+                              "(requests are refused with 503).", (), lambda: {(): float(self.audit.writable)}))
+        self.metrics.add(Live("deepfleet_gateway_audit_write_failures_total", "Audit batches that failed and "
+                              "were cut back.", (), lambda: {(): self.audit.write_failures}, kind="counter"))
+        table = lambda: self.connections  # noqa: E731 - set once the server is built
+        for name, help_text, read, kind in (
+            ("connections", "Client connections open (TLS handshakes included).", lambda t: t.total, "gauge"),
+            ("connections_refused_total", "Connections closed at accept (per-address or total limit).",
+             lambda t: t.refused, "counter"),
+            ("connections_evicted_total", "Idle connections closed to make room for new ones.",
+             lambda t: t.evicted, "counter"),
+        ):
+            self.metrics.add(Live(f"deepfleet_gateway_{name}", help_text, (),
+                                  lambda read=read: {(): read(table())} if table() else {}, kind=kind))
 
 
 class _FastPath:
@@ -102,10 +121,23 @@ class _FastPath:
         self.endpoint, self.routes = endpoint, routes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] in API_ROUTES.get(scope["path"], ()):
-            await self.endpoint(scope, receive, send)
-        else:
+        methods = API_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if methods is None:
             await self.routes(scope, receive, send)
+        elif scope["method"] in methods:
+            await self.endpoint(scope, receive, send)
+        else:  # Starlette would answer HEAD on a GET route by running it: never forward that
+            await _method_not_allowed(scope, send, methods)
+
+
+async def _method_not_allowed(scope, send, methods: list[str]) -> None:
+    allowed = ", ".join(methods)
+    body = json.dumps(error_body(f"{scope['method']} is not allowed on {scope['path']}; use {allowed}",
+                                 code="method_not_allowed")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"allow", allowed.encode())]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:

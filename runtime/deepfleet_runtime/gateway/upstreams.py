@@ -1,10 +1,13 @@
 """Runtime replicas behind the gateway: active health checks, least-outstanding-requests choice,
 retries on another replica with exponential backoff and jitter, drain/undrain.
 
-A request is retried (on a replica it has not tried yet) when the upstream could not be reached,
-dropped the connection before answering, or answered 5xx — always before the client got a byte.
-For a non-streamed request the whole upstream answer is read before the client sees anything, so
-a replica dying mid-generation is retried too; a stream that breaks after its first byte cannot be.
+A request is retried (on a replica it has not tried yet) when the upstream could not be reached
+or answered 5xx — always before the client got a byte. A replica that dropped the connection
+after the request was sent may have been crashed by that very request: it is taken out of
+service until a health check passes, and the request is tried on one other replica, never more,
+so one poisonous request cannot take down the fleet. For a non-streamed request the whole
+upstream answer is read before the client sees anything, so a replica dying mid-generation is
+retried too; a stream that breaks after its first byte cannot be.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class UpstreamPool:
         """
         tried: set[str] = set()
         errors: list[str] = []
+        dropped = False  # a replica dropped the request once: one more try, no more
         for attempt in range(1, self.routing.max_attempts + 1):
             replica = self.choose(exclude=tried)
             if replica is None and attempt == 1:
@@ -122,8 +126,12 @@ class UpstreamPool:
                 forwarded = await self._attempt(replica, attempt, method, path, headers, body, buffered)
             except _RETRYABLE as exc:
                 errors.append(f"{replica.name}: {exc}")
-                if isinstance(exc, UpstreamConnectError):
+                if isinstance(exc, (UpstreamConnectError, UpstreamDisconnected)):
                     self._mark_down(replica, str(exc))
+                if isinstance(exc, UpstreamDisconnected):
+                    if dropped:
+                        break
+                    dropped = True
                 continue
             except UpstreamTimeout as exc:
                 raise UpstreamUnavailable(f"{replica.name}: {exc}", status=504) from None

@@ -21,7 +21,8 @@ from deepfleet.apikeys import create_key, host_key_file, load_keyring
 from deepfleet.pki import ensure_server_cert, init_ca
 from deepfleet_runtime.gateway.app import Gateway
 from deepfleet_runtime.gateway.config import load_gateway_config
-from deepfleet_runtime.serving import SideServer, build_server, serve_with_side_servers, tcp_listener, unix_listener
+from deepfleet_runtime.gateway.connections import build_gateway_server
+from deepfleet_runtime.serving import SideServer, serve_with_side_servers, tcp_listener, unix_listener
 from tests.conftest import free_port
 
 RUNTIME_COMMAND = str(Path(sys.executable).parent / "deepfleet-runtime")
@@ -128,7 +129,7 @@ def running_gateway(site: GatewaySite):
     `deepfleet-runtime gateway` command runs it: TLS listener, metrics listener, admin socket."""
     config = load_gateway_config(site.config_path)
     site.gateway = Gateway(config)
-    main = build_server(site.gateway.app, config.listen.host, config.listen.port, config.tls.cert, config.tls.key)
+    main, site.gateway.connections = build_gateway_server(site.gateway.app, config)
     side = [SideServer(site.gateway.metrics_app, tcp_listener(config.metrics.host, config.metrics.port)),
             SideServer(site.gateway.admin_app, unix_listener(config.admin_socket))]
     thread = threading.Thread(target=serve_with_side_servers, args=(main, side), daemon=True)

@@ -22,7 +22,12 @@ def _records(site) -> list[dict]:
 
 
 def _record(site, request_id: str) -> dict:
-    return next(r for r in _records(site) if r.get("request_id") == request_id)
+    """A request's fields from its "started" and end records together."""
+    merged = {}
+    for record in _records(site):
+        if record.get("request_id") == request_id:
+            merged.update(record)
+    return merged
 
 
 def test_chat_through_the_gateway_streamed_and_not(gateway):
@@ -158,7 +163,8 @@ def test_client_disconnect_cancels_the_upstream_request(gateway):
             next(response.iter_raw())
     # The connection is gone; the gateway notices, cancels the upstream request and records it.
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(r.get("request_id") == request_id for r in _records(gateway)):
+    while time.monotonic() < deadline and not any(r.get("request_id") == request_id and r["type"] == "request"
+                                                  for r in _records(gateway)):  # its end record
         time.sleep(0.05)
     record = _record(gateway, request_id)
     assert record["status"] == 499
