@@ -20,14 +20,13 @@ way before the rollout ends; the report says `interrupted`.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .deployrun import DeployError, host_log, run_deploy
 from .fleet import Fleet, FleetHost
+from .interrupts import interrupts, shield
 from .paths import ROLLBACK_DEPLOY
 from .remote import RemoteError
 from .rolloutrecord import HostResult, RolloutOptions, RolloutReport
@@ -43,28 +42,6 @@ class StepFailed(Exception):
     def __init__(self, host: str, step: str, reason: str):
         super().__init__(f"{host} failed at {step}: {reason}")
         self.host, self.step, self.reason = host, step, reason
-
-
-@contextlib.contextmanager
-def interrupts(log: Callable[[str], None]):
-    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt once, in the main thread; later ones while
-    the rollout puts its batch back in service are only noted (a second Ctrl-C must not leave a
-    replica drained)."""
-    seen = []
-
-    def handler(number, _frame):
-        if seen:
-            log(f"{signal.Signals(number).name}: still putting the batch back in service; then the rollout ends")
-            return
-        seen.append(number)
-        raise KeyboardInterrupt(signal.Signals(number).name)
-
-    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
 
 
 class Rollout:
@@ -109,7 +86,6 @@ class Rollout:
                           self._serving_now(), self.options.min_serving)
         self.log(f"{len(pending)} of {len(self.fleet.replicas)} replicas to move; {len(batches)} batch(es) of "
                  f"{', '.join(str(len(b)) for b in batches) or '-'}")
-        failed_hosts = sum(1 for h in report.hosts if h.outcome == "failed")
         report.status = "done"
         try:
             for index, names in enumerate(batches):
@@ -264,7 +240,8 @@ class Rollout:
         members = [m for h in batch for m in self.fleet.members(h)]
         self.log(f"converging {', '.join(members)} (site deploy, --limit)")
         try:
-            result = run_deploy(self.fleet.inventory, limit=tuple(members), env=self.fleet.env, echo=False)
+            with shield():  # an interrupt lets the deploy finish: nothing half-applied to roll back from
+                result = run_deploy(self.fleet.inventory, limit=tuple(members), env=self.fleet.env, echo=False)
             failed, log = result.failed_hosts, result.log
         except DeployError as exc:
             log = exc.log
@@ -287,7 +264,9 @@ class Rollout:
                 return host_log(exc.log, host.name) or str(exc)
             return None
 
-        for host, error in zip(batch, _parallel(switch, batch)):
+        with shield():
+            errors = _parallel(switch, batch)
+        for host, error in zip(batch, errors):
             if error:
                 raise StepFailed(host.name, "converge", error)
 
@@ -363,7 +342,9 @@ class Rollout:
                               sum(o.answer_seconds for o in others))
         for host in batch:
             sample = delta.get(host.name, BakeSample(0, 0, 0.0, False))
-            reason = bake_verdict(sample, baseline)
+            settings = host.settings
+            reason = bake_verdict(sample, baseline, settings["rollout_bake_max_error_percent"],
+                                  settings["rollout_bake_latency_factor"], settings["rollout_bake_min_requests"])
             if reason:
                 raise StepFailed(host.name, "bake", reason)
             self.log(f"{host.name}: baked: {sample.served} answered, {sample.failed} failed "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -65,6 +66,20 @@ class Fleet:
                "DEEPFLEET_CACHE": str(cache_dir())}
         command = [str(Path(sys.executable).parent / "deepfleet"), *args, str(LOCAL_INVENTORY)]
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=PROJECT_ROOT)
+
+    def start(self, *args: str) -> tuple[subprocess.Popen, Path]:
+        """`deepfleet ARGS INVENTORY` in the background; its stderr (the progress) goes to the file."""
+        env = {**os.environ, "DEEPFLEET_HOSTS_FILE": str(self.inventory), "DEEPFLEET_HOME": str(self.root / "state"),
+               "DEEPFLEET_CACHE": str(cache_dir())}
+        command = [str(Path(sys.executable).parent / "deepfleet"), *args, str(LOCAL_INVENTORY)]
+        progress = self.root / f"progress-{time.monotonic_ns()}.log"
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=progress.open("w"), text=True, env=env,
+                                   cwd=PROJECT_ROOT)
+        return process, progress
+
+    def upstreams(self, gateway: str) -> list[tuple]:
+        status = json.loads(self.on(gateway, f"{RUNTIME} gateway-admin status"))["upstreams"]
+        return [(u["name"], u["healthy"], u["draining"]) for u in status]
 
     def on(self, host: str, command: str) -> str:
         container = next(h.container for h in self.hosts.hosts if h.name == host)
@@ -260,3 +275,171 @@ def test_status_shows_every_host_on_its_release_and_healthy(fleet):
     assert [hosts[name]["jobs"] for name in hosts] == [["gateway", "replica"], ["gateway", "replica"], ["replica"]]
     table = fleet.deepfleet("status", timeout=300)
     assert table.returncode == 0 and "h1 ok, h2 ok" in table.stdout
+
+
+# --- operations an operator can trust: interrupts, locks, bake gate, ramps, resume, undo ------------
+
+ALL_SERVING = [("h1", True, False), ("h2", True, False), ("h3", True, False)]
+
+
+def _on_v2(fleet: Fleet, batch_size: int) -> None:
+    """A config change on every host (their model stays v2): a restart, no model push."""
+    fleet.overrides["runtime_max_batch_size"] = batch_size
+    fleet.write_inventory({host: {"model_source": str(fleet.root / "model-v2")} for host in ("h1", "h2", "h3")})
+
+
+def _wait_for(progress: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in progress.read_text():
+        assert process.poll() is None, f"it ended before {text!r}: {progress.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in: {progress.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def _record(fleet: Fleet) -> dict:
+    return json.loads((fleet.root / "state" / "rollouts" / "local.json").read_text())
+
+
+def test_an_interrupted_rollout_puts_its_batch_back_and_meanwhile_another_is_refused_naming_the_lock(fleet, answers):
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    _on_v2(fleet, 10)
+    started = time.monotonic()
+    with Load(fleet) as load:
+        first, progress = fleet.start("rollout", "--batch", "1")
+        _wait_for(progress, "converging h1", first)
+        second = fleet.deepfleet("rollout", "--batch", "1")
+        up = fleet.deepfleet("up")
+        assert first.poll() is None, progress.read_text()[-3000:]  # both refused while the first ran
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=600)
+        time.sleep(2)
+    fleet.timings["interrupted_rollout_s"] = round(time.monotonic() - started, 1)
+    lock_id = _record(fleet)["id"]
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"h1 is locked by rollout {lock_id} by " in second.stderr and "taken " in second.stderr \
+        and f"deepfleet unlock {LOCAL_INVENTORY} --lock {lock_id}" in second.stderr
+    assert up.returncode == 1 and f"is locked by rollout {lock_id}" in up.stderr, up.stderr[-3000:]
+    assert first.returncode == 130, out + progress.read_text()[-3000:]
+    assert "interrupted" in out and "--resume" in out
+    record = _record(fleet)
+    assert record["status"] == "interrupted"
+    assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
+        ("h1", "rolled back"), ("h2", "not reached"), ("h3", "not reached")]
+    assert load.failures == [] and load.done > 0
+    assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
+    for gateway in ("h1", "h2"):
+        assert fleet.upstreams(gateway) == ALL_SERVING  # no replica left drained
+    locks = fleet.deepfleet("locks")
+    assert locks.returncode == 0 and locks.stdout.count("not locked") == 3, locks.stdout
+
+
+FAULT = """
+import json, ssl, sys, yaml
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+config = yaml.safe_load(open("/opt/deepfleet/releases/current/runtime.yaml"))
+ready = json.dumps(json.loads(sys.argv[1]) | {"status": "ready"}).encode()
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.answer(200, ready)
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.answer(500, b'{"error": {"message": "injected fault"}}')
+server = ThreadingHTTPServer((config["server"]["host"], config["server"]["port"]), Handler)
+if config.get("tls"):
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_3
+    tls.load_cert_chain(config["tls"]["cert"], config["tls"]["key"])
+    tls.load_verify_locations(config["tls"]["client_ca"])
+    tls.verify_mode = ssl.CERT_REQUIRED
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def test_a_canary_answering_5xx_during_its_bake_is_rolled_back_and_the_rollout_stops(fleet, answers):
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    pids = {host: fleet.runtime_pid(host) for host in ("h2", "h3")}
+    _on_v2(fleet, 11)
+    started = time.monotonic()
+    with Load(fleet) as load:
+        rollout, progress = fleet.start("rollout", "--batch", "1", "--bake", "20")
+        _wait_for(progress, "baking h1", rollout)
+        # h1 passed its verify and smoke test on the new release; now it answers 500 to every completion
+        # (and 200 to health checks, as a replica broken under real traffic does)
+        state = next(u for u in json.loads(fleet.on("h1", f"{RUNTIME} gateway-admin status"))["upstreams"]
+                     if u["name"] == "h1")
+        labels = json.dumps({"model": MODEL_NAME, "release": state["release"], "quantization": state["quantization"]})
+        fleet.on("h1", f"cat > /tmp/fault.py <<'EOF'\n{FAULT}\nEOF\n")
+        fleet.on("h1", "systemctl stop deepfleet-runtime && systemd-run --unit deepfleet-fault "
+                       f"/opt/deepfleet/venv/bin/python /tmp/fault.py '{labels}'")
+        _wait_for(progress, "h1 failed at bake", rollout)
+        fleet.on("h1", "systemctl stop deepfleet-fault")  # the rollback's restart needs the port
+        out, _ = rollout.communicate(timeout=600)
+        time.sleep(2)
+    fleet.timings["canary_bake_rollback_s"] = round(time.monotonic() - started, 1)
+    assert rollout.returncode == 1, out + progress.read_text()[-3000:]
+    assert "h1 failed at bake" in out and "requests failed" in out, out
+    record = _record(fleet)
+    assert record["status"] == "halted"
+    assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
+        ("h1", "failed"), ("h2", "not reached"), ("h3", "not reached")]
+    assert load.failures == [] and load.done > 0  # the gateways sent its failed requests elsewhere
+    assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
+    assert {host: fleet.runtime_pid(host) for host in ("h2", "h3")} == pids
+    for gateway in ("h1", "h2"):
+        assert fleet.upstreams(gateway) == ALL_SERVING
+
+
+def test_a_ramp_refuses_a_capacity_it_cannot_keep_then_pauses_and_resumes_with_no_failed_request(fleet, answers):
+    _on_v2(fleet, 12)
+    refused = fleet.deepfleet("rollout", "--min-serving", "3")
+    assert refused.returncode == 2 and "fewer than --min-serving 3" in refused.stderr, refused.stderr[-3000:]
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    started = time.monotonic()
+    with Load(fleet) as load:
+        paused = fleet.deepfleet("rollout", "--batch", "1,50%", "--pause-after", "1")
+        after_pause = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+        resumed = fleet.deepfleet("rollout", "--resume")
+        time.sleep(2)
+    fleet.timings["ramp_pause_resume_3_hosts_s"] = round(time.monotonic() - started, 1)
+    assert paused.returncode == 0 and "paused after batch 1" in paused.stdout, paused.stdout + paused.stderr[-3000:]
+    assert after_pause["h1"] != before["h1"] and [after_pause[h] for h in ("h2", "h3")] == [before["h2"], before["h3"]]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
+    record = _record(fleet)
+    assert record["status"] == "done"
+    assert [(h["name"], h["outcome"], h["batch"], h["before"]) for h in record["hosts"]] == [
+        ("h1", "updated", 1, before["h1"]), ("h2", "updated", 2, before["h2"]), ("h3", "updated", 2, before["h3"])]
+    assert load.failures == [] and load.done > 0
+
+
+def test_rollback_of_a_rollout_moves_back_only_the_hosts_it_moved(fleet, answers):
+    _on_v2(fleet, 13)
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    moved = fleet.deepfleet("rollout", "--batch", "1", "--pause-after", "1")
+    assert moved.returncode == 0, moved.stdout + moved.stderr[-3000:]
+    rollout_id = _record(fleet)["id"]
+    assert fleet.release("h1")["id"] != before["h1"]
+    pids = {host: fleet.runtime_pid(host) for host in ("h2", "h3")}
+    started = time.monotonic()
+    with Load(fleet) as load:
+        back = fleet.deepfleet("rollback", "--rollout", rollout_id)
+        time.sleep(2)
+    fleet.timings["rollback_of_rollout_s"] = round(time.monotonic() - started, 1)
+    assert back.returncode == 0, back.stdout + back.stderr[-3000:]
+    assert "drained h1 at h1, h2" in back.stderr and "undrained h1" in back.stderr
+    assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
+    assert {host: fleet.runtime_pid(host) for host in ("h2", "h3")} == pids  # untouched
+    record = _record(fleet)
+    assert (record["kind"], record["of"]) == ("rollback", rollout_id)
+    assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
+        ("h1", "updated"), ("h2", "up to date"), ("h3", "up to date")]
+    assert load.failures == [] and load.done > 0
+    for gateway in ("h1", "h2"):
+        assert fleet.upstreams(gateway) == ALL_SERVING
