@@ -30,8 +30,8 @@ from .interrupts import interrupts, shield
 from .paths import ROLLBACK_DEPLOY
 from .remote import RemoteError
 from .rolloutrecord import HostResult, RolloutOptions, RolloutReport
-from .rolloutplan import (BakeSample, RolloutRefused, bake_verdict, batch_steps, budget_exhausted, check_min_serving,
-                          plan_batches)
+from .rolloutplan import (BakeSample, RolloutRefused, bake_verdict, batch_steps, budget_exhausted,
+                          check_gateways_kept, check_min_serving, plan_batches)
 
 __all__ = ["Rollout", "RolloutOptions", "RolloutRefused", "RolloutReport", "HostResult", "interrupts"]
 
@@ -82,6 +82,7 @@ class Rollout:
             batches = [b for b in batches if b]
         else:
             batches = plan_batches(self.options.batch, pending, len(self.fleet.replicas), report.last_batch + 1)
+        check_gateways_kept(batches, [g.name for g in self.fleet.gateways])
         check_min_serving(batches, {r.name: r.settings["model_name"] for r in self.fleet.replicas},
                           self._serving_now(), self.options.min_serving)
         self.log(f"{len(pending)} of {len(self.fleet.replicas)} replicas to move; {len(batches)} batch(es) of "

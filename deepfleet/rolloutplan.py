@@ -74,6 +74,15 @@ def check_min_serving(batches: list[list[str]], models: dict[str, str], serving:
                                         "use smaller batches (--batch 1), add replicas or lower --min-serving"))
 
 
+def check_gateways_kept(batches: list[list[str]], gateways: list[str]) -> None:
+    """Refuse a plan with a batch that holds every gateway: its converge may restart them all at
+    once (gateways are rolled with their hosts' batches, one serving while another restarts)."""
+    for number, batch in enumerate(batches, 1):
+        if len(gateways) > 1 and set(gateways) <= set(batch):
+            raise RolloutRefused(f"batch {number} ({', '.join(batch)}) holds every gateway ({', '.join(gateways)}): "
+                                 "clients would have none while it converges; use smaller batches (--batch 1)")
+
+
 @dataclass
 class BakeSample:
     """What the gateways counted for replicas during a bake (summed over gateways): answered

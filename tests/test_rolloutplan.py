@@ -3,7 +3,8 @@ the bake gate and lock staleness (deepfleet/rolloutplan.py)."""
 
 import pytest
 
-from deepfleet.rolloutplan import (BakeSample, RolloutRefused, bake_verdict, budget_exhausted, check_min_serving,
+from deepfleet.rolloutplan import (BakeSample, RolloutRefused, bake_verdict, budget_exhausted, check_gateways_kept,
+                                   check_min_serving,
                                    lock_description, plan_batches)
 
 NAMES = [f"g{i}" for i in range(1, 21)]
@@ -79,3 +80,9 @@ def test_a_lock_names_its_owner_and_age_and_is_stale_only_when_its_process_is_go
     assert stale
     _, stale = lock_description(lock, now=1185.0, machine="other", pid_alive=lambda pid: False)
     assert not stale  # another machine's process cannot be checked from here
+
+
+def test_a_batch_that_holds_every_gateway_is_refused_since_clients_would_have_none_while_it_converges():
+    check_gateways_kept([["h1"], ["h2", "h3"]], gateways=["h1", "h2"])
+    with pytest.raises(RolloutRefused, match=r"batch 2 \(h1, h2\) holds every gateway \(h1, h2\).*--batch 1"):
+        check_gateways_kept([["h3"], ["h1", "h2"]], gateways=["h1", "h2"])
