@@ -30,8 +30,9 @@ from .interrupts import interrupts, shield
 from .paths import ROLLBACK_DEPLOY
 from .remote import RemoteError
 from .rolloutrecord import HostResult, RolloutOptions, RolloutReport
-from .rolloutplan import (BakeSample, RolloutRefused, bake_verdict, batch_steps, budget_exhausted,
-                          check_gateways_kept, check_min_serving, plan_batches)
+from .rolloutbake import bake
+from .rolloutplan import (RolloutRefused, batch_steps, budget_exhausted, check_gateways_kept, check_min_serving,
+                          plan_batches)
 
 __all__ = ["Rollout", "RolloutOptions", "RolloutRefused", "RolloutReport", "HostResult", "interrupts"]
 
@@ -322,46 +323,12 @@ class Rollout:
         self.log(f"undrained {', '.join(h.name for h in batch)}")
 
     def _bake(self, batch: list[FleetHost], results: dict[str, HostResult]) -> None:
-        """--bake S: the batch serves real traffic for S seconds; the gateways' counts for each of its
-        replicas are compared with those of the replicas not in the batch (rolloutplan.bake_verdict)."""
+        """--bake S: the gateways' counts for each replica of the batch against the others (rolloutbake)."""
         for host in batch:
             results[host.name].step = "bake"
-        names = {h.name for h in batch}
-        self.log(f"baking {', '.join(sorted(names))} for {self.options.bake_s:g} s")
-        first = self._counts()
-        unhealthy: set[str] = set()
-        deadline = time.monotonic() + self.options.bake_s
-        while time.monotonic() < deadline:
-            time.sleep(min(POLL_S * 2, max(0.0, deadline - time.monotonic())))
-            unhealthy |= {name for name, sample in self._counts().items() if name in names and not sample.healthy}
-        last = self._counts()
-        delta = {name: BakeSample(last[name].served - first[name].served, last[name].failed - first[name].failed,
-                                  last[name].answer_seconds - first[name].answer_seconds,
-                                  last[name].healthy and name not in unhealthy) for name in last if name in first}
-        others = [sample for name, sample in delta.items() if name not in names]
-        baseline = BakeSample(sum(o.served for o in others), sum(o.failed for o in others),
-                              sum(o.answer_seconds for o in others))
-        for host in batch:
-            sample = delta.get(host.name, BakeSample(0, 0, 0.0, False))
-            settings = host.settings
-            reason = bake_verdict(sample, baseline, settings["rollout_bake_max_error_percent"],
-                                  settings["rollout_bake_latency_factor"], settings["rollout_bake_min_requests"])
-            if reason:
-                raise StepFailed(host.name, "bake", reason)
-            self.log(f"{host.name}: baked: {sample.served} answered, {sample.failed} failed "
-                     f"(others: {baseline.served} answered, {baseline.failed} failed)")
-
-    def _counts(self) -> dict[str, BakeSample]:
-        """Each replica's counters summed over the gateways; healthy where every gateway has it so."""
-        counts: dict[str, BakeSample] = {}
-        for code, status in _parallel(lambda g: g.admin("status"), self.fleet.gateways):
-            for upstream in status.get("upstreams", []) if code == 0 else []:
-                sample = counts.setdefault(upstream["name"], BakeSample(0, 0, 0.0))
-                sample.served += upstream.get("served", 0)
-                sample.failed += upstream.get("failed", 0)
-                sample.answer_seconds += upstream.get("answer_seconds", 0.0)
-                sample.healthy = sample.healthy and upstream["healthy"] and not upstream["draining"]
-        return counts
+        failure = bake(self.fleet.gateways, batch, self.options.bake_s, self.log)
+        if failure:
+            raise StepFailed(failure[0], "bake", failure[1])
 
     def _roll_back(self, batch: list[FleetHost], before: dict[str, str | None], step: str,
                    results: dict[str, HostResult], failed: StepFailed | None = None) -> None:

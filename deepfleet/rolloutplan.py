@@ -98,18 +98,19 @@ def bake_verdict(updated: BakeSample, others: BakeSample, max_error_percent: flo
                  latency_factor: float = 3.0, min_requests: int = 5) -> str | None:
     """Why the updated replica fails its bake, or None when it passes: it went unhealthy; it failed
     more than `max_error_percent` of its requests and more than the others did; or its answers took
-    more than `latency_factor` times as long as theirs. Fewer than `min_requests` prove nothing."""
-    if not updated.healthy:
-        return "it went unhealthy at a gateway during the bake"
+    more than `latency_factor` times as long as theirs. Fewer than `min_requests` prove nothing
+    about its answers. Failed requests are named first: they say most about what went wrong."""
     asked = updated.served + updated.failed
-    if asked < min_requests:
-        return None
-    rate = 100 * updated.failed / asked
+    rate = 100 * updated.failed / asked if asked else 0.0
     other_asked = others.served + others.failed
     other_rate = 100 * others.failed / other_asked if other_asked else 0.0
-    if rate > max_error_percent and rate > other_rate:
+    if asked >= min_requests and rate > max_error_percent and rate > other_rate:
         return (f"{updated.failed} of {asked} requests failed ({rate:.0f}%) during the bake; "
                 f"others: {others.failed} of {other_asked} ({other_rate:.0f}%)")
+    if not updated.healthy:
+        return "it went unhealthy at a gateway during the bake"
+    if asked < min_requests:
+        return None
     if updated.served and others.served:
         mine, theirs = updated.answer_seconds / updated.served, others.answer_seconds / others.served
         if mine > latency_factor * theirs:

@@ -72,6 +72,11 @@ def test_the_bake_gate_fails_a_replica_that_went_unhealthy_and_ignores_too_few_r
     assert bake_verdict(_sample(2, 1, 0.4), _sample(80, 0, 16.0), min_requests=5) is None
 
 
+def test_a_replica_that_failed_requests_and_went_unhealthy_is_reported_by_its_failed_requests():
+    reason = bake_verdict(_sample(10, 20, 2.0, healthy=False), _sample(80, 0, 16.0))
+    assert reason.startswith("20 of 30 requests failed")
+
+
 def test_a_lock_names_its_owner_and_age_and_is_stale_only_when_its_process_is_gone():
     lock = {"id": "r-1", "operation": "rollout", "owner": "ci@ctl", "machine": "ctl", "pid": 42, "since": 1000.0}
     text, stale = lock_description(lock, now=1000.0 + 185, machine="ctl", pid_alive=lambda pid: True)
