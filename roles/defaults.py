@@ -249,6 +249,10 @@ SETTINGS = {
     "rollout_healthy_timeout_s": S(120, "... for a converged replica to be healthy at every gateway"),
     "rollout_smoke_prompt": S("Say hello.", "... the smoke completion sent through each gateway"),
     "rollout_smoke_max_tokens": S(8, "... its max_tokens"),
+    "rollout_bake_max_error_percent": S(1.0,
+        "`--bake`: a replica fails when more of its requests failed (percent)"),
+    "rollout_bake_latency_factor": S(3.0, "... or its answers took this many times as long as the others'"),
+    "rollout_bake_min_requests": S(5, "... fewer requests during the bake prove nothing (it passes)"),
 
     # --- ray: one model over several hosts (vLLM tensor x pipeline parallel); roles/ray.py ----------
     # Give every node of a multi-node model group `ray_head` (the inventory name of its head): the

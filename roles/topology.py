@@ -110,8 +110,9 @@ def fleet_upstreams(gateway: Host) -> list[dict]:
 # Settings the fleet workflows (deepfleet rollout, deepfleet status) read about each host.
 WORKFLOW_SETTINGS = ("deepfleet_home", "gateway_admin_socket", "model_name", "runtime_port",
                      "runtime_ready_timeout_s", "rollout_drain_timeout_s", "rollout_healthy_timeout_s",
-                     "rollout_smoke_prompt", "rollout_smoke_max_tokens", "gateway_state_dir", "gateway_audit_dir",
-                     "gateway_pki_dir", "gateway_audit_signing")
+                     "rollout_smoke_prompt", "rollout_smoke_max_tokens", "rollout_bake_max_error_percent",
+                     "rollout_bake_latency_factor", "rollout_bake_min_requests", "gateway_state_dir",
+                     "gateway_audit_dir", "gateway_pki_dir", "gateway_audit_signing")
 
 
 def describe(host: Host) -> dict:

@@ -88,6 +88,9 @@ class Gateway:
             ("healthy", "1 if the replica passes health checks.", "healthy"),
             ("draining", "1 if the replica is drained.", "draining"),
             ("outstanding", "Requests in flight on the replica.", "outstanding"),
+            ("served_total", "Requests the replica answered (below 500).", "served"),
+            ("failed_total", "Attempts the replica answered with 5xx or lost.", "failed"),
+            ("answer_seconds_total", "Time to the first byte of its answers, summed.", "answer_seconds"),
         ):
             self.metrics.add(Live(f"deepfleet_gateway_upstream_{name}", help_text, ("replica",),
                                   lambda field=field: {(r.name,): float(getattr(r, field)) for r in replicas()}))

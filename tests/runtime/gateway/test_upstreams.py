@@ -90,6 +90,11 @@ def test_connect_failures_and_5xx_are_retried_on_another_replica(tmp_path, gatew
             assert statuses == [200] * 12
             assert pool.replicas["good"].served == 12 and pool.retries > 0
             assert not pool.replicas["nothing-listens"].healthy  # a connect failure takes it out
+            # counted per replica, for a rollout's bake gate (admin status and metrics)
+            failing_state, good_state = pool.replicas["failing"].state(), pool.replicas["good"].state()
+            assert failing_state["failed"] > 0 and failing_state["served"] == 0
+            assert pool.replicas["nothing-listens"].state()["failed"] > 0
+            assert good_state["failed"] == 0 and good_state["answer_seconds"] > 0
             records = [json.loads(line) for line in next(site.audit_dir.glob("*.jsonl")).read_text().splitlines()]
             records = [r for r in records if r["type"] == "request"]  # end records carry the attempts
             assert max(r["attempts"] for r in records) > 1 and {r["replica"] for r in records} == {"good"}
