@@ -9,7 +9,7 @@ starts (roles/settings.py), so a misspelt setting never silently leaves its defa
 
 ROLE_PREFIXES = ("base_", "deepfleet_", "nvidia_driver_", "cuda_", "docker_", "nvidia_container_toolkit_",
                  "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_",
-                 "rollout_")
+                 "rollout_", "monitoring_", "grafana_")
 
 DEFAULTS = {
     # --- base: service account and directories -------------------------------------------------
@@ -132,6 +132,22 @@ DEFAULTS = {
     "firewall_ssh_sources": [],  # CIDRs allowed to reach SSH, e.g. ["10.0.0.0/24"]
     "firewall_gateway_sources": [],  # CIDRs allowed to reach the gateway port
     "firewall_runtime_sources": [],  # CIDRs of gateways on other hosts that reach this runtime (mTLS)
+
+    # --- monitoring: Prometheus + node exporters (roles/monitoring.py; docs/observability.md) ------
+    # Prometheus (the OS's package) on the inventory's `monitoring` group, else the first gateway;
+    # a node exporter on every host; alert rules from monitoring/alerts.rules.yml.
+    "monitoring_enabled": False,  # opt in
+    "monitoring_prometheus_listen_address": "127.0.0.1",  # another address: TLS + client certificates
+    #   from the internal CA, and the firewall admits only monitoring_prometheus_sources
+    "monitoring_prometheus_port": 9090,
+    "monitoring_prometheus_sources": [],  # CIDRs allowed to reach Prometheus (off loopback), e.g. Grafana's
+    "monitoring_node_exporter_port": 9100,  # loopback on the monitoring host, runtime_address (TLS) elsewhere
+    "monitoring_scrape_interval": "15s",
+    "monitoring_evaluation_interval": "15s",  # how often alert rules are evaluated
+    "monitoring_retention_time": "15d",  # samples older than this are deleted
+    "monitoring_retention_size": "10GB",  # and the oldest blocks past this much disk
+    "grafana_url": None,  # e.g. "https://grafana.internal:3000": dashboards provisioned there (monitoring/dashboards/)
+    "grafana_api_token": None,  # control: a file holding a Grafana service-account token (Editor)
 
     # === runtime, Docker mode (roles/runtime.py, roles/runtime_container.py) =========================
     "runtime_mode": "systemd",  # systemd: venv + unit on the host | docker: the engine in a container

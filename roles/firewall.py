@@ -18,6 +18,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from .common import RoleError, template
 from .defaults import DEFAULTS
+from .monitoring import monitoring_hosts, node_exporter_is_remote
 from .ray import cluster_members, ray_ports
 from .topology import gateway_hosts, holds_model, runtime_address, runtime_needs_tls
 
@@ -29,6 +30,10 @@ def firewall_context(settings: Mapping) -> dict:
                 ("runtime", settings["runtime_port"], "firewall_runtime_sources")]
     if settings.get("ray_ports"):  # a Ray node: its ports, from the other nodes of its cluster only
         admitted.append(("ray", "{ " + ", ".join(settings["ray_ports"]) + " }", "ray_sources"))
+    if settings.get("node_exporter_sources"):  # scraped by Prometheus on other hosts (roles/monitoring.py)
+        admitted.append(("node_exporter", settings["monitoring_node_exporter_port"], "node_exporter_sources"))
+    if settings.get("monitoring_prometheus_sources"):
+        admitted.append(("prometheus", settings["monitoring_prometheus_port"], "monitoring_prometheus_sources"))
     sets, rules = [], []
     for name, port, setting in admitted:
         sources = settings[setting] or []
@@ -51,6 +56,9 @@ def fleet_sources(settings: dict) -> dict:
     if runtime_needs_tls(host) and not settings["firewall_runtime_sources"]:
         settings["firewall_runtime_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
                                                 if gateway.name != host.name]
+    if settings["monitoring_enabled"] and node_exporter_is_remote(host):
+        settings["node_exporter_sources"] = [runtime_address(monitor) for monitor in monitoring_hosts(host.inventory)
+                                             if monitor.name != host.name]
     if settings["ray_head"] and holds_model(host):
         peers = [member for member in cluster_members(host) if member.name != host.name]
         settings["ray_sources"] = [runtime_address(peer) for peer in peers]
