@@ -98,6 +98,12 @@ DEFAULTS = {
     "runtime_vllm_port": 8100,  # the vllm child, 127.0.0.1 only
     "runtime_llamacpp_n_ctx": 4096,
     "runtime_llamacpp_n_threads": 0,  # 0 = llama-cpp-python's default
+    # GPU health (runtime.yaml gpu_health; docs/observability.md): what takes a replica out of service
+    "runtime_gpu_health_enabled": True,  # read XIDs, ECC, retired/remapped memory, throttling through NVML
+    "runtime_gpu_health_fatal_xids": [48, 61, 62, 64, 74, 79, 95, 119, 120, 140],  # XIDs that need a GPU reset
+    "runtime_gpu_health_max_uncorrected_ecc_errors": 0,  # more volatile double-bit errors than this: out
+    "runtime_gpu_health_throttle_reasons": [],  # e.g. ["hw_slowdown", "hw_power_brake_slowdown"]: out too
+    "runtime_gpu_health_max_temperature_celsius": 0,  # 0: heat alone alerts but never takes it out
     "runtime_ready_timeout_s": 600,  # how long a deploy waits for the model to load
     "runtime_wheel_extras": ["transformers"],  # engine extras: + quantization (int8/int4), llamacpp, vllm
 
