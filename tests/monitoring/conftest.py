@@ -1,5 +1,5 @@
-"""promtool from Debian 12's own prometheus package (the one the monitoring role installs), unpacked
-once into the cache, keyed by the package version apt offers."""
+"""promtool and the node exporter from Debian 12's own packages (the ones the monitoring role
+installs), unpacked once into the cache, keyed by package and the version apt offers."""
 
 from __future__ import annotations
 
@@ -14,34 +14,38 @@ from deepfleet.filelock import exclusive_lock
 from deepfleet.paths import cache_dir
 
 
-def _candidate_version() -> str:
-    out = subprocess.run(["apt-cache", "show", "--no-all-versions", "prometheus"], capture_output=True, text=True)
+def _candidate_version(package: str) -> str:
+    out = subprocess.run(["apt-cache", "show", "--no-all-versions", package], capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("Version: "):
             return line.split(" ", 1)[1].strip()
-    pytest.skip("apt offers no prometheus package here (Debian 12's main has it)")
+    pytest.skip(f"apt offers no {package} package here (Debian 12's main has it)")
 
 
-def ensure_promtool() -> Path:
-    """$DEEPFLEET_CACHE/promtool/<version>/promtool, from `apt-get download prometheus`."""
-    root = cache_dir() / "promtool"
-    target = root / _candidate_version().replace(":", "_") / "promtool"
+def debian_binary(package: str, binary: str) -> Path:
+    """$DEEPFLEET_CACHE/debian-bin/<package>/<version>/<binary>, from `apt-get download <package>`."""
+    root = cache_dir() / "debian-bin" / package
+    target = root / _candidate_version(package).replace(":", "_") / binary
     if target.exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(root / ".lock"):
         if not target.exists():
             with tempfile.TemporaryDirectory(dir=root) as tmp:
-                subprocess.run(["apt-get", "download", "-q", "prometheus"], cwd=tmp, check=True,
-                               capture_output=True)
-                deb = next(Path(tmp).glob("prometheus_*.deb"))
+                subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, check=True, capture_output=True)
+                deb = next(Path(tmp).glob(f"{package}_*.deb"))
                 subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(f"{tmp}/x/usr/bin/promtool", target.with_suffix(".partial"))
+                shutil.move(f"{tmp}/x/usr/bin/{binary}", target.with_suffix(".partial"))
                 target.with_suffix(".partial").rename(target)
     return target
 
 
 @pytest.fixture(scope="session")
 def promtool() -> Path:
-    return ensure_promtool()
+    return debian_binary("prometheus", "promtool")
+
+
+@pytest.fixture(scope="session")
+def node_exporter() -> Path:
+    return debian_binary("prometheus-node-exporter", "prometheus-node-exporter")
