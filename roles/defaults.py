@@ -9,7 +9,7 @@ starts (roles/settings.py), so a misspelt setting never silently leaves its defa
 
 ROLE_PREFIXES = ("base_", "deepfleet_", "nvidia_driver_", "cuda_", "docker_", "nvidia_container_toolkit_",
                  "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_",
-                 "rollout_", "monitoring_", "grafana_")
+                 "rollout_", "monitoring_")
 
 DEFAULTS = {
     # --- base: service account and directories -------------------------------------------------
@@ -152,8 +152,6 @@ DEFAULTS = {
     "monitoring_evaluation_interval": "15s",  # how often alert rules are evaluated
     "monitoring_retention_time": "15d",  # samples older than this are deleted
     "monitoring_retention_size": "10GB",  # and the oldest blocks past this much disk
-    "grafana_url": None,  # e.g. "https://grafana.internal:3000": dashboards provisioned there (monitoring/dashboards/)
-    "grafana_api_token": None,  # control: a file holding a Grafana service-account token (Editor)
 
     # === runtime, Docker mode (roles/runtime.py, roles/runtime_container.py) =========================
     "runtime_mode": "systemd",  # systemd: venv + unit on the host | docker: the engine in a container
