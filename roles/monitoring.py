@@ -42,6 +42,7 @@ NODE_EXPORTER_PACKAGES = ["prometheus-node-exporter"]
 CONFIG_DIR = "/etc/prometheus"
 TLS_DIR = f"{CONFIG_DIR}/deepfleet-tls"  # root:prometheus 0750: the CA, this host's certificates
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+STORAGE_DIR = "/var/lib/prometheus/metrics2"  # Debian's; retention keeps it within monitoring_retention_size
 
 
 def monitoring_hosts(inventory) -> list[Host]:
@@ -90,7 +91,7 @@ def prometheus_args(settings: Mapping) -> str:
     """ARGS for the package's unit (/etc/default/prometheus): listen address, retention, web config."""
     address = settings["monitoring_prometheus_listen_address"]
     host_part = f"[{address}]" if ":" in address else address
-    args = [f"--config.file={CONFIG_DIR}/prometheus.yml",
+    args = [f"--config.file={CONFIG_DIR}/prometheus.yml", f"--storage.tsdb.path={STORAGE_DIR}",
             f"--web.listen-address={host_part}:{settings['monitoring_prometheus_port']}",
             f"--storage.tsdb.retention.time={settings['monitoring_retention_time']}",
             f"--storage.tsdb.retention.size={settings['monitoring_retention_size']}"]
