@@ -9,8 +9,12 @@ NVML (tests/monitoring, tests/runtime/test_gpuhealth.py)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -66,6 +70,15 @@ def _wait(what, condition, timeout: float = 120, every: float = 1.0):
         time.sleep(every)
 
 
+def _status(site) -> dict:
+    """`deepfleet status --json` of the site's one host."""
+    env = {**os.environ, "DEEPFLEET_HOSTS_FILE": str(site.inventory)}
+    result = subprocess.run([str(Path(sys.executable).parent / "deepfleet"), "status", "--json", "inventories/local.py"],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    (line,) = result.stdout.splitlines()
+    return json.loads(line)
+
+
 def _chat(site) -> int:
     with httpx.Client(verify=str(site.ca_cert), timeout=30) as client:
         return client.post(f"{site.base_url}/chat/completions", json=CHAT,
@@ -103,6 +116,14 @@ def test_every_panel_query_returns_data(site, prometheus):
     while (missing := empty()) and time.monotonic() < deadline:
         time.sleep(2)
     assert missing == []
+
+
+def test_status_shows_ready_load_and_kv_use(site, prometheus):
+    record = _status(site)
+    runtime = record["runtime"]
+    assert record["healthy"] and runtime["ready"] and runtime["why_not"] == ""
+    assert runtime["requests_per_s"] is not None and runtime["tokens_per_s"] is not None
+    assert runtime["queue"] == 0 and 0 <= runtime["kv_use"] <= 1 and runtime["gpus"] == []
 
 
 def _short_lived_cert() -> bytes:
@@ -148,6 +169,9 @@ def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit
 
         alerts = _wait(f"alerts {wanted}", reached, timeout=150, every=2)
         assert "DeepfleetGatewayDown" not in alerts
+        stopped = _status(site)
+        assert not stopped["healthy"] and not stopped["runtime"]["ready"]
+        assert "not answering" in stopped["runtime"]["why_not"]
     finally:
         site.on_host(f"umount {AUDIT_DIR}", check=False)
         subprocess.run(["docker", "exec", "-i", site.host.container, "sh", "-c", f"cat > {SERVER_CERT}"],

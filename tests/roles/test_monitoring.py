@@ -105,3 +105,20 @@ def test_the_firewall_admits_a_node_exporter_only_from_the_monitoring_host(facts
     ruleset = _upload(ops, "Firewall ruleset", "/etc/deepfleet/firewall.nft")
     assert "tcp dport 9100 ip saddr @node_exporter_v4 accept" in ruleset
     assert "elements = { 10.0.0.11/32 }" in ruleset
+
+
+def test_the_rendered_config_passes_promtool(facts, control_data, tmp_path):
+    """promtool check config on gw1's scrape config (host paths pointed at local stand-ins)."""
+    import subprocess
+
+    from roles.monitoring import RULES, TLS_DIR
+    from tests.monitoring.conftest import debian_binary
+
+    text = _upload(_plan(facts, control_data, "gw1"), "Prometheus scrape config", "/etc/prometheus/prometheus.yml")
+    for name in ("ca.crt", "client.crt", "client.key"):
+        (tmp_path / name).write_text("stand-in")
+    text = text.replace(TLS_DIR, str(tmp_path)).replace("/etc/prometheus/deepfleet-alerts.rules.yml", str(RULES))
+    (tmp_path / "prometheus.yml").write_text(text)
+    result = subprocess.run([str(debian_binary("prometheus", "promtool")), "check", "config",
+                             str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
