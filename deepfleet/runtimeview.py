@@ -54,7 +54,8 @@ def runtime_view(probe: dict | None) -> RuntimeView | None:
         return RuntimeView(False, f"not answering: {probe['error']}")
     body = probe.get("ready") or {}
     ready = probe.get("ready_status") == 200
-    why_not = "" if ready else str(body.get("detail") or body.get("status") or f"/ready HTTP {probe.get('ready_status')}")
+    why_not = "" if ready else str(body.get("detail") or body.get("status")
+                                   or f"/ready HTTP {probe.get('ready_status')}")
     first, second = parse_samples(probe["first"]), parse_samples(probe["second"])
     seconds = probe["interval"]
     view = RuntimeView(ready, why_not, _rate(first, second, "deepfleet_requests_total", seconds),

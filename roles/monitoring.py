@@ -128,8 +128,9 @@ def monitoring():
     server.user(name="prometheus user (the packages' service account)", user="prometheus", group="prometheus",
                 system=True, home="/var/lib/prometheus", shell="/usr/sbin/nologin")
     files.directory(name="Config directory /etc/prometheus", path=CONFIG_DIR, user="root", group="root", mode="0755")
-    tls = _tls_files(settings, server_pair=node_exporter_is_remote(host) or _prometheus_serves_tls(settings),
-                     client_pair=prometheus)
+    jobs = scrape_jobs(host) if prometheus else []
+    serves_tls = node_exporter_is_remote(host) or (prometheus and _prometheus_serves_tls(settings))
+    tls = _tls_files(settings, server_pair=serves_tls, client_pair=any(job["scheme"] == "https" for job in jobs))
 
     exporter_inputs = list(tls)
     if node_exporter_is_remote(host):
@@ -154,7 +155,7 @@ def monitoring():
     inputs.append(files.put(name="Alert rules", src=str(RULES), dest=f"{CONFIG_DIR}/deepfleet-alerts.rules.yml",
                             mode="0644"))
     inputs.append(files.template(name="Prometheus scrape config", src=template("prometheus.yml.j2"),
-                                 dest=f"{CONFIG_DIR}/prometheus.yml", mode="0644", jobs=scrape_jobs(host),
+                                 dest=f"{CONFIG_DIR}/prometheus.yml", mode="0644", jobs=jobs,
                                  tls_dir=TLS_DIR, settings=settings))
     package = apt.packages(name="Prometheus package", packages=PROMETHEUS_PACKAGES, update=True, cache_time=3600,
                            extra_install_args="--no-install-recommends")

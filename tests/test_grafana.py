@@ -34,7 +34,8 @@ class StandInGrafana:
         uid = dashboard["uid"]
         known = self.dashboards.get(uid)
         if known and not body.get("overwrite"):
-            return JSONResponse({"message": "A dashboard with the same uid already exists", "status": "name-exists"}, 412)
+            return JSONResponse({"message": "A dashboard with the same uid already exists",
+                                 "status": "name-exists"}, 412)
         version = known["version"] + 1 if known else 1
         self.dashboards[uid] = {"version": version, "dashboard": dashboard, "folderUid": body.get("folderUid")}
         return JSONResponse({"id": len(self.dashboards), "uid": uid, "url": f"/d/{uid}/{uid}", "status": "success",

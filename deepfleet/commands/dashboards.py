@@ -28,7 +28,8 @@ def push_command(args) -> int:
     except OSError as exc:
         raise ValueError(f"cannot read the token file {args.token_file}: {exc.strerror}") from None
     for answer in push_dashboards(args.grafana_url, token, args.folder_uid, args.cafile):
-        print(f"{answer.get('uid')}: version {answer.get('version')} at {args.grafana_url.rstrip('/')}{answer.get('url', '')}")
+        where = f"{args.grafana_url.rstrip('/')}{answer.get('url', '')}"
+        print(f"{answer.get('uid')}: version {answer.get('version')} at {where}")
     return 0
 
 

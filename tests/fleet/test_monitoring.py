@@ -73,8 +73,9 @@ def _wait(what, condition, timeout: float = 120, every: float = 1.0):
 def _status(site) -> dict:
     """`deepfleet status --json` of the site's one host."""
     env = {**os.environ, "DEEPFLEET_HOSTS_FILE": str(site.inventory)}
-    result = subprocess.run([str(Path(sys.executable).parent / "deepfleet"), "status", "--json", "inventories/local.py"],
-                            capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    command = [str(Path(sys.executable).parent / "deepfleet"), "status", "--json", "inventories/local.py"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
+                            cwd=Path(__file__).resolve().parents[2])
     (line,) = result.stdout.splitlines()
     return json.loads(line)
 

@@ -34,7 +34,8 @@ def test_a_healthy_gpu_keeps_the_replica_in_service():
 @pytest.mark.parametrize("gpu, reason", [
     (FakeGpu(pending_xids=[79]), "GPU 1: XID 79"),
     (FakeGpu(ecc={"corrected": 3, "uncorrected": 2}), "GPU 1: 2 uncorrected ECC errors"),
-    (FakeGpu(retired={"single_bit": 0, "double_bit": 1, "pending": True}), "GPU 1: a page retirement awaits a GPU reset"),
+    (FakeGpu(retired={"single_bit": 0, "double_bit": 1, "pending": True}),
+     "GPU 1: a page retirement awaits a GPU reset"),
     (FakeGpu(remapped=(0, 1, 1, 0)), "GPU 1: a row remapping awaits a GPU reset"),
     (FakeGpu(remapped=(0, 0, 0, 1)), "GPU 1: row remapping failed"),
 ])
