@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -81,7 +82,7 @@ def _status(site) -> dict:
 
 
 def _chat(site) -> int:
-    with httpx.Client(verify=str(site.ca_cert), timeout=30) as client:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(site.ca_cert)), timeout=30) as client:
         return client.post(f"{site.base_url}/chat/completions", json=CHAT,
                            headers={"Authorization": f"Bearer {site.api_key}"}).status_code
 
