@@ -97,7 +97,8 @@ def test_targets_are_the_hosts_loopback_runtime_gateway_and_node_exporter(site, 
     assert {t["labels"]["instance"] for t in targets} == {"h1"}
     assert all(t["scrapeUrl"].startswith("http://127.0.0.1:") for t in targets)
     flags = _get(f"{prometheus}/status/flags")
-    assert (flags["storage.tsdb.retention.time"], flags["storage.tsdb.retention.size"]) == ("15d", "10GB")
+    # Prometheus counts GB in powers of two and says so
+    assert (flags["storage.tsdb.retention.time"], flags["storage.tsdb.retention.size"]) == ("15d", "10GiB")
     assert flags["web.listen-address"].startswith("127.0.0.1:")
     rules = _get(f"{prometheus}/rules")["groups"]
     assert len([rule for group in rules for rule in group["rules"]]) == 20
