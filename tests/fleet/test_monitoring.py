@@ -34,7 +34,8 @@ AUDIT_DIR = "/var/lib/deepfleet/audit"
 SERVER_CERT = "/etc/deepfleet/tls/server.crt"
 CHAT = {"model": "tiny-deepseek-v3", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 VARIABLES = {"instance": ".*", "key": ".*"}
-NEEDS_A_GPU = "gpus"  # the GPU dashboard: NVML series, absent without a GPU
+NEEDS_A_GPU = "gpus"
+IN_GATEWAY = "nsenter -m -t $(systemctl show -p MainPID --value deepfleet-gateway)"  # the GPU dashboard: NVML series, absent without a GPU
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +151,10 @@ def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit
         # the certificate file the gateway presents, replaced by one that expires in 10 days
         subprocess.run(["docker", "exec", "-i", site.host.container, "sh", "-c", f"cat > {SERVER_CERT}"],
                        input=_short_lived_cert(), check=True)
-        # the audit directory's filesystem full: a 256 KiB tmpfs over it, filled
-        site.on_host(f"mount -t tmpfs -o size=256k deepfleet-test-full {AUDIT_DIR} && "
-                     f"(dd if=/dev/zero of={AUDIT_DIR}/fill bs=4k 2>/dev/null; true)")
+        # the audit directory's filesystem full, as the gateway sees it: a 256 KiB tmpfs over it in the
+        # gateway's own mount namespace (ProtectSystem=strict gives it one), filled
+        site.on_host(f"{IN_GATEWAY} mount -t tmpfs -o size=256k deepfleet-test-full {AUDIT_DIR} && "
+                     f"({IN_GATEWAY} dd if=/dev/zero of={AUDIT_DIR}/fill bs=4k 2>/dev/null; true)")
         site.on_host("systemctl stop deepfleet-runtime")
         statuses = []
         for _ in range(10):  # spread over several scrapes, so rate() sees the 5xx counter grow
@@ -165,18 +167,29 @@ def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit
                   "DeepfleetAuditDiskNearlyFull": "pending"}
         order = ["pending", "firing"]
 
-        def reached():
-            alerts = _alerts(prometheus)
-            return alerts if all(order.index(alerts.get(name, "pending")) >= order.index(state)
-                                 and name in alerts for name, state in wanted.items()) else None
+        for condition in ('up{job="deepfleet-runtime"} == 0',
+                          "deepfleet_gateway_audit_disk_free_bytes / deepfleet_gateway_audit_disk_size_bytes < 0.1",
+                          "deepfleet_certificate_expiry_timestamp_seconds - time() < 21 * 86400",
+                          'sum(rate(deepfleet_gateway_requests_total{status=~"5.."}[5m])) > 0'):
+            _wait(condition, lambda: _get(f"{prometheus}/query", query=condition)["result"], timeout=30)
+        seen = {}
 
-        alerts = _wait(f"alerts {wanted}", reached, timeout=150, every=2)
+        def reached():
+            seen.update(alerts=_alerts(prometheus))
+            alerts = seen["alerts"]
+            return alerts if all(name in alerts and order.index(alerts[name]) >= order.index(state)
+                                 for name, state in wanted.items()) else None
+
+        try:
+            alerts = _wait("the alerts", reached, timeout=150, every=2)
+        except AssertionError:
+            raise AssertionError(f"wanted {wanted}, Prometheus has {seen.get('alerts')}") from None
         assert "DeepfleetGatewayDown" not in alerts
         stopped = _status(site)
         assert not stopped["healthy"] and not stopped["runtime"]["ready"]
         assert "not answering" in stopped["runtime"]["why_not"]
     finally:
-        site.on_host(f"umount {AUDIT_DIR}", check=False)
+        site.on_host(f"{IN_GATEWAY} umount {AUDIT_DIR}", check=False)
         subprocess.run(["docker", "exec", "-i", site.host.container, "sh", "-c", f"cat > {SERVER_CERT}"],
                        input=original_cert.encode(), check=True)
         site.on_host("systemctl start deepfleet-runtime")
