@@ -140,6 +140,13 @@ def _short_lived_cert() -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def _on_host(site, command: str) -> str:
+    result = subprocess.run(["docker", "exec", site.host.container, "sh", "-c", command], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
 def _alerts(prometheus) -> dict[str, str]:
     """{alert name: state} of the alerts now pending or firing."""
     return {alert["labels"]["alertname"]: alert["state"] for alert in _get(f"{prometheus}/alerts")["alerts"]}
@@ -151,10 +158,10 @@ def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit
         # the certificate file the gateway presents, replaced by one that expires in 10 days
         subprocess.run(["docker", "exec", "-i", site.host.container, "sh", "-c", f"cat > {SERVER_CERT}"],
                        input=_short_lived_cert(), check=True)
-        # the audit directory's filesystem full, as the gateway sees it: a 256 KiB tmpfs over it in the
-        # gateway's own mount namespace (ProtectSystem=strict gives it one), filled
-        site.on_host(f"{IN_GATEWAY} mount -t tmpfs -o size=256k deepfleet-test-full {AUDIT_DIR} && "
-                     f"({IN_GATEWAY} dd if=/dev/zero of={AUDIT_DIR}/fill bs=4k 2>/dev/null; true)")
+        # the audit directory's filesystem full: a 256 KiB tmpfs over it (the mount reaches the
+        # gateway's own mount namespace, which ProtectSystem=strict gives it), filled
+        _on_host(site, f"mount -t tmpfs -o size=256k deepfleet-test-full {AUDIT_DIR} && "
+                       f"(dd if=/dev/zero of={AUDIT_DIR}/fill bs=4k 2>/dev/null; true) && {IN_GATEWAY} df {AUDIT_DIR}")
         site.on_host("systemctl stop deepfleet-runtime")
         statuses = []
         for _ in range(10):  # spread over several scrapes, so rate() sees the 5xx counter grow
@@ -189,7 +196,7 @@ def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit
         assert not stopped["healthy"] and not stopped["runtime"]["ready"]
         assert "not answering" in stopped["runtime"]["why_not"]
     finally:
-        site.on_host(f"{IN_GATEWAY} umount {AUDIT_DIR}", check=False)
+        site.on_host(f"umount {AUDIT_DIR}", check=False)
         subprocess.run(["docker", "exec", "-i", site.host.container, "sh", "-c", f"cat > {SERVER_CERT}"],
                        input=original_cert.encode(), check=True)
         site.on_host("systemctl start deepfleet-runtime")
