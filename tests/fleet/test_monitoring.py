@@ -34,8 +34,7 @@ AUDIT_DIR = "/var/lib/deepfleet/audit"
 SERVER_CERT = "/etc/deepfleet/tls/server.crt"
 CHAT = {"model": "tiny-deepseek-v3", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 VARIABLES = {"instance": ".*", "key": ".*"}
-NEEDS_A_GPU = "gpus"
-IN_GATEWAY = "nsenter -m -t $(systemctl show -p MainPID --value deepfleet-gateway)"  # the GPU dashboard: NVML series, absent without a GPU
+NEEDS_A_GPU = "gpus"  # the GPU dashboard: NVML series, absent without a GPU
 
 
 @pytest.fixture(scope="module")
