@@ -76,6 +76,7 @@ class AuditLog:
         self._since_checkpoint = 0
         self.records_written = 0
         self.fsyncs = 0
+        self.write_failures = 0  # batches whose write or sync failed
         self._seq, self._prev = 0, GENESIS
         self._recover()
         self._pending: list[tuple[bytes, asyncio.Future, asyncio.AbstractEventLoop]] = []
@@ -121,6 +122,7 @@ class AuditLog:
                 self._flush()
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
                 log.exception("audit log write failed")
+                self.write_failures += 1
                 error = AuditError(f"audit log write failed: {exc}")
                 self._buffer.clear()
             for _, done, loop in batch:
