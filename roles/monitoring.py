@@ -189,7 +189,7 @@ def _tls_files(settings: Mapping, server_pair: bool, client_pair: bool) -> list:
                      dest=f"{TLS_DIR}/ca.crt", user="root", group="prometheus", mode="0644")]
     pairs = []
     if server_pair:
-        pairs.append(("server", ensure_server_cert(pki_dir, host.name, server_names(settings, host.name))[0]))
+        pairs.append(("server", ensure_server_cert(pki_dir, host.name, server_names(settings, host.name, runs_gateway(host)))[0]))
     if client_pair:
         pairs.append(("client", ensure_client_cert(pki_dir, host.name)[0]))
     for kind, pair in pairs:
