@@ -19,6 +19,7 @@ from .cuda import cuda_packages
 from .docker import docker_packages, docker_wanted
 from .hostos import SUPPORTED, HostOS, image_os
 from .nvidia_container_toolkit import toolkit_packages, toolkit_repo
+from .monitoring import NODE_EXPORTER_PACKAGES, PROMETHEUS_PACKAGES
 from .nvidia_driver import driver_packages
 from .offline import runtime_tarball
 from .packages import PackageRepo
@@ -65,6 +66,8 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
         repo, names = docker_packages(settings, os)
         packages += names
         repos += [repo] if repo else []
+    if settings["monitoring_enabled"]:  # every host's node exporter; Prometheus for whichever monitors
+        packages += [*NODE_EXPORTER_PACKAGES, *PROMETHEUS_PACKAGES]
     if gpu:
         packages += toolkit_packages(settings["nvidia_container_toolkit_version"], os)
         repos.append(toolkit_repo(os, settings["nvidia_container_toolkit_repo_base_url"],

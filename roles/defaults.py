@@ -14,7 +14,7 @@ from .setting import S, declare
 
 ROLE_PREFIXES = ("base_", "deepfleet_", "nvidia_driver_", "cuda_", "docker_", "nvidia_container_toolkit_",
                  "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_",
-                 "rollout_")
+                 "rollout_", "monitoring_")
 
 # What each engine accepts (runtime/deepfleet_runtime/quantize.py decides the combinations).
 QUANTIZATION = {"transformers": ("none", "bf16", "int8", "int4"), "vllm": ("none", "bf16", "int8", "int4", "fp8"),
@@ -156,6 +156,16 @@ SETTINGS = {
     "runtime_llamacpp_n_ctx": S(4096, "context window of the one llama.cpp sequence"),
     "runtime_llamacpp_n_threads": S(0, "0 = llama-cpp-python's default"),
     "runtime_llamacpp_n_batch": S(512, "prompt tokens per llama_decode call"),
+    # GPU health (runtime.yaml gpu_health; docs/observability.md): what takes a replica out of service
+    "runtime_gpu_health_enabled": S(True, "read XIDs, ECC, retired/remapped memory, throttling through NVML"),
+    "runtime_gpu_health_fatal_xids": S([48, 61, 62, 64, 74, 79, 95, 119, 120, 140],
+        "XIDs that need a GPU reset: one of them takes the replica out of service"),
+    "runtime_gpu_health_max_uncorrected_ecc_errors": S(0,
+        "more volatile uncorrected (double-bit) ECC errors than this: out"),
+    "runtime_gpu_health_throttle_reasons": S([],
+        "throttle reasons that take it out too (names: gpuhealth.THROTTLE_REASONS)",
+        example=["hw_slowdown", "hw_power_brake_slowdown"]),
+    "runtime_gpu_health_max_temperature_celsius": S(0, "0: heat alone alerts but never takes it out"),
     "runtime_decrypt_tmpfs_size": S(None,
         "vllm and llamacpp decrypt the whole release into memory: None puts it in the unit's RuntimeDirectory "
         "under /run (often 10-50% of RAM); a size (\"200G\") gives it a tmpfs of its own of that size. The "
@@ -220,6 +230,23 @@ SETTINGS = {
     "firewall_gateway_connections_per_source": S(512,
         "nft `ct count`: more new connections from one address to the gateway port are dropped"),
     "firewall_runtime_sources": S([], "CIDRs of gateways on other hosts that reach this runtime (mTLS)"),
+
+    # --- monitoring: Prometheus + node exporters (roles/monitoring.py; docs/observability.md) ------
+    # Prometheus (the OS's package) on the inventory's `monitoring` group, else the first gateway;
+    # a node exporter on every host; alert rules from monitoring/alerts.rules.yml.
+    "monitoring_enabled": S(False, "opt in"),
+    "monitoring_prometheus_listen_address": S("127.0.0.1",
+        "another address: TLS + client certificates from the internal CA, and the firewall admits only "
+        "monitoring_prometheus_sources"),
+    "monitoring_prometheus_port": S(9090, "Prometheus's HTTP(S) port"),
+    "monitoring_prometheus_sources": S([],
+        "CIDRs allowed to reach Prometheus (off loopback), e.g. Grafana's", example=["10.0.0.5/32"]),
+    "monitoring_node_exporter_port": S(9100,
+        "loopback on the monitoring host, runtime_address (TLS) elsewhere"),
+    "monitoring_scrape_interval": S("15s", "how often Prometheus scrapes every target"),
+    "monitoring_evaluation_interval": S("15s", "how often alert rules are evaluated"),
+    "monitoring_retention_time": S("15d", "samples older than this are deleted"),
+    "monitoring_retention_size": S("10GB", "and the oldest blocks past this much disk"),
 
     # === runtime, Docker mode (roles/runtime.py, roles/runtime_container.py) =========================
     "runtime_mode": S("systemd",

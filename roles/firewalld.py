@@ -1,8 +1,10 @@
 """firewalld (on by default on Rocky/RHEL): open the ports deepfleet serves, and nothing else.
 
 The gateway port everywhere a gateway listens, the runtime port where gateways on other hosts
-reach the runtime (mutual TLS), Ray's ports on Ray nodes: `firewall-cmd --permanent --add-port`
-for each port not open yet, then one `firewall-cmd --reload`. Hosts without firewalld running are
+reach the runtime (mutual TLS), Ray's ports on Ray nodes, the node exporter's port where a
+Prometheus on another host scrapes it and Prometheus's where it listens off loopback
+(roles/monitoring.py): `firewall-cmd --permanent --add-port` for each port not open yet, then
+one `firewall-cmd --reload`. Hosts without firewalld running are
 left alone (Debian/Ubuntu use the nftables role, roles/firewall.py).
 
     FirewalldPorts   {"running": firewalld runs, "ports": ["22/tcp", ...] of the permanent config}
@@ -36,6 +38,10 @@ def served_ports(settings: dict) -> list[str]:
     if settings.get("runtime_remote"):
         ports.append(str(settings["runtime_port"]))
     ports += settings.get("ray_ports") or []
+    if settings.get("node_exporter_sources"):  # scraped by Prometheus on another host (roles/monitoring.py)
+        ports.append(str(settings["monitoring_node_exporter_port"]))
+    if settings.get("prometheus_remote"):  # Prometheus off loopback, for Grafana & co.
+        ports.append(str(settings["monitoring_prometheus_port"]))
     return [f"{port}/tcp" for port in ports]
 
 

@@ -32,6 +32,7 @@ from .facts import HostPython, JsonFile
 from .gpu_facts import NvidiaSmi, gpu_spec, has_nvidia_gpu, nvidia_devices
 from .hostos import RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
+from .monitoring import monitoring_hosts
 from .offline import offline, offline_settings, wheelhouse_from_bundle, wheelhouse_hashes
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
@@ -250,8 +251,12 @@ def runtime_yaml(settings: Mapping, model_dir: str, tls: bool) -> str:
     """runtime.yaml for this host: on loopback, or with mutual TLS on runtime_address for gateways
     on other hosts."""
     listen = runtime_address(host) if tls else "127.0.0.1"
-    # the fleet's gateways, and this host itself (its deploy's readiness check): not other GPU nodes
-    admitted = sorted({gateway.name for gateway in gateway_hosts(host.inventory)} | {host.name})
+    # the fleet's gateways, this host itself (its deploy's readiness check) and, with monitoring on,
+    # the Prometheus hosts that scrape its /metrics (roles/monitoring.py): not other GPU nodes
+    admitted = {gateway.name for gateway in gateway_hosts(host.inventory)} | {host.name}
+    if settings.get("monitoring_enabled"):
+        admitted |= {monitor.name for monitor in monitoring_hosts(host.inventory)}
+    admitted = sorted(admitted)
     context = runtime_yaml_context(settings, model_dir, listen, tls_paths() if tls else None, admitted)
     return get_template(template("runtime.yaml.j2")).render(**context)
 

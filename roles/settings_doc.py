@@ -34,6 +34,7 @@ READERS = (
     ("bundle_", "roles/bundle.py, `deepfleet bundle build`"),
     ("ray_", "roles/ray.py"),
     ("rollout_", "`deepfleet rollout`"),
+    ("monitoring_", "roles/monitoring.py"),
 )
 HEADER = """# Settings
 

@@ -92,6 +92,28 @@ class LlamaCppSection:
     n_batch: int = 512  # prompt tokens per llama_decode call
 
 
+# NVIDIA's XID catalogue: errors after which the GPU needs a reset or service (48 double-bit ECC,
+# 61/62 internal micro-controller halt, 64 ECC page retirement or row remapping failure, 74 NVLink,
+# 79 fallen off the bus, 95 uncontained ECC, 119/120 GSP, 140 unrecovered ECC). Application faults
+# (13, 31, 43, 45) are not: the process that caused them gets the error, the GPU stays good.
+DEFAULT_FATAL_XIDS = (48, 61, 62, 64, 74, 79, 95, 119, 120, 140)
+
+
+@dataclass(frozen=True)
+class GpuHealthSection:
+    """Which GPU conditions take the replica out of service (/ready 503; gateways stop routing)."""
+
+    enabled: bool = True
+    fatal_xids: list[int] = field(default_factory=lambda: list(DEFAULT_FATAL_XIDS))
+    max_uncorrected_ecc_errors: int = 0  # more volatile uncorrected (double-bit) errors than this: out
+    retired_pages_pending: bool = True  # out while a page retirement awaits a GPU reset (pre-Ampere)
+    remapping_pending: bool = True  # out while a row remapping awaits a GPU reset (Ampere and newer)
+    remapping_failure: bool = True  # out once row remapping failed
+    throttle_reasons: list[str] = field(default_factory=list)  # e.g. ["hw_slowdown"]: these take it out too
+    max_temperature_celsius: int = 0  # 0: temperature alone never takes it out (alerts still fire)
+    check_interval_s: float = 5.0
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     model: ModelSection
@@ -107,6 +129,7 @@ class RuntimeConfig:
     memory: MemorySection = field(default_factory=MemorySection)
     vllm: VllmSection = field(default_factory=VllmSection)
     llamacpp: LlamaCppSection = field(default_factory=LlamaCppSection)
+    gpu_health: GpuHealthSection = field(default_factory=GpuHealthSection)
 
 
 def load_runtime_config(path: str | Path) -> RuntimeConfig:

@@ -46,13 +46,14 @@ class RequestError(Exception):
 
 def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool = True,
                reasoning_parser: str = "none", metrics: RuntimeMetrics | None = None,
-               labels: dict[str, str] | None = None) -> Starlette:
+               labels: dict[str, str] | None = None, gpu_health=None) -> Starlette:
     """Build the ASGI app; with load_in_background the engine loads while /health already answers.
 
     `labels` (e.g. the model release and quantisation) are reported by /ready, so a gateway can
-    label its audit records with what actually served them."""
+    label its audit records with what actually served them. With `gpu_health` (gpuhealth.GpuHealth),
+    a GPU its policy calls unhealthy makes /ready answer 503 with the reasons."""
     state = {"load_error": None}
-    metrics = metrics or RuntimeMetrics(engine)
+    metrics = metrics or RuntimeMetrics(engine, gpu_health=gpu_health)
 
     def load() -> None:
         try:
@@ -65,6 +66,9 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
         return JSONResponse({"status": "ok"})
 
     async def ready(_: Request) -> JSONResponse:
+        reasons = gpu_health.reasons if gpu_health is not None else []
+        if engine.ready and reasons:  # out of service: gateways stop routing here
+            return JSONResponse({"status": "unhealthy", "detail": "; ".join(reasons), "gpu_health": reasons}, 503)
         if engine.ready:
             return JSONResponse({"status": "ready", "model": engine.model_name, **(labels or {})})
         failure = state["load_error"] or getattr(engine, "failure", None)
@@ -107,6 +111,8 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
+        if gpu_health is not None:
+            gpu_health.start()
         if engine.ready:
             pass
         elif load_in_background:
@@ -114,6 +120,8 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
         else:
             load()
         yield
+        if gpu_health is not None:
+            gpu_health.close()
 
     return Starlette(
         routes=[

@@ -32,3 +32,20 @@ def test_debian_hosts_keep_the_nftables_role():
     enabled = plan(load_case("debian12-nogpu"), firewall, data={"firewall_enabled": True,
                    "firewall_ssh_sources": ["10.0.0.0/24"], "firewall_gateway_sources": ["10.0.0.0/24"]})
     assert "firewall-cmd" not in repr([op.commands for op in enabled]) and find(enabled, "Firewall ruleset")
+
+
+def test_monitoring_ports_are_opened_where_they_are_reached_from_other_hosts():
+    """A node exporter scraped by the Prometheus on another host, and a Prometheus off loopback."""
+    from deepfleet.paths import PROJECT_ROOT
+
+    facts = with_facts(load_case("rocky9-8xh100"), **RUNNING)
+    fleet = PROJECT_ROOT / "inventories" / "fleet.py"
+    gpu1 = find(plan(facts, firewall, data={"monitoring_enabled": True}, inventory=fleet, host_name="gpu1"),
+                "firewalld")
+    assert "firewall-cmd --permanent --add-port=9100/tcp" in gpu1.shell()
+    local = find(plan(facts, firewall, data={"monitoring_enabled": True}), "firewalld")
+    assert local.shell() == ["firewall-cmd --permanent --add-port=8443/tcp", "firewall-cmd --reload"]
+    off_loopback = find(plan(facts, firewall, data={"monitoring_enabled": True,
+                                                    "monitoring_prometheus_listen_address": "10.0.0.11"}),
+                        "firewalld")
+    assert "firewall-cmd --permanent --add-port=9090/tcp" in off_loopback.shell()

@@ -40,3 +40,11 @@ def test_a_gpu_nodes_runtime_admits_the_gateways_and_its_own_readiness_check_onl
     ops = _plan(control_data, tmp_path, "gpu1")
     config = yaml.safe_load(find(ops, "Runtime config").uploads()["/etc/deepfleet/runtime.yaml"])
     assert config["tls"]["allowed_clients"] == ["gpu1", "gw1"]  # not gpu2
+
+
+def test_with_monitoring_the_runtime_also_admits_the_prometheus_hosts(control_data, tmp_path, wheelhouse):
+    (tmp_path / "fleet.py").write_text(FLEET + 'monitoring = [("mon1", {"ssh_hostname": "10.0.2.31"})]\n')
+    ops = plan(load_case("debian12-nogpu"), SITE_DEPLOY, data={**control_data, "monitoring_enabled": True},
+               inventory=tmp_path / "fleet.py", host_name="gpu1")
+    config = yaml.safe_load(find(ops, "Runtime config").uploads()["/etc/deepfleet/runtime.yaml"])
+    assert config["tls"]["allowed_clients"] == ["gpu1", "gw1", "mon1"]  # Prometheus scrapes /metrics

@@ -20,6 +20,7 @@ from .auth import KeyStore
 from .config import GatewayConfig
 from .limits import AdmissionQueue, KeyLimiter
 from .metrics import GatewayMetrics, Live
+from .observability import add_observability_metrics
 from .proxy import ApiEndpoint
 from .upstreams import UpstreamPool
 
@@ -39,6 +40,7 @@ class Gateway:
                                     config.limits.queue_timeout_s)
         self.metrics = GatewayMetrics()
         self._add_live_metrics()
+        add_observability_metrics(self.metrics, config, self.audit)
         endpoint = ApiEndpoint(config, KeyStore(config.api_keys_file), KeyLimiter(config.limits), self.queue,
                                self.pool, self.audit, self.metrics)
         self.metrics.add(Live("deepfleet_gateway_unauthenticated_throttled_total", "Requests without a valid key "

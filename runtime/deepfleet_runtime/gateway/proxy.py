@@ -142,7 +142,9 @@ class ApiEndpoint:
                                       type_="rate_limit_error", retry_after=reservation.retry_after_s)
         try:
             try:
+                waited = time.monotonic()
                 await self.queue.acquire()
+                self.metrics.queue_wait.observe(time.monotonic() - waited)
             except QueueFull as exc:
                 return await self._refuse(ex, send, 503, f"{exc}; retry with backoff", type_="server_error",
                                           code="overloaded", retry_after=1)
