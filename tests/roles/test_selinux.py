@@ -45,9 +45,10 @@ def test_the_fact_reads_the_mode_the_policy_the_local_rules_and_what_would_be_re
         f"rule={RULE} system_u:object_r:bin_t:s0",
         "relabel=Would relabel /opt/deepfleet/venvs/ab/bin/pip from unconfined_u:object_r:usr_t:s0 to "
         "unconfined_u:object_r:bin_t:s0",
+        "relabel=Would relabel /srv/deep fleet/venvs/ab/bin/pip from a:b:var_t:s0 to a:b:bin_t:s0",
     ])
     assert state == {"mode": "enforcing", "policy": "targeted", "unconfined": True, "rules": {RULE: "bin_t"},
-                     "relabel": ["/opt/deepfleet/venvs/ab/bin/pip"]}
+                     "relabel": ["/opt/deepfleet/venvs/ab/bin/pip", "/srv/deep fleet/venvs/ab/bin/pip"]}
     assert fact.process(["enforce=0", "policy=targeted", "unconfined=yes"])["mode"] == "permissive"
 
 
@@ -107,7 +108,7 @@ def test_the_site_labels_each_new_venv_after_installing_it_and_checks_the_label(
     ops = plan(load_case("rocky9-8xh100"), SITE_DEPLOY, data=control_data)
     names = [op.name for op in ops]
     relabel = find(ops, "SELinux: label the new venv")
-    assert names.index("deepfleet base | SELinux file contexts") < names.index(relabel.name)
+    assert names.index(find(ops, "deepfleet base | SELinux file contexts").name) < names.index(relabel.name)
     assert names.index(relabel.name) == names.index(find(ops, "Install deepfleet-runtime").name) + 1
     venv = find(ops, "Install deepfleet-runtime").shell()[0].split()[2].removesuffix("/bin/python3.11")
     assert relabel.change == "conditional"
@@ -137,3 +138,4 @@ def test_debian_and_ubuntu_without_selinux_are_untouched(case):
 def test_debian_with_selinux_enforcing_is_refused_naming_the_fix():
     with pytest.raises(RoleError, match="setenforce 0"):
         plan(with_facts(load_case("debian12-nogpu"), **_selinux(*ENFORCING)), base)
+
