@@ -139,3 +139,13 @@ def test_debian_with_selinux_enforcing_is_refused_naming_the_fix():
     with pytest.raises(RoleError, match="setenforce 0"):
         plan(with_facts(load_case("debian12-nogpu"), **_selinux(*ENFORCING)), base)
 
+
+def test_an_air_gapped_bundle_for_a_rhel_host_carries_semanage():
+    from roles.bundle_contents import host_packages
+    from roles.defaults import DEFAULTS
+    from roles.hostos import HostOS
+
+    settings = {**DEFAULTS, "bundle_host_gpu": False, "docker_enabled": False}
+    assert "policycoreutils-python-utils" in host_packages(settings, HostOS("rocky", "9.4", "", "x86_64"), "h1")[0]
+    assert "policycoreutils-python-utils" not in host_packages(settings, HostOS("debian", "12", "bookworm", "x86_64"),
+                                                               "h1")[0]
