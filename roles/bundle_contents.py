@@ -25,6 +25,7 @@ from .offline import runtime_tarball
 from .packages import PackageRepo
 from .runtime import runtime_accelerator
 from .runtime_container import tarball_image
+from .selinux import SEMANAGE_PACKAGE
 
 # os-release VERSION_CODENAME of each supported apt OS (hosts report it; the build is told the OS).
 CODENAMES = {("debian", "12"): "bookworm", ("ubuntu", "22.04"): "jammy", ("ubuntu", "24.04"): "noble"}
@@ -50,6 +51,8 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
     """The OS packages the platform roles install on this host, and the repositories they come from."""
     gpu = bool(settings["bundle_host_gpu"])
     packages, repos = [*os.python.packages, *settings["base_packages"]], []
+    if os.family == "rhel":  # SELinux enforces there by default: the base role labels with semanage
+        packages.append(SEMANAGE_PACKAGE)
     if gpu:
         kernel = settings["bundle_host_kernel"]
         if not kernel:

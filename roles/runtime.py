@@ -39,6 +39,7 @@ from .release import (activate_runtime_release, current_release_dir, releases_di
                       venv_path)
 from .runtime_check import check_runtime_yaml, check_wheel_extras, planner_verdict
 from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
+from .selinux import relabel_venv
 from .service import converge_service
 from .skip import skip_role
 from .tls import host_certificates, tls_paths
@@ -179,6 +180,7 @@ def runtime():
                                  venv=venv, python=host_os().python.command, python_version=target.python,
                                  deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
                                  install_id=wheelhouse.install_id)
+    relabel_venv(host_os(), venv, install)  # SELinux: pip's new files are no entrypoint for systemd yet
     use_venv(name="Use the installed runtime venv", home=data.deepfleet_home, venv=venv, releases=releases_dir())
     if not holds_model(host):
         skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")
