@@ -98,8 +98,8 @@ def test_the_ca_carries_critical_permitted_subtrees_only_when_asked(tmp_path):
         x509.NameConstraints)
     assert ext.critical and ext.value.excluded_subtrees is None
     # the deploy's own readiness checks connect to localhost / 127.0.0.1: always permitted
-    assert name_constraints(paths.cert) == ["example.hospital.org", "localhost", "10.0.0.0/8", "127.0.0.1/32",
-                                            "192.0.2.7/32"]
+    assert name_constraints(paths.cert) == ["example.hospital.org", "localhost", "10.0.0.0/8", "192.0.2.7/32",
+                                            "127.0.0.1/32"]
     assert any("permitted" in row and row["permitted"] for row in certificate_status(tmp_path / "pki"))
 
 
@@ -162,7 +162,20 @@ def test_the_ca_refuses_to_issue_a_name_outside_its_constraints(tmp_path):
     pki_dir = tmp_path / "pki"
     init_ca(pki_dir, permitted=["hospital.test", "10.0.0.0/8"])
     ensure_server_cert(pki_dir, "gpu1.hospital.test", ["gpu1.hospital.test", "10.1.2.3", "localhost", "127.0.0.1"])
-    with pytest.raises(PkiError, match=r"gpu1: .*'gpu1'.* outside .*hospital\.test"):
+    with pytest.raises(PkiError, match=r"gpu1: .*permits only hospital\.test.*'gpu1' outside"):
         ensure_server_cert(pki_dir, "gpu1", ["gpu1", "localhost", "127.0.0.1"])
     with pytest.raises(PkiError, match="192.168.1.5"):
         ensure_server_cert(pki_dir, "gpu2.hospital.test", ["gpu2.hospital.test", "192.168.1.5"])
+
+
+def test_pki_init_takes_permits_from_the_command_line(tmp_path, capsys):
+    from deepfleet.cli import main
+
+    assert main(["pki", "init", "--dir", str(tmp_path / "pki"), "--permit", "example.hospital.org",
+                 "--permit", "10.0.0.0/8"]) == 0
+    assert name_constraints(tmp_path / "pki" / "ca.crt") == ["example.hospital.org", "localhost", "10.0.0.0/8",
+                                                             "127.0.0.1/32"]
+    assert "names it can certify: example.hospital.org" in capsys.readouterr().out
+    assert main(["pki", "init", "--dir", str(tmp_path / "other")]) == 0
+    assert name_constraints(tmp_path / "other" / "ca.crt") is None
+    assert "any (no NameConstraints)" in capsys.readouterr().out
