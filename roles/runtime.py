@@ -19,12 +19,12 @@ import json
 from collections.abc import Mapping
 
 from pyinfra import host, logger
-from pyinfra.api import QuoteString, StringCommand, deploy, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.util import get_template
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
-from deepfleet.wheelhouse import SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
+from deepfleet.wheelhouse import SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse, hashed_requirements
 
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
@@ -123,7 +123,7 @@ def image_python(base_os: str) -> RuntimePython:
 
 @operation()
 def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: str, runtime_wheel: str,
-                       extras: list[str], install_id: str):
+                       extras: list[str], install_id: str, deps_hashes: dict[str, str], runtime_sha256: str):
     """
     Install deepfleet-runtime into `venv` from pushed wheels, offline, unless it already holds them.
 
@@ -134,23 +134,28 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
     + runtime_wheel: remote path of the deepfleet-runtime wheel
     + extras: engine extras, e.g. ["transformers"]
     + install_id: identifies the wheel set; recorded in the venv so a re-run is a no-op
+    + deps_hashes, runtime_sha256: the wheels' SHA-256 (control machine; offline the bundle's signed
+      manifest): pip installs in hash-checking mode and refuses any other bytes
     """
     marker = f"{venv}/{INSTALL_MARKER}"
     if (host.get_fact(JsonFile, path=marker) or {}).get("install_id") == install_id:
         host.noop(f"{venv} already holds wheelhouse {install_id}")
         return
-    requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
+    full, runtime_only = hashed_requirements(deps_hashes, runtime_wheel, runtime_sha256, extras)
+    requirements = {"all": f"{venv}/deepfleet-requirements.txt", "runtime": f"{venv}/deepfleet-runtime-requirement.txt"}
     # With SOURCE_DATE_EPOCH compiled .pyc files are hash-based, not stamped with install times: two
     # hosts installed from the same wheels hold the same bytes (the venv's own pip included).
     reproducible = ("env", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
     yield StringCommand("test", "-x", f"{venv}/bin/python{python_version}", "||", *reproducible, python, "-m",
                         "venv", "--clear", venv)
+    for text, path in ((full, requirements["all"]), (runtime_only, requirements["runtime"])):
+        yield FileUploadCommand(io.StringIO(text), path, remote_temp_filename=host.get_temp_filename(path))
     pip_install = (*reproducible, f"{venv}/bin/pip", "install")
-    yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check",
-                        "--find-links", QuoteString(deps_dir), QuoteString(requirement))
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check", "--require-hashes",
+                        "--find-links", QuoteString(deps_dir), "-r", QuoteString(requirements["all"]))
     # Same version number, new code: replace the runtime itself without touching its dependencies.
     yield StringCommand(*pip_install, "--quiet", "--no-index", "--no-deps", "--force-reinstall",
-                        "--disable-pip-version-check", QuoteString(runtime_wheel))
+                        "--disable-pip-version-check", "--require-hashes", "-r", QuoteString(requirements["runtime"]))
     yield StringCommand("printf", "'%s\\n'", QuoteString(json.dumps({"install_id": install_id})), ">",
                         QuoteString(marker))
 
@@ -175,12 +180,14 @@ def runtime():
     target = target_platform(accelerator)
     wheelhouse = _wheelhouse(target, extras)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
+    deps_hashes, runtime_sha256 = wheelhouse_hashes(wheelhouse)
     venv = venv_path(wheelhouse.install_id)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
                                  venv=venv, python=host_os().python.command, python_version=target.python,
                                  deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
-                                 install_id=wheelhouse.install_id)
-    relabel_venv(host_os(), venv, install)  # SELinux: pip's new files are no entrypoint for systemd yet
+                                 install_id=wheelhouse.install_id, deps_hashes=deps_hashes,
+                                 runtime_sha256=runtime_sha256)
+    relabel_venv(host_os(), venv, install)  # SELinux: pip\'s new files are no entrypoint for systemd yet
     use_venv(name="Use the installed runtime venv", home=data.deepfleet_home, venv=venv, releases=releases_dir())
     if not holds_model(host):
         skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")

@@ -34,7 +34,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import Wheelhouse
+from deepfleet.wheelhouse import Wheelhouse, hashed_requirements
 
 from .common import RoleError, control_path, template
 from .hostos import RuntimePython
@@ -72,6 +72,13 @@ def dockerfile(settings: Mapping, base_image: str, gpu: bool, python: RuntimePyt
         base_image=base_image, gpu=gpu, python=python.command, python_packages=list(python.packages),
         venv=IMAGE_VENV, runtime_wheel=wheelhouse.runtime_wheel.name, extras=list(settings["runtime_wheel_extras"]),
         state_dir=settings["deepfleet_state_dir"], config_path=config_path)
+
+
+def image_requirements(settings: Mapping, wheelhouse: Wheelhouse) -> str:
+    """wheels/requirements.txt of the build context: every wheel pinned to its SHA-256 (pip --require-hashes)."""
+    deps, runtime_sha256 = wheelhouse_hashes(wheelhouse)
+    return hashed_requirements(deps, f"/tmp/wheels/runtime/{wheelhouse.runtime_wheel.name}", runtime_sha256,
+                               list(settings["runtime_wheel_extras"]))[0]
 
 
 def context_files(wheelhouse: Wheelhouse) -> tuple[dict[str, str], dict[str, str]]:
@@ -227,6 +234,9 @@ def runtime_image(settings: Mapping, gpu: bool, python: RuntimePython | None, wh
                dest_dir=context_dir)
     files.put(name="Runtime image build context: Dockerfile", src=io.StringIO(text),
               dest=f"{context_dir}/Dockerfile", user="root", group="root", mode="0644")
+    files.put(name="Runtime image build context: hashed requirements", src=io.StringIO(image_requirements(
+              settings, wheelhouse)), dest=f"{context_dir}/wheels/requirements.txt", user="root", group="root",
+              mode="0644")
     build_image(name=f"Build runtime image {tag} (on {base})", context_dir=context_dir, tag=tag)
     return tag
 

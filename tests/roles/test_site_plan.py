@@ -63,7 +63,8 @@ def test_dual_a100_runtime_is_vllm_in_a_gpu_container_across_both_gpus(dual_a100
     ]
     dockerfile = next(iter(find(dual_a100, "build context: Dockerfile").uploads().values()))
     assert dockerfile.splitlines()[2] == "FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS python"
-    assert "deepfleet_runtime-0.1.0-py3-none-any.whl[vllm]" in dockerfile
+    requirements = next(iter(find(dual_a100, "build context: hashed requirements").uploads().values()))
+    assert "deepfleet_runtime-0.1.0-py3-none-any.whl[vllm] --hash=sha256:" in requirements
     run = find(dual_a100, "Runtime container deepfleet-runtime").shell()[0]
     assert re.search(r" --gpus all --user 0:0 --entrypoint /bin/sh deepfleet-runtime:[0-9a-f]{16} -c ", run)
     assert run.endswith(" serve --config /opt/deepfleet/releases/current/runtime.yaml")
