@@ -110,13 +110,13 @@ def llamacpp_pair(model_dir: Path, workdir: Path):
         from llama_cpp import Llama
     except ImportError:
         return None
-    from deepfleet_runtime.engines.llamacpp_engine import LlamaCppEngine
+    from deepfleet_runtime.engines.llamacpp_engine import LlamaCppEngine, open_llama
     from deepfleet_runtime.gguf_convert import convert
 
     gguf = convert(model_dir, workdir / "tiny-q8_0.gguf", "q8_0", pre_tokenizer="gpt-2")
     engine = LlamaCppEngine("tiny", gguf, LlamaCppSection())
     engine.load()
-    raw = Llama(str(gguf), n_ctx=LlamaCppSection().n_ctx, n_batch=LlamaCppSection().n_batch, verbose=False)
+    raw = open_llama(Llama, gguf, n_ctx=LlamaCppSection().n_ctx, n_batch=LlamaCppSection().n_batch, verbose=False)
     return engine, raw
 
 

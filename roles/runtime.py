@@ -187,7 +187,7 @@ def runtime():
                                  deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
                                  install_id=wheelhouse.install_id, deps_hashes=deps_hashes,
                                  runtime_sha256=runtime_sha256)
-    relabel_venv(host_os(), venv, install)  # SELinux: pip\'s new files are no entrypoint for systemd yet
+    relabel_venv(host_os(), venv, install)  # SELinux: pip's new files are no entrypoint for systemd yet
     use_venv(name="Use the installed runtime venv", home=data.deepfleet_home, venv=venv, releases=releases_dir())
     if not holds_model(host):
         skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")

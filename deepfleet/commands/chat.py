@@ -16,6 +16,7 @@ def register(commands) -> None:
     parser.add_argument("--ca-cert", type=Path, help="CA bundle for --base-url (default: <state>/pki/ca.crt)")
     parser.add_argument("--model", help="default: the connection's, else the first the endpoint lists")
     parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--temperature", type=float, help="0 answers greedily (the same answer every time)")
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--retries", type=int, default=5)
     parser.set_defaults(func=run)
@@ -43,11 +44,12 @@ def run(args) -> int:
             return 2
         client = GatewayClient.from_connection(connection, max_retries=args.retries)
         client.model = args.model or client.model
+    params = {} if args.temperature is None else {"temperature": args.temperature}
     with client:
         if args.stream:
-            for piece in client.chat_stream(args.prompt, args.max_tokens):
+            for piece in client.chat_stream(args.prompt, args.max_tokens, **params):
                 print(piece, end="", flush=True)
             print()
         else:
-            print(client.chat(args.prompt, args.max_tokens))
+            print(client.chat(args.prompt, args.max_tokens, **params))
     return 0

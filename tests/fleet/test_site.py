@@ -25,11 +25,13 @@ def test_first_deploy_changed_the_host(site):
 
 def test_chat_completion_through_tls_with_the_sdk(site):
     with _client(site) as client:
-        response = client.chat.completions.create(model="tiny-deepseek-v3", messages=MESSAGES, max_tokens=16)
-        assert response.choices[0].message.content.strip()
+        # greedy, so that the stream must repeat the whole answer (a random model may answer in blanks)
+        response = client.chat.completions.create(model="tiny-deepseek-v3", messages=MESSAGES, max_tokens=16,
+                                                  temperature=0)
+        assert response.usage.completion_tokens > 0 and response.choices[0].message.content is not None
         stream = client.chat.completions.create(model="tiny-deepseek-v3", messages=MESSAGES, max_tokens=16,
-                                                stream=True)
-        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream).strip()
+                                                temperature=0, stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == response.choices[0].message.content
 
 
 def test_wrong_api_key_is_401(site):

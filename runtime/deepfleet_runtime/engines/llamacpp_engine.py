@@ -87,8 +87,8 @@ class LlamaCppEngine(ScheduledEngine):
 
     def _open(self, llama_class, gguf: Path, use_mmap: bool) -> None:
         try:
-            self._llama = llama_class(str(gguf), n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
-                                      n_threads=self.settings.n_threads or None, use_mmap=use_mmap, verbose=False)
+            self._llama = open_llama(llama_class, gguf, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
+                                     n_threads=self.settings.n_threads or None, use_mmap=use_mmap, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp cannot load {self.model_path}: {exc}") from exc
         self._weight_bytes = gguf.stat().st_size
@@ -150,3 +150,37 @@ def _single_gguf(directory: Path, release: Path) -> Path:
 
 def _token_text(llama, token: int) -> str:
     return llama.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has Intel AMX (Sapphire Rapids and newer), read from the kernel's CPU flags."""
+    try:
+        return "amx_int8" in cpuinfo.read_text().split()
+    except OSError:
+        return False
+
+
+def open_llama(llama_class, gguf: Path, **kwargs):
+    """`llama_class(gguf, **kwargs)`, without llama.cpp's extra weight buffer types on AMX CPUs.
+
+    llama.cpp's AMX buffer type aborts the whole process on DeepSeek's graph while reserving it
+    (`GGML_ASSERT(*cur_backend_id != -1)` in ggml_backend_sched_split_graph; llama-cpp-python 0.3.36
+    built natively on a Sapphire Rapids Xeon): there the weights stay in plain CPU buffers
+    (llama_model_params.use_extra_bufts = false), which llama-cpp-python's Llama() offers no argument for.
+    """
+    if not cpu_has_amx():
+        return llama_class(str(gguf), **kwargs)
+    import llama_cpp.llama_cpp as bindings
+
+    default_params = bindings.llama_model_default_params
+
+    def without_extra_buffers():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = without_extra_buffers
+    try:
+        return llama_class(str(gguf), **kwargs)
+    finally:
+        bindings.llama_model_default_params = default_params

@@ -15,6 +15,7 @@ import pytest
 from deepfleet.paths import cache_dir
 from deepfleet_runtime.config import LimitsSection
 from deepfleet_runtime.engines.base import GenerationRequest, ModelLoadError, SamplingParams
+from deepfleet_runtime.engines.llamacpp_engine import cpu_has_amx, open_llama
 from deepfleet_runtime.gguf_convert import ConversionError, convert, llama_cpp_sources
 from deepfleet_runtime.server import create_app
 from deepfleet_runtime.serving import build_server
@@ -70,7 +71,7 @@ def test_conversion_errors_name_the_fix(tmp_path, tiny_model_dir, sources):
 
 def test_greedy_output_equals_raw_llama_cpp(engine, gguf):
     ids = engine.encode_text("The fleet serves models")
-    raw = llama_cpp.Llama(str(gguf), n_ctx=512, verbose=False)
+    raw = open_llama(llama_cpp.Llama, gguf, n_ctx=512, verbose=False)  # llama.cpp as the engine opens it
     expected = raw.create_completion(ids, max_tokens=12, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                                      repeat_penalty=1.0)
     events = _generate(engine, ids, SamplingParams(12, temperature=0))
@@ -127,3 +128,11 @@ def test_an_encrypted_gguf_release_serves_the_same_tokens_and_leaves_no_plaintex
         memory.rmdir()
     with pytest.raises(ModelLoadError, match="set model.keys_dir in runtime.yaml"):
         LlamaCppEngine("tiny-gguf", tmp_path / "release").load()
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("flags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile amx_int8\n")
+    assert cpu_has_amx(flags)
+    flags.write_text("flags\t\t: fpu sse avx2 avx512f\n")
+    assert not cpu_has_amx(flags) and not cpu_has_amx(tmp_path / "absent")
