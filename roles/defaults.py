@@ -93,7 +93,10 @@ DEFAULTS = {
     "runtime_pytorch_cuda_alloc_conf": "expandable_segments:True",
     "runtime_vllm_tensor_parallel_size": 1,
     "runtime_vllm_pipeline_parallel_size": 1,
-    "runtime_vllm_max_model_len": 0,  # 0 = the model's own
+    "runtime_vllm_max_model_len": 0,  # 0 = max_prompt_tokens + max_tokens, capped by the model's context
+    "runtime_vllm_tool_call_parser": "deepseek_v3",  # vLLM's parser for tool calls; "" = no tools
+    "runtime_vllm_liveness_interval_s": 30,  # a one-token generation probes the vllm child this often
+    "runtime_vllm_liveness_timeout_s": 60,  # two probes slower than this in a row restart the child
     "runtime_vllm_ray_address": "",  # "head:6379" for multi-node
     "runtime_vllm_port": 8100,  # the vllm child, 127.0.0.1 only
     "runtime_llamacpp_n_ctx": 4096,

