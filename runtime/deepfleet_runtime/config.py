@@ -72,17 +72,21 @@ class MemorySection:
 
 @dataclass(frozen=True)
 class VllmSection:
-    executable: str = "vllm"  # resolved on PATH, or the venv's bin/vllm
+    python: str = ""  # the interpreter whose venv holds vllm; "" = the runtime's own (the host's venv)
     port: int = 8100  # the child listens on 127.0.0.1 only; clients never see it
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    max_model_len: int = 0  # 0 = the model's own
+    max_model_len: int = 0  # 0 = what the runtime accepts: limits.max_prompt_tokens + limits.max_tokens,
+    #                         capped by the model's own context (planner.vllm_max_model_len)
+    tool_call_parser: str = ""  # vLLM's --tool-call-parser ("deepseek_v3"), with --enable-auto-tool-choice
     ray_address: str = ""  # "host:6379" for a multi-node Ray cluster; empty = single node
     host_ip: str = ""  # multi-node: this host's address on the cluster network (VLLM_HOST_IP)
     network_interface: str = ""  # multi-node: that network's NIC for NCCL and Gloo (e.g. "ens8")
     extra_args: list[str] = field(default_factory=list)
     restart_backoff_s: float = 2.0  # first wait before restarting a crashed child (doubles, max 60 s)
     ready_timeout_s: float = 1800.0  # how long a start may take before it counts as failed
+    liveness_interval_s: float = 30.0  # a one-token generation this often; 0 = never (only /health)
+    liveness_timeout_s: float = 60.0  # a probe slower than this fails; two failures in a row restart the child
 
 
 @dataclass(frozen=True)

