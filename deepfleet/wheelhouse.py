@@ -135,6 +135,12 @@ def build_wheelhouse(target: TargetPlatform, cache_dir: Path, runtime_src: Path,
     return Wheelhouse(deps_dir, deps_digest, wheel, runtime_digest, requirement)
 
 
+def recorded_hashes(wheelhouse: Wheelhouse) -> tuple[dict[str, str], str]:
+    """The SHA-256 of the wheelhouse's dependency wheels ({file name: digest}), as recorded where
+    it was built, and of its runtime wheel."""
+    return json.loads((wheelhouse.deps_dir / MANIFEST).read_text()), sha256_file(wheelhouse.runtime_wheel)
+
+
 def hashed_requirements(deps: dict[str, str], runtime_wheel: str, runtime_sha256: str,
                         extras: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:
     """Requirements files that put a host's pip in hash-checking mode (`--require-hashes`): every

@@ -7,7 +7,6 @@ Docker mode, loads the bundle's image tarball: nothing is built or fetched for t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from pyinfra import host, logger
 from deepfleet.bundle import BundleError, VerifiedBundle, verified_once
 from deepfleet.bundle.spec import WheelTarget
 from deepfleet.bundle.wheels import bundle_wheelhouse
-from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, TargetPlatform, Wheelhouse
+from deepfleet.wheelhouse import TargetPlatform, Wheelhouse, recorded_hashes
 
 from .common import RoleError, control_path
 
@@ -69,9 +67,9 @@ def wheelhouse_hashes(wheelhouse: Wheelhouse) -> tuple[dict[str, str], str]:
     which the host checks the pushed files against. Online, those recorded where it was built;
     offline, those of the bundle's signed manifest, never the files' own (whoever can write
     bundle_dir may have swapped them since they verified). RoleError for a file not signed."""
-    recorded = json.loads((wheelhouse.deps_dir / MANIFEST).read_text())  # offline: which files, not their hashes
+    recorded, runtime_sha256 = recorded_hashes(wheelhouse)  # offline: which files, not their hashes
     if not offline():
-        return recorded, sha256_file(wheelhouse.runtime_wheel)
+        return recorded, runtime_sha256
     bundle = the_bundle()
     try:
         return ({name: bundle.signed_sha256(wheelhouse.deps_dir / name) for name in recorded},

@@ -207,7 +207,8 @@ def runtime():
                         "is wired for the systemd mode); use runtime_mode systemd on gpu_nodes of a fleet")
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
     manifest = local_release()[1]
-    text = runtime_yaml(settings, f"{models_dir()}/{manifest.release_name}", bool(certificates))
+    served_model = f"{models_dir()}/{manifest.release_name}"
+    text = runtime_yaml(settings, served_model, bool(certificates))
     check_runtime_yaml(host.name, text, nvidia_devices(), [entry.path for entry in manifest.files])
     _log_planner_verdict(settings)
     files.put(name="Runtime config", src=io.StringIO(text), dest=config_path, user="root",
@@ -225,7 +226,8 @@ def runtime():
         # restart after a release switch reads the new one.
         args = container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(),
                               host_keys_dir(), f"/run/{RUNTIME_DIRECTORY}", gpu)
-        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command(unit=None))
+        runtime_in_container(data.deepfleet_user, args, [release, model],
+                             ready_command(unit=None, served_model=served_model))
         return
 
     release = _release(text, runtime_version(install_id=wheelhouse.install_id), venv)
@@ -234,7 +236,8 @@ def runtime():
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
                           mode="0644", **unit_context(settings, f"{current_release_dir()}/runtime.yaml",
                                                       venv=f"{current_release_dir()}/venv"))
-    converge_service("deepfleet-runtime", unit, [install, model, release, *certificates], ready_command())
+    converge_service("deepfleet-runtime", unit, [install, model, release, *certificates],
+                     ready_command(served_model=served_model))
 
 
 def _log_planner_verdict(settings: Mapping) -> None:
@@ -270,12 +273,15 @@ def runtime_yaml(settings: Mapping, model_dir: str, tls: bool) -> str:
     return get_template(template("runtime.yaml.j2")).render(**context)
 
 
-def ready_command(unit: str | None = "deepfleet-runtime") -> str:
+def ready_command(unit: str | None = "deepfleet-runtime", served_model: str | None = None) -> str:
     """The command that waits until this host's runtime answers /ready (with its client certificate
     when the runtime serves mutual TLS); it stops at once, with the unit's journal, when the systemd
-    `unit` fails (None in Docker mode)."""
+    `unit` fails (None in Docker mode). Once ready, `served_model` (the release directory runtime.yaml
+    names) is recorded as served: only then does it raise the host's floor of release numbers (a
+    rollback, which goes below it anyway, records nothing)."""
     data = host.data
-    timeout = f"--timeout {data.runtime_ready_timeout_s}" + (f" --unit {unit}" if unit else "")
+    timeout = (f"--timeout {data.runtime_ready_timeout_s}" + (f" --unit {unit}" if unit else "")
+               + (f" --served-model {served_model}" if served_model else ""))
     cli = f"{data.deepfleet_home}/venv/bin/deepfleet-runtime wait-ready"
     if not runtime_needs_tls(host):
         return f"{cli} http://127.0.0.1:{data.runtime_port}/ready {timeout}"

@@ -74,16 +74,18 @@ def dockerfile(settings: Mapping, base_image: str, gpu: bool, python: RuntimePyt
         state_dir=settings["deepfleet_state_dir"], config_path=config_path)
 
 
-def image_requirements(settings: Mapping, wheelhouse: Wheelhouse) -> str:
-    """wheels/requirements.txt of the build context: every wheel pinned to its SHA-256 (pip --require-hashes)."""
-    deps, runtime_sha256 = wheelhouse_hashes(wheelhouse)
+def image_requirements(settings: Mapping, wheelhouse: Wheelhouse, hashes: tuple[dict[str, str], str]) -> str:
+    """wheels/requirements.txt of the build context: every wheel pinned to its SHA-256 (pip --require-hashes);
+    `hashes` as roles/offline.wheelhouse_hashes gives them."""
+    deps, runtime_sha256 = hashes
     return hashed_requirements(deps, f"/tmp/wheels/runtime/{wheelhouse.runtime_wheel.name}", runtime_sha256,
                                list(settings["runtime_wheel_extras"]))[0]
 
 
-def context_files(wheelhouse: Wheelhouse) -> tuple[dict[str, str], dict[str, str]]:
+def context_files(wheelhouse: Wheelhouse, hashes: tuple[dict[str, str], str]
+                  ) -> tuple[dict[str, str], dict[str, str]]:
     """The build context's wheels: ({relative path: local path}, {relative path: sha256})."""
-    deps, runtime_sha256 = wheelhouse_hashes(wheelhouse)
+    deps, runtime_sha256 = hashes
     local = {f"wheels/deps/{name}": str(wheelhouse.deps_dir / name) for name in deps}
     manifest = {f"wheels/deps/{name}": digest for name, digest in deps.items()}
     runtime_name = f"wheels/runtime/{wheelhouse.runtime_wheel.name}"
@@ -227,7 +229,8 @@ def runtime_image(settings: Mapping, gpu: bool, python: RuntimePython | None, wh
         raise RoleError(f"runtime_image_source is {settings['runtime_image_source']!r}; use 'build' or 'tarball'")
     base = settings["runtime_image_base_gpu" if gpu else "runtime_image_base_cpu"]
     text = dockerfile(settings, base, gpu, python, wheelhouse, config_path)
-    local, manifest = context_files(wheelhouse)
+    hashes = wheelhouse_hashes(wheelhouse)
+    local, manifest = context_files(wheelhouse, hashes)
     tag = image_tag(text, manifest)
     context_dir = f"{images_dir}/runtime-{tag.split(':')[1]}"
     push_files(name=f"Runtime image build context: wheels ({len(local)})", files=local, manifest=manifest,
@@ -235,7 +238,7 @@ def runtime_image(settings: Mapping, gpu: bool, python: RuntimePython | None, wh
     files.put(name="Runtime image build context: Dockerfile", src=io.StringIO(text),
               dest=f"{context_dir}/Dockerfile", user="root", group="root", mode="0644")
     files.put(name="Runtime image build context: hashed requirements", src=io.StringIO(image_requirements(
-              settings, wheelhouse)), dest=f"{context_dir}/wheels/requirements.txt", user="root", group="root",
+              settings, wheelhouse, hashes)), dest=f"{context_dir}/wheels/requirements.txt", user="root", group="root",
               mode="0644")
     build_image(name=f"Build runtime image {tag} (on {base})", context_dir=context_dir, tag=tag)
     return tag

@@ -71,6 +71,12 @@ class SigningKey:
     def public_armored(self) -> str:
         return self._gpg("--armor", "--export")
 
+    @property
+    def fingerprint(self) -> str:
+        """The key's fingerprint (what the roles' *_repo_key_fingerprints settings pin)."""
+        listing = self._gpg("--with-colons", "--fingerprint")
+        return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
     def public_binary(self) -> bytes:
         """The public key as a binary keyring (what /usr/share/keyrings/*.gpg files are)."""
         return subprocess.run(["gpg", "--batch", "--export"], env={**os.environ, "GNUPGHOME": str(self.home)},

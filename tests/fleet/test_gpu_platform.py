@@ -68,8 +68,10 @@ DAEMON_JSON_DEFAULT = ('{\n  "log-driver": "json-file",\n  "log-opts": {\n    "m
 
 
 class PlatformHost:
-    def __init__(self, fleet: testhosts.TestFleet, hosts_file: Path, repo_url: str, repo_base: Path):
+    def __init__(self, fleet: testhosts.TestFleet, hosts_file: Path, repo_url: str, repo_base: Path,
+                 key_fingerprint: str):
         self.fleet, self.hosts_file, self.repo_url, self.repo_base = fleet, hosts_file, repo_url, repo_base
+        self.key_fingerprint = key_fingerprint  # the test key stands in for Docker's and NVIDIA's
         self.first_deploy = None
 
     @property
@@ -78,7 +80,8 @@ class PlatformHost:
 
     def write_inventory(self, path: Path, **overrides) -> Path:
         data = {"docker_enabled": True, "docker_repo_base_url": f"{self.repo_url}/linux",
-                "docker_ce_packages": ["docker.io"], **overrides}
+                "docker_ce_packages": ["docker.io"], "docker_repo_key_fingerprints": [self.key_fingerprint],
+                "cuda_repo_key_fingerprints": [self.key_fingerprint], **overrides}
         write_atomic(path, json.dumps({"hosts": self.fleet.inventory_hosts(data)}) + "\n", mode=0o600)
         return path
 
@@ -124,7 +127,7 @@ def platform_host(tmp_path_factory):
         _vendor_stand_ins(root / "repo", root / "stand-ins", key)
         with RepoServer(root / "repo") as server:
             fleet.start(1, image, name_prefix="p")
-            host = PlatformHost(fleet, root / "inventory.json", server.url, repo_base)
+            host = PlatformHost(fleet, root / "inventory.json", server.url, repo_base, key.fingerprint)
             keyring = root / "debian-archive-keyring.gpg"
             keyring.write_bytes(key.public_binary())
             subprocess.run(["docker", "cp", str(keyring), f"{host.container}:/usr/share/keyrings/"], check=True)

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from deepfleet_runtime.modelstore import ModelStoreError, hostreleases
-from deepfleet_runtime.modelstore.hostreleases import ModelReleases, activate, rollback_target
+from deepfleet_runtime.modelstore.hostreleases import ModelReleases, activate, record_served, rollback_target
 from deepfleet_runtime.modelstore.manifest import Manifest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="activation hands releases to root, like on hosts")
@@ -183,6 +183,7 @@ def test_the_uploader_loses_the_staging_directory_before_it_is_verified(store, h
 def test_an_older_signed_release_is_refused_unless_it_is_a_rollback(store, host, tmp_path):
     new = _stage(store, host, tmp_path, b"\2", sequence=2)
     activate(host, new, store.keys, GROUP, keep=3)
+    assert record_served(host, new) == 2  # the runtime answered /ready on it
     old = _stage(store, host, tmp_path, b"\1", sequence=1)  # signed long ago, still a valid signature
     with pytest.raises(ModelStoreError, match=r"number 1.*served number 2.*deepfleet rollback"):
         activate(host, old, store.keys, GROUP, keep=3)
@@ -192,3 +193,51 @@ def test_an_older_signed_release_is_refused_unless_it_is_a_rollback(store, host,
     replayed = _stage(store, host, tmp_path, b"\3", sequence=1)
     with pytest.raises(ModelStoreError, match="number 1.*served number 2"):  # the floor stays after a rollback
         activate(host, replayed, store.keys, GROUP, keep=3)
+
+
+def test_a_release_that_never_served_raises_no_floor(store, host, tmp_path):
+    """A rollout whose new release failed to become ready rolls back; the fixed release, numbered
+    below the failed one, must still be taken (the failed one never served)."""
+    v1 = _stage(store, host, tmp_path, b"\1", sequence=1)
+    activate(host, v1, store.keys, GROUP, keep=3)
+    record_served(host, v1)
+    broken = _stage(store, host, tmp_path, b"\3", sequence=3)
+    activate(host, broken, store.keys, GROUP, keep=3)  # its runtime never answered /ready
+    activate(host, v1, store.keys, GROUP, keep=3, allow_older=True)  # the rollout put v1 back
+    v2 = _stage(store, host, tmp_path, b"\2", sequence=2)  # signed before the broken one
+    activate(host, v2, store.keys, GROUP, keep=3)
+    assert host.current() == v2 and host.highest_sequence() == 1
+    assert record_served(host, v2) == 2 and host.highest_sequence() == 2
+
+
+def test_wait_ready_records_the_release_as_served_once_the_runtime_answers(store, host, tmp_path, capsys):
+    from argparse import Namespace
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from deepfleet_runtime.commands import wait_ready
+    from deepfleet_runtime.serving import build_server
+    from tests.conftest import free_port
+    from tests.runtime.test_serving import _serve_in_thread
+
+    release = _stage(store, host, tmp_path, b"\5", sequence=5)
+    activate(host, release, store.keys, GROUP, keep=3)
+    assert host.highest_sequence() == 0  # activated, not served yet
+
+    async def ready(_):
+        return JSONResponse({"status": "ready"})
+
+    port = free_port()
+    server = build_server(Starlette(routes=[Route("/ready", ready)]), "127.0.0.1", port)
+    thread = _serve_in_thread(server)
+    try:
+        args = Namespace(url=f"http://127.0.0.1:{port}/ready", timeout=10.0, cafile=None, cert=None, key=None,
+                         served_model=host.release_dir(release))
+        assert wait_ready.run(args) == 0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert host.highest_sequence() == 5
+    assert f"served: tiny@{release} (release number 5)" in capsys.readouterr().out

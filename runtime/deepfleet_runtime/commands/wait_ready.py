@@ -24,6 +24,8 @@ def register(commands) -> None:
     parser.add_argument("--cert", type=Path, help="client certificate, for a runtime that requires one (mTLS)")
     parser.add_argument("--key", type=Path, help="the client certificate's key")
     parser.add_argument("--unit", help="the systemd service that serves URL: stop when it fails and show its journal")
+    parser.add_argument("--served-model", type=Path, metavar="MODELS_DIR/NAME@RELEASE",
+                        help="once ready, record this model release's number as served (rollback protection)")
     parser.set_defaults(func=run)
 
 
@@ -52,7 +54,7 @@ def run(args) -> int:
             response = httpx.get(args.url, verify=verify, timeout=5.0)
             if response.status_code == 200:
                 print(f"ready: {args.url}")
-                return 0
+                return _record_served(args.served_model) if getattr(args, "served_model", None) else 0
             last = f"HTTP {response.status_code}: {response.text[:300]}"
             if _failed(response):
                 print(f"will not become ready: {args.url} ({last})", file=sys.stderr)
@@ -62,6 +64,20 @@ def run(args) -> int:
         time.sleep(0.5)
     print(f"not ready after {args.timeout:.0f}s: {args.url} ({last})", file=sys.stderr)
     return 1
+
+
+def _record_served(release_dir: Path) -> int:
+    from ..modelstore.errors import ModelStoreError
+    from ..modelstore.hostreleases import ModelReleases, record_served
+
+    name, _, release = release_dir.name.rpartition("@")
+    try:
+        sequence = record_served(ModelReleases(release_dir.parent, name), release)
+    except (OSError, ModelStoreError) as exc:
+        print(f"ready, but cannot record {release_dir} as served: {exc}", file=sys.stderr)
+        return 1
+    print(f"served: {release_dir.name} (release number {sequence})")
+    return 0
 
 
 def _failed(response) -> bool:

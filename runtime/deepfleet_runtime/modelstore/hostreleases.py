@@ -6,9 +6,11 @@ Layout under the models directory (/opt/deepfleet/models), kept by releasestore.
     <name>@<release>/            a complete, verified release (root:<group>, 0750/0640)
     <name>@current               symlink to the release the runtime serves, switched by rename
     <name>.releases.json         activation history, most recent last (for rollback and pruning)
-    <name>.sequence.json         the highest release number served: a lower one is refused unless
-                                 rolled back to (`deepfleet rollback`), so an old signed release
-                                 cannot be replayed onto the host
+    <name>.sequence.json         the highest release number served (recorded once the runtime
+                                 answered /ready on it): a lower one is refused unless rolled back
+                                 to (`deepfleet rollback`), so an old signed release cannot be
+                                 replayed onto the host; one that never served (its runtime failed
+                                 and the deploy rolled back) raises nothing
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..releasestore import COMPLETE_MARKER, ReleaseStore
 from .errors import ModelStoreError
 from .keys import KeyDirectory
 from .lockdown import hand_over, remove_unlisted, take_over
+from .manifest import Manifest
 from .release import KEY_FILE, MANIFEST_FILE, SIGNATURE_FILE, Release
 from .sealedkeys import retire_unused
 
@@ -70,19 +73,26 @@ def activate(releases: ModelReleases, release: str, keys: KeyDirectory, group: s
     with releases.locked():
         previous = releases.current()
         if not releases.is_complete(release):
-            sequence = _promote(releases, release, keys, group, progress, allow_older)
+            _promote(releases, release, keys, group, progress, allow_older)
         elif release != previous:
             opened = Release.open(releases.release_dir(release), keys, releases.name)
             _check_not_older(releases, opened.manifest, allow_older)
             opened.verify(progress)
-            sequence = opened.manifest.sequence
-        else:
-            sequence = 0
         releases.switch(release)
-        releases.record_sequence(sequence)
         removed = releases.prune(keep)
         retired = retire_unused(keys.path, releases.models_dir)  # keys of pruned releases go too
     return {"release": release, "previous": previous, "removed": removed, "retired_keys": retired}
+
+
+def record_served(releases: ModelReleases, release: str) -> int:
+    """Record `release`'s number as served: the deploy calls this once the runtime answered /ready on
+    it (`deepfleet-runtime wait-ready --served-model DIR`). From then on a release numbered below it
+    is refused unless rolled back to. Returns the number recorded."""
+    with releases.locked():
+        manifest_file = releases.release_dir(release) / MANIFEST_FILE
+        sequence = Manifest.from_bytes(manifest_file.read_bytes(), str(manifest_file)).sequence  # verified at activation
+        releases.record_sequence(sequence)
+    return sequence
 
 
 def rollback_target(releases: ModelReleases, to: str | None) -> str:
@@ -102,7 +112,7 @@ def _check_not_older(releases: ModelReleases, manifest, allow_older: bool) -> No
 
 
 def _promote(releases: ModelReleases, release: str, keys: KeyDirectory, group: str, progress,
-             allow_older: bool) -> int:
+             allow_older: bool) -> None:
     staging = releases.staging_dir(release)
     if not os.path.lexists(staging / MANIFEST_FILE):
         raise ModelStoreError(f"release {release} of {releases.name} was not pushed to this host "
@@ -128,7 +138,6 @@ def _promote(releases: ModelReleases, release: str, keys: KeyDirectory, group: s
     releases.mark_complete(staging, {"manifest_sha256": manifest_digest})
     hand_over(staging, grp.getgrnam(group).gr_gid)
     releases.promote(release)
-    return opened.manifest.sequence
 
 
 def sync_tree(directory: Path) -> None:

@@ -142,7 +142,7 @@ def served(tmp_path_factory, r1_model_dir, vllm_python):
         vllm=VllmSection(python=str(vllm_python), port=free_port(), tool_call_parser="deepseek_v3",
                          max_model_len=CONTEXT,
                          restart_backoff_s=0.5, ready_timeout_s=600, liveness_interval_s=3.0,
-                         liveness_timeout_s=30.0,  # a shared, loaded 2-core box is slow, not hung
+                         liveness_timeout_s=15.0,  # a shared 2-core box is slow, not hung
                          # random weights loop on JSON whitespace: structured output without it
                          extra_args=["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
                                      "--enforce-eager"]))  # no compile warm-up: start 10x faster
