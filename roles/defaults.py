@@ -322,7 +322,8 @@ SETTINGS = {
         type="str|null", example="6.1.0-28-amd64"),
     "bundle_resolver_images": S({"debian-12": "debian:12", "ubuntu-22.04": "ubuntu:22.04",
                                  "ubuntu-24.04": "ubuntu:24.04", "rocky-9": "rockylinux:9"},
-        "per OS, a container image whose package manager resolves the closure"),
+        "per OS, a container image whose package manager resolves the closure; pin it as "
+        "name@sha256:<registry digest or local image ID> (a tag alone is refused, with the pin to write)"),
 }
 
 DEFAULTS = {name: setting.default for name, setting in declare(SETTINGS).items()}

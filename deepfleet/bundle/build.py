@@ -29,7 +29,8 @@ from deepfleet_runtime.modelstore.release import MANIFEST_FILE as MODEL_MANIFEST
 from ..modelkeys import load_model_keys
 from ..modelpack import ensure_release
 from . import debs, images, wheels
-from .lock import LOCK_FILE, LockError, check_covers, created_at, expires_at, load_lock, lock_text, new_lock
+from .lock import (LOCK_FILE, LockError, check_covers, created_at, expires_at, load_lock, locked_os, lock_text,
+                   new_lock, os_entry)
 from .manifest import BundleError, write_manifest
 from .signing import PUBLIC_KEY_FILE, ensure_signer
 from .spec import BundleSpec
@@ -63,12 +64,13 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
     try:
         when = created_at(lock)
         for target in spec.os_targets:
-            entry = (pinned or {}).get("os", {}).get(target.key)
-            resolved = entry["debs"] if entry else debs.resolve_closure(target, log)
-            fetched = debs.fetch_debs(resolved, cache / "bundle-debs" / target.key, log)
+            entry = locked_os(pinned, target, log) if pinned else None
+            if entry is None:
+                resolved, image_id = debs.resolve_closure(target, log)
+                entry = os_entry(target, resolved, target.resolver_image, image_id)
+            fetched = debs.fetch_debs(entry["debs"], cache / "bundle-debs" / target.key, log)
             debs.write_apt_repo(scratch / "apt" / target.key, fetched, signer, when, copy_file, expires_at(lock))
-            lock["os"][target.key] = {"packages": sorted(target.packages), "resolver_image": target.resolver_image,
-                                      "debs": resolved}
+            lock["os"][target.key] = entry
         for target in spec.wheels:
             entry, deps_dir, runtime_wheel = wheels.build_for(
                 target, cache, runtime_src, (pinned or {}).get("wheelhouses", {}).get(target.key), log)

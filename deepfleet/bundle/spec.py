@@ -29,7 +29,7 @@ class OsTarget:
     family: str  # "debian" (apt) or "rhel" (dnf)
     machine: str  # "x86_64", "aarch64"
     deb_arch: str  # "amd64", "arm64"
-    resolver_image: str  # a container image of this OS, where its package manager resolves the closure
+    resolver_image: str  # a container image of this OS, pinned: name@sha256:<registry digest or image ID>
     packages: tuple[str, ...] = ()  # names, or name=version pins
     sources: tuple[AptSource, ...] = ()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -80,3 +81,14 @@ def test_targets_that_cannot_be_resolved_here_say_what_would_run():
     assert "dnf download --resolve --alldeps" in str(rhel.value) and "createrepo_c" in str(rhel.value)
     with pytest.raises(PackageError, match="needs a aarch64 container"):
         resolve_closure(_target(machine="aarch64", deb_arch="arm64"))
+
+
+@pytest.mark.skipif(not shutil.which("docker"), reason="the resolver image is looked up in this machine's Docker")
+def test_a_resolver_image_named_by_tag_only_is_refused_before_anything_runs(monkeypatch):
+    started = []
+    monkeypatch.setattr("deepfleet.bundle.debs._stage_sources", lambda *args: started.append(args))
+    with pytest.raises(PackageError, match="deepfleet-bundle-tests:no-such-image is named by tag only"):
+        resolve_closure(_target())
+    with pytest.raises(PackageError, match=f"pins deepfleet-bundle-tests:no-such-image to sha256:{'0' * 64}"):
+        resolve_closure(_target(resolver_image=f"deepfleet-bundle-tests:no-such-image@sha256:{'0' * 64}"))
+    assert started == []  # no key fetched, no container started
