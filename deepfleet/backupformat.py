@@ -80,9 +80,11 @@ def recipient_lock(recipient: x25519.X25519PublicKey) -> tuple[dict, bytes]:
 
 
 def _scrypt(lock: dict, passphrase: str) -> bytes:
-    if any(not isinstance(lock.get(k), int) or not 0 < lock[k] <= top for k, top in _SCRYPT_MAX.items()):
+    if any(not isinstance(lock.get(k), int) or not 0 < lock[k] <= top for k, top in _SCRYPT_MAX.items()) \
+            or lock["n"] & (lock["n"] - 1):
         raise BackupError("the archive's header asks for scrypt parameters out of range: it was altered")
-    return Scrypt(salt=unb64(lock["salt"]), length=96, n=lock["n"], r=lock["r"], p=lock["p"]).derive(passphrase.encode())
+    kdf = Scrypt(salt=unb64(lock["salt"]), length=96, n=lock["n"], r=lock["r"], p=lock["p"])
+    return kdf.derive(passphrase.encode())
 
 
 def _x25519(lock: dict, shared: bytes) -> bytes:
