@@ -54,19 +54,28 @@ WORDS = ("fleet model gateway host token cache batch request answer hospital key
 
 # --- the served side (a child process per engine) --------------------------------------------------
 
-def serve(engine_name: str, model_path: Path, port: int, vllm_python: str) -> None:
-    """The runtime's OpenAI server on 127.0.0.1:`port` with one engine; runs until SIGTERM."""
-    from deepfleet_runtime.config import LimitsSection, MemorySection, ModelSection, RuntimeConfig, VllmSection
+def serve(engine_name: str, model_path: Path, port: int, vllm_python: str, threads: int) -> None:
+    """The runtime's OpenAI server on 127.0.0.1:`port` with one engine; runs until SIGTERM.
+    `threads` (0: each engine's default) sets torch's threads, llama.cpp's n_threads and the cores
+    vLLM's worker binds to (VLLM_CPU_OMP_THREADS_BIND, which its child inherits)."""
+    import torch
+
+    from deepfleet_runtime.config import (LimitsSection, LlamaCppSection, MemorySection, ModelSection,
+                                          RuntimeConfig, VllmSection)
     from deepfleet_runtime.engines import build_engine
     from deepfleet_runtime.server import create_app
     from deepfleet_runtime.serving import build_server
 
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}"
     limits = LimitsSection(max_prompt_tokens=MAX_PROMPT, max_tokens=MAX_NEW)
     kinds = {"builtin": "transformers", "llamacpp": "llamacpp", "vllm": "vllm"}
     config = RuntimeConfig(ModelSection(MODEL, model_path), engine=kinds[engine_name], device="cpu",
                            dtype="bfloat16", limits=limits, memory=MemorySection(gpu_memory_fraction=0.15),
                            vllm=VllmSection(python=vllm_python, port=free_port(), ready_timeout_s=900,
-                                            liveness_interval_s=0, extra_args=["--enforce-eager"]))
+                                            liveness_interval_s=0, extra_args=["--enforce-eager"]),
+                           llamacpp=LlamaCppSection(n_threads=threads))
     engine = build_engine(config)
     # uvicorn re-raises SIGTERM once it has shut down, which would end this process before the
     # engine's close() (and leave vLLM's child, in its own process group, running): exit instead.
@@ -88,7 +97,7 @@ class Served:
     """One engine behind the runtime's server in a child process, up once /ready says so."""
 
     def __init__(self, engine: str, model_path: Path, vllm_python: str, ready_timeout_s: float,
-                 log_dir: Path | None = None):
+                 log_dir: Path | None = None, threads: int = 0):
         self.engine, self.port, self.log_dir = engine, free_port(), log_dir
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -96,7 +105,8 @@ class Served:
         self.log = tempfile.TemporaryFile()
         started = time.monotonic()
         self.process = subprocess.Popen([sys.executable, __file__, "--serve", engine, "--model-path", str(model_path),
-                                         "--port", str(self.port), "--vllm-python", vllm_python],
+                                         "--port", str(self.port), "--vllm-python", vllm_python,
+                                         "--threads", str(threads)],
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(ready_timeout_s)
@@ -223,8 +233,17 @@ def machine() -> dict:
             "host": platform.node(), "niceness": os.nice(0)}
 
 
+def default_threads() -> dict[str, str]:
+    """What each engine computes with when --threads is not given."""
+    cores = os.cpu_count() or 1
+    return {"builtin": f"torch's default ({cores} threads)",
+            "vllm": "vLLM's auto binding (one core reserved for its scheduler: "
+                    f"{max(1, cores - 1)} of {cores} bound)",
+            "llamacpp": f"llama-cpp-python's default ({max(1, cores // 2)}, half the cores)"}
+
+
 def run_engine(name: str, path: Path, vllm_python: str, loads: dict, args, log) -> dict:
-    served = Served(name, path, vllm_python, args.ready_timeout, args.log_dir)
+    served = Served(name, path, vllm_python, args.ready_timeout, args.log_dir, args.threads)
     try:
         log(f"{name}: ready after {served.startup_s:.1f} s")
         asyncio.run(drive(served.url, [(0.0, "Warm up.", 4)]))  # first-request costs stay out of the numbers
@@ -252,13 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf-type", default="bf16", help="llama.cpp's weights (bf16 = the others'; q8_0, ...)")
     parser.add_argument("--vllm-python", default="", help="the vLLM venv's python (default: the cached venv)")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds an engine may take to start")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="compute threads of every engine (0: each engine's default, as the runtime ships it)")
     parser.add_argument("--log-dir", type=Path, help="keep each server's output there as ENGINE.log")
     parser.add_argument("--serve", choices=ENGINES, help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, Path(args.model_path), args.port, args.vllm_python)
+        serve(args.serve, Path(args.model_path), args.port, args.vllm_python, args.threads)
         return 0
     engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(engines) - set(ENGINES))
@@ -303,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
               "workloads": {"uniform": {"requests": args.uniform, "max_tokens": args.tokens},
                             "mixed": {"requests": args.mixed, "mean_gap_ms": args.gap_ms, "prompt_tokens": "16..2000",
                                       "max_tokens": "16..128"}},
-              "repeats": args.repeats, "engines": rows, "tok_per_s_vs_vllm": ratios, "skipped": skipped}
+              "repeats": args.repeats, "threads": args.threads or default_threads(), "engines": rows, "tok_per_s_vs_vllm": ratios, "skipped": skipped}
     print(json.dumps(result))
     return 0
 
