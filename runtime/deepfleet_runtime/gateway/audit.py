@@ -106,7 +106,6 @@ class AuditLog:
         self._pending: list[tuple[bytes, asyncio.Future | None, asyncio.AbstractEventLoop | None]] = []
         self._waited = 0
         self._deferred_since = 0.0  # when the oldest deferred record in _pending was queued (monotonic)
-        self._idle = False  # the writer waits with no deadline: a deferred record must wake it
         self._wake = threading.Condition()
         self._io = threading.Lock()  # held by whoever writes a batch: the writer thread, or submit inline
         self._closing = False
@@ -125,8 +124,6 @@ class AuditLog:
                 if not self._pending:
                     self._deferred_since = time.monotonic()
                 self._pending.append((body, None, None))
-                if self._idle:
-                    self._wake.notify()
             return None
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -164,12 +161,9 @@ class AuditLog:
         while True:
             with self._wake:
                 while not (self._closing or self._waited):
-                    if not self._pending:
-                        self._idle = True
-                        self._wake.wait()
-                        self._idle = False
-                        continue
-                    left = self._deferred_since + DEFER_S - time.monotonic()
+                    # deferred records do not wake this thread (a wake per request costs CPU): it
+                    # looks every DEFER_S, and writes those that waited that long
+                    left = self._deferred_since + DEFER_S - time.monotonic() if self._pending else DEFER_S
                     if left <= 0:
                         break
                     self._wake.wait(left)

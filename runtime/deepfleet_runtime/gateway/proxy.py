@@ -288,9 +288,16 @@ class ApiEndpoint:
         ex.recorded = True
         if not ex.started_record:
             return await self.audit.append(self._audit_record(ex))
-        self.audit.submit(self._audit_record(ex), wait=False)
         if not self.audit.writable:  # queued (and kept until written), but the log fails now: fail closed
+            self.audit.submit(self._audit_record(ex), wait=False)
             raise AuditError("the audit log cannot be written at the moment")
+        asyncio.get_running_loop().call_soon(self._queue_end, ex)  # built after the response went out
+
+    def _queue_end(self, ex: Exchange) -> None:
+        try:
+            self.audit.submit(self._audit_record(ex), wait=False)
+        except AuditError as exc:  # closed: only after the server stopped, so not expected
+            log.error("end record of %s not written: %s; it verifies as interrupted", ex.request_id, exc)
 
     def _content_policy(self, ex: Exchange) -> str:
         return (ex.key.audit_content if ex.key else None) or self.config.audit.content
