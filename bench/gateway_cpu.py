@@ -1,12 +1,13 @@
 """The gateway's own cost, baseline tree against this one, in front of a fake upstream.
 
 Starts bench/fake_upstream.py (answers at once) and two gateways as separate processes: one from
-`--baseline` (another checkout, e.g. main) and one from this tree, with the same config. Rounds
+`--baseline` (another checkout, or a git revision of this repository, unpacked with git archive)
+and one from this tree, with the same config. Rounds
 alternate between them (and a direct path to the upstream), so machine noise hits all alike. The
 gateways share one CPU core (taskset), the client and upstream use the others. CPU time is read
 from /proc/<pid>/task/*/schedstat (nanoseconds, all threads).
 
-    .venv/bin/python bench/gateway_cpu.py --baseline /work/main [--rounds 7] [--requests 200]
+    .venv/bin/python bench/gateway_cpu.py --baseline b77bd06 [--rounds 7] [--requests 200]
         [--streams 20] [--chunks 200] [--audit-dir tmpfs|disk]
 
 Last line: JSON with, per tree, cpu_us_per_request, cpu_us_per_chunk, p50_added_ms (against the
@@ -46,6 +47,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def baseline_tree(spec: str, into: Path) -> Path:
+    """`spec` if it is a directory, else the runtime and deepfleet packages of git revision `spec`."""
+    if Path(spec).is_dir():
+        return Path(spec).resolve()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", spec, "runtime", "deepfleet"], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--baseline {spec}: neither a directory nor a git revision "
+                         f"({archive.stderr.decode().strip()})")
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
 
 
 def cpu_ns(pid: int) -> int:
@@ -111,7 +125,7 @@ def measure(client: httpx.Client, pid: int | None, requests: int, streams: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline", type=Path, required=True, help="the other checkout (e.g. /work/main)")
+    parser.add_argument("--baseline", required=True, help="the other checkout, or a git revision (e.g. b77bd06)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--streams", type=int, default=20)
@@ -125,10 +139,10 @@ def main() -> None:
         os.sched_setaffinity(0, other_cpus)
     (ROOT / ".deepfleet").mkdir(exist_ok=True)
     audit_parent = "/dev/shm" if args.audit_dir == "tmpfs" else str(ROOT / ".deepfleet")
-    trees = {"baseline": args.baseline.resolve(), "candidate": ROOT}
     with tempfile.TemporaryDirectory(prefix="gw-cpu-", dir=ROOT / ".deepfleet") as tmp, \
             tempfile.TemporaryDirectory(prefix="gw-cpu-audit-", dir=audit_parent) as audit_root:
         root = Path(tmp)
+        trees = {"baseline": baseline_tree(args.baseline, root / "baseline-tree"), "candidate": ROOT}
         ca, _ = init_ca(root / "pki")
         ensure_server_cert(root / "pki", "bench", ["127.0.0.1"])
         key = create_key(root / "keyring.json", "bench", rpm=0, tpm=0, concurrency=0)

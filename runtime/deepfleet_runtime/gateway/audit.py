@@ -1,13 +1,14 @@
-"""The audit log writer: one hash-chained record per request, durable before the response completes.
+"""The audit log writer: hash-chained records, each durable before anyone relies on it.
 
 Records go to a writer thread that appends every record waiting, calls fdatasync once for the
 whole batch (group commit) and only then wakes the requests that wait for them (on storage where
-fdatasync takes microseconds, a record with nothing queued before it is written at once instead). So when
-`append` returns, the record is on stable storage: a response is completed only after that (for
-a stream, its final `data: [DONE]` is held back until then), and a crash, `kill -9` or power
-loss after a response completed loses no record of it. Files rotate by size and UTC day, the
-chain running on across them; retention removes the oldest files and records that it did.
-The format is in auditchain.py and docs/gateway.md.
+fdatasync takes microseconds, a record with no waiter queued before it is written at once instead).
+So when `append` returns, the record is on stable storage. A record queued with
+`submit(record, wait=False)` (a request's end record: its "started" record is already durable, so
+losing the end shows as "interrupted") waits for the next batch to share its fdatasync, or
+DEFER_S at most; a failed write keeps it for the next batch, and close() writes it. Files rotate
+by size and UTC day, the chain running on across them; retention removes the oldest files and
+records that it did. The format is in auditchain.py and docs/gateway.md.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 # When nothing else waits and fdatasync has recently taken less than this (tmpfs, NVMe with power
 # loss protection), a record is written on the caller's event loop: a thread hand-off costs more.
 INLINE_SYNC_S = 200e-6
+# A record nobody waits for is written with the next batch, or alone after this long.
+DEFER_S = 0.1
+# After a failed write, records nobody waits for are retried with every batch, and alone this often.
+RETRY_S = 1.0
 
 
 class AuditError(RuntimeError):
@@ -97,29 +102,44 @@ class AuditLog:
         self._emitted = self._committed_items = 0
         self._recover()
         self._committed = self._state()
-        self._pending: list[tuple[bytes, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        # (body, future, loop); future None: nobody waits (deferred). _waited counts the others.
+        self._pending: list[tuple[bytes, asyncio.Future | None, asyncio.AbstractEventLoop | None]] = []
+        self._waited = 0
+        self._deferred_since = 0.0  # when the oldest deferred record in _pending was queued (monotonic)
         self._wake = threading.Condition()
         self._io = threading.Lock()  # held by whoever writes a batch: the writer thread, or submit inline
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, record: dict) -> asyncio.Future:
+    def submit(self, record: dict, wait: bool = True) -> asyncio.Future | None:
         """Queue `record` now (even if the caller is being cancelled); the future resolves once it
-        is durable, or fails with AuditError."""
+        is durable, or fails with AuditError. With wait=False there is no future: the record goes
+        with the next batch (or alone within DEFER_S) and a failed write keeps it for the next."""
+        body = encode_record(record)
+        if not wait:
+            with self._wake:
+                if self._closing:
+                    raise AuditError("the audit log is closed")
+                if not self._pending:
+                    self._deferred_since = time.monotonic()
+                self._pending.append((body, None, None))
+            return None
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        body = encode_record(record)
         with self._wake:
             if self._closing:
                 raise AuditError("the audit log is closed")
-            inline = not self._pending and self._sync_s < INLINE_SYNC_S and self._io.acquire(blocking=False)
+            inline = not self._waited and self._sync_s < INLINE_SYNC_S and self._io.acquire(blocking=False)
             if not inline:
                 self._pending.append((body, done, loop))
+                self._waited += 1
                 self._wake.notify()
                 return done
-        try:  # nothing waiting and fdatasync takes microseconds here: write it now, on this thread
-            self._write_batch([(body, done, None)], closing=False)
+            batch, self._pending = self._pending, []  # deferred records go along
+        batch.append((body, done, None))
+        try:  # no one else waits and fdatasync takes microseconds here: write it now, on this thread
+            self._write_batch(batch, closing=False)
         finally:
             self._io.release()
         return done
@@ -140,9 +160,14 @@ class AuditLog:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._pending and not self._closing:
-                    self._wake.wait()
-                batch, self._pending = self._pending, []
+                while not (self._closing or self._waited):
+                    # deferred records do not wake this thread (a wake per request costs CPU): it
+                    # looks every DEFER_S, and writes those that waited that long
+                    left = self._deferred_since + DEFER_S - time.monotonic() if self._pending else DEFER_S
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+                batch, self._pending, self._waited = self._pending, [], 0
                 closing = self._closing
             with self._io:
                 self._write_batch(batch, closing)
@@ -172,12 +197,29 @@ class AuditLog:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             error = AuditError(f"the audit log cannot be written ({reason})")
             self._roll_back()
-        for index, (_, done, loop) in enumerate(batch):
+        kept = []
+        for index, (body, done, loop) in enumerate(batch):
             outcome = None if index < self._committed_items else error
-            if loop is None:  # written inline, on the waiter's own loop
+            if done is None:  # nobody waits for it: keep it for the next batch
+                if outcome is not None:
+                    kept.append((body, None, None))
+            elif loop is None:  # written inline, on the waiter's own loop
                 _resolve(done, outcome)
             else:
                 loop.call_soon_threadsafe(_resolve, done, outcome)
+        if kept:
+            self._keep(kept, closing)
+
+    def _keep(self, kept: list, closing: bool) -> None:
+        """Queue records nobody waits for again, ahead of the rest, after a failed write."""
+        if closing:
+            log.error("%d audit record(s) could not be written before the log closed; their requests "
+                      "verify as interrupted", len(kept))
+            return
+        log.error("%d audit record(s) nobody waits for are not yet durable; kept for the next write", len(kept))
+        with self._wake:
+            self._pending[:0] = kept
+            self._deferred_since = time.monotonic() + RETRY_S - DEFER_S
 
     def _state(self) -> tuple:
         return (self._seq, self._prev, self._size, self._day, self._since_checkpoint, self._fd, self._path)

@@ -1,15 +1,17 @@
-"""The gateway's API endpoint (an ASGI app): key -> body checks -> limits -> queue -> replica ->
-relay -> audit record, durable before the response completes.
+"""The gateway's API endpoint (an ASGI app): key -> body checks -> limits -> queue -> durable
+"started" record -> replica -> relay -> end record.
 
 Order of refusals: 401 (key; 429 unrecorded beyond connections.max_unauthenticated_per_minute
 from one address), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
 (the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer).
 
 Audit: a request that is forwarded gets a durable "started" record (key, model, prompt, time)
-before its first byte goes upstream, and its end record (status, completion, usage) before the
-response completes: on success, failure, client disconnect (499) or shutdown. A request refused
-before that gets one record, with its body's SHA-256 and size only. A client that goes away
-cancels the upstream request.
+before its first byte goes upstream, and its end record (status, completion, usage) on success,
+failure, client disconnect (499) or shutdown. The end record is queued, not awaited: it shares the
+next batch's fdatasync (durable within audit.DEFER_S), a crash before that leaves the request
+"interrupted", and while the log cannot be written responses are withheld (503). A request refused
+before its "started" record gets one record, with its body's SHA-256 and size only, durable before
+the refusal is sent. A client that goes away cancels the upstream request.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ class ApiEndpoint:
                     ex.status, ex.error = 503, "the gateway shut down during the request; the answer was cut off"
                     ex.recorded = True
                     with contextlib.suppress(AuditError):
-                        self.audit.submit(self._audit_record(ex))  # queued now; written before the log closes
+                        self.audit.submit(self._audit_record(ex), wait=False)  # written before the log closes
                 raise
             task.uncancel()
             if not ex.recorded:
@@ -236,7 +238,7 @@ class ApiEndpoint:
         await send({"type": "http.response.body", "body": content})
 
     async def _relay_stream(self, ex: Exchange, send) -> None:
-        """Pass SSE events on as they come; hold back `[DONE]` until the audit record is durable."""
+        """Pass SSE events on as they come; hold back `[DONE]` until the end record is queued."""
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         events, done = _SseSplitter(), None
@@ -281,9 +283,21 @@ class ApiEndpoint:
         await _send_json(send, status, error_body(message, type_, param, code), ex.request_id, extra)
 
     async def _record(self, ex: Exchange) -> None:
-        """Write the exchange's audit record and wait until it is durable."""
+        """Write the exchange's audit record: wait until it is durable, unless its "started" record
+        already is (then queue it for the next batch; AuditError while the log cannot be written)."""
         ex.recorded = True
-        await self.audit.append(self._audit_record(ex))
+        if not ex.started_record:
+            return await self.audit.append(self._audit_record(ex))
+        if not self.audit.writable:  # queued (and kept until written), but the log fails now: fail closed
+            self.audit.submit(self._audit_record(ex), wait=False)
+            raise AuditError("the audit log cannot be written at the moment")
+        asyncio.get_running_loop().call_soon(self._queue_end, ex)  # built after the response went out
+
+    def _queue_end(self, ex: Exchange) -> None:
+        try:
+            self.audit.submit(self._audit_record(ex), wait=False)
+        except AuditError as exc:  # closed: only after the server stopped, so not expected
+            log.error("end record of %s not written: %s; it verifies as interrupted", ex.request_id, exc)
 
     def _content_policy(self, ex: Exchange) -> str:
         return (ex.key.audit_content if ex.key else None) or self.config.audit.content

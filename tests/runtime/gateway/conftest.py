@@ -4,6 +4,7 @@ runtime servers, configured through the same gateway.yaml loader the service use
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import subprocess
 import sys
@@ -97,6 +98,25 @@ class GatewaySite:
         staged = self.keys_file.with_suffix(".tmp")
         staged.write_text(host_key_file(load_keyring(self.keyring)))
         staged.replace(self.keys_file)
+
+
+def audit_records(site: GatewaySite, timeout_s: float = 5.0) -> list[dict]:
+    """The records on disk once every "started" one has its end record (an end record is written
+    with the next batch, or within audit.DEFER_S): for reading them with no request in flight."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = [json.loads(line) for path in sorted(site.audit_dir.glob("audit-*.jsonl"))
+                       for line in path.read_text().splitlines()]
+        except ValueError:  # a batch being written: read again
+            records = None
+        if records is not None:
+            started = {r["request_id"] for r in records if r.get("type") == "started"}
+            if started <= {r.get("request_id") for r in records if r.get("type") == "request"}:
+                return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"end records missing after {timeout_s} s")
+        time.sleep(0.01)
 
 
 def write_gateway(root: Path, pki: Pki, upstreams: list[dict], keys: dict[str, dict], **sections) -> GatewaySite:

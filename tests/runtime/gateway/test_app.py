@@ -13,12 +13,13 @@ import httpx
 import openai
 import pytest
 
+from .conftest import audit_records
+
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def _records(site) -> list[dict]:
-    return [json.loads(line) for path in sorted(site.audit_dir.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()]
+    return audit_records(site)
 
 
 def _record(site, request_id: str) -> dict:

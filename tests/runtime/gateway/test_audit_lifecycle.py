@@ -1,5 +1,6 @@
 """A forwarded request's audit life: a durable "started" record before anything goes upstream, an
-end record on completion, disconnect or shutdown; a start without an end verifies as interrupted."""
+end record on completion, disconnect or shutdown (written with the next batch, not awaited); a
+start without an end verifies as interrupted."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import httpx
 
 from deepfleet_runtime import serving
+from deepfleet_runtime.gateway import audit as audit_module
 from deepfleet_runtime.gateway.auditchain import verify_chain
 
 from .conftest import RUNTIME_COMMAND, running_gateway, wait_until_ready, write_gateway
@@ -91,3 +93,21 @@ def test_a_completed_request_has_a_started_and_an_end_record(tmp_path, gateway_p
     assert mine[0]["seq"] < mine[1]["seq"] and "prompt" not in mine[1] and mine[1]["completion"] == "ok ok ok "
     report = verify_chain(site.audit_dir)
     assert report.interrupted == [] and report.ended == 1
+
+
+def test_the_end_record_is_not_awaited_it_goes_with_the_next_batch(tmp_path, gateway_pki, monkeypatch):
+    monkeypatch.setattr(audit_module, "DEFER_S", 30.0)  # no timer: only the next batch (or close) writes it
+    with fake_runtime(events=3) as upstream:
+        site = write_gateway(tmp_path / "gw", gateway_pki, [{"name": "r1", "url": upstream}], {"tester": {}})
+        with running_gateway(site), site.http() as client:
+            first = client.post("/v1/chat/completions", json={**STREAM, "stream": False})
+            assert first.status_code == 200  # answered while its end record still waits
+            assert [(r["type"], r["request_id"]) for r in _records(site)] == [
+                ("started", first.headers["x-request-id"])]
+            second = client.post("/v1/chat/completions", json=STREAM)
+            assert second.status_code == 200 and second.text.rstrip().endswith("data: [DONE]")
+            ids = [first.headers["x-request-id"], second.headers["x-request-id"]]
+            assert [(r["type"], r["request_id"]) for r in _records(site)] == [
+                ("started", ids[0]), ("request", ids[0]), ("started", ids[1])]
+    assert [(r["type"], r["request_id"]) for r in _records(site)][-1] == ("request", ids[1])  # written at close
+    assert verify_chain(site.audit_dir).interrupted == []

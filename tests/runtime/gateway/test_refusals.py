@@ -8,13 +8,12 @@ import json
 
 import httpx
 
-from .conftest import running_gateway, write_gateway
+from .conftest import audit_records, running_gateway, write_gateway
 from .fakeupstream import fake_runtime
 
 
 def _records(site) -> list[dict]:
-    return [json.loads(line) for path in sorted(site.audit_dir.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()]
+    return audit_records(site)
 
 
 def test_refused_requests_are_recorded_by_hash_and_size_only(tmp_path, gateway_pki):

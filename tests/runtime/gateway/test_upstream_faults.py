@@ -14,15 +14,14 @@ import httpx
 
 from tests.conftest import free_port
 
-from .conftest import running_gateway, write_gateway
+from .conftest import audit_records, running_gateway, write_gateway
 from .fakeupstream import fake_runtime
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 
 
 def _records(site) -> list[dict]:
-    return [json.loads(line) for path in sorted(site.audit_dir.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()]
+    return audit_records(site)
 
 
 @contextlib.contextmanager

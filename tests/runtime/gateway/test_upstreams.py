@@ -25,7 +25,7 @@ from deepfleet_runtime.serving import build_server
 from tests.conftest import ServerThread, free_port
 from tests.runtime.conftest import LIMITS
 
-from .conftest import RUNTIME_COMMAND, runtime_process, running_gateway, write_gateway
+from .conftest import RUNTIME_COMMAND, audit_records, runtime_process, running_gateway, write_gateway
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 
@@ -95,8 +95,7 @@ def test_connect_failures_and_5xx_are_retried_on_another_replica(tmp_path, gatew
             assert failing_state["failed"] > 0 and failing_state["served"] == 0
             assert pool.replicas["nothing-listens"].state()["failed"] > 0
             assert good_state["failed"] == 0 and good_state["answer_seconds"] > 0
-            records = [json.loads(line) for line in next(site.audit_dir.glob("*.jsonl")).read_text().splitlines()]
-            records = [r for r in records if r["type"] == "request"]  # end records carry the attempts
+            records = [r for r in audit_records(site) if r["type"] == "request"]  # end records carry the attempts
             assert max(r["attempts"] for r in records) > 1 and {r["replica"] for r in records} == {"good"}
 
 
