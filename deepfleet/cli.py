@@ -8,7 +8,7 @@ import sys
 
 # One module per command group; each defines register(subparsers) and sets `func` on its parsers.
 COMMAND_MODULES = ("demo", "pki", "keys", "chat", "converge", "rollout", "status", "model", "rollback",
-                   "bundle")
+                   "lock", "bundle", "audit", "dashboards", "backup")
 
 
 def main(argv: list[str] | None = None) -> int:

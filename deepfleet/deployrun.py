@@ -52,17 +52,24 @@ def run_deploy(inventory: Path, deploy: Path = SITE_DEPLOY, *, dry: bool = False
     command += ["--diff"] * diff + (["-" + "v" * verbosity] if verbosity else [])
     for pattern in limit:
         command += ["--limit", pattern]
+    # Its own session: a Ctrl-C at the terminal reaches only deepfleet, which ends the deploy itself
+    # (and a rollout puts its batch back first).
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     stdout_chunks: list[str] = []
     reader = threading.Thread(target=lambda: stdout_chunks.append(process.stdout.read()), daemon=True)
     reader.start()
     log: list[str] = []
-    for line in process.stderr:
-        if echo:
-            sys.stderr.write(line)
-        log.append(line)
-    reader.join()
+    try:
+        for line in process.stderr:
+            if echo:
+                sys.stderr.write(line)
+            log.append(line)
+        reader.join()
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
     stdout = "".join(stdout_chunks)
     if process.wait() != 0:
         detail = "its log is above" if echo else "".join(log[-40:])

@@ -36,12 +36,15 @@ def detect_quantization(source: Path) -> str:
 
 def encrypt_model(source: Path, out_dir: Path, name: str, keys: ModelKeys, quantization: str | None = None,
                   log=None) -> Manifest:
-    """Encrypt the model directory `source` into the release directory `out_dir`, signed."""
+    """Encrypt the model directory `source` into the release directory `out_dir`, signed and
+    numbered one above the model's last release (hosts refuse to go back below a number they served)."""
     source = check_model_dir(source)
+    signing_key = keys.signing_key()  # a verify-only directory stops here, before any work
     total = sum((source / path).stat().st_size for path in model_files(source))
     with byte_progress(f"Encrypting {name}", total, log) as advance:
-        return write_release(source, out_dir, name, keys.current_kek(), keys.signing_key(),
-                             quantization or detect_quantization(source), progress=advance)
+        return write_release(source, out_dir, name, keys.current_kek(), signing_key,
+                             quantization or detect_quantization(source), progress=advance,
+                             sequence=keys.next_sequence(name))
 
 
 def verify_release_dir(release_dir: Path, keys: ModelKeys, decrypt: bool = True, log=None) -> Manifest:

@@ -22,13 +22,21 @@ class ModelSourceError(ValueError):
 
 
 def check_model_dir(source: Path) -> Path:
-    """`source`, if it is a transformers model directory; ModelSourceError with the fix otherwise."""
+    """`source`, if it is a model directory: a transformers one (config.json, weights, tokenizer) or, for
+    the llamacpp engine, one holding a single .gguf file; ModelSourceError with the fix otherwise."""
     source = Path(source)
-    if not (source / "config.json").is_file():
-        raise ModelSourceError(f"{source} is not a model directory (no config.json); set model_source "
-                               "to a transformers model directory or an encrypted release, or build the "
-                               "tiny demo model with `deepfleet-runtime tiny-model --out DIR`")
-    return source
+    if (source / "config.json").is_file():
+        return source
+    ggufs = [name for name in model_files(source) if name.endswith(".gguf")] if source.is_dir() else []
+    if len(ggufs) == 1:
+        return source
+    if ggufs:
+        raise ModelSourceError(f"{source} holds {len(ggufs)} .gguf files; the llamacpp engine serves exactly one: "
+                               "point model_source at a directory holding only the one to serve")
+    raise ModelSourceError(f"{source} is not a model directory (no config.json, no .gguf file); set model_source "
+                           "to a transformers model directory, a directory holding one .gguf file (llamacpp), or "
+                           "an encrypted release, or build the tiny demo model with "
+                           "`deepfleet-runtime tiny-model --out DIR`")
 
 
 def local_manifest(source: Path, cache_dir: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .atomicfile import write_atomic
+from .keyfiles import load_private_key, private_key_pem
 
 CA_DAYS = 3650
 LEAF_DAYS = 397  # the CA/Browser Forum ceiling; the deploy renews well before expiry
@@ -45,14 +47,25 @@ def ca_paths(pki_dir: Path) -> CertPair:
     return CertPair(Path(pki_dir) / "ca.crt", Path(pki_dir) / "ca.key")
 
 
-def init_ca(pki_dir: Path, common_name: str = "deepfleet internal CA") -> tuple[CertPair, bool]:
-    """Create the CA in `pki_dir` unless it exists; returns its paths and whether it was created."""
+def init_ca(pki_dir: Path, common_name: str = "deepfleet internal CA",
+            permitted: list[str] | tuple[str, ...] = ()) -> tuple[CertPair, bool]:
+    """Create the CA in `pki_dir` unless it exists; returns its paths and whether it was created.
+
+    `permitted` (DNS names, IP addresses or networks) makes the CA carry a critical X.509
+    NameConstraints extension: TLS clients (OpenSSL, hence Python's ssl, httpx and the openai SDK)
+    then refuse any certificate it signed for a name outside those subtrees, so a certificate
+    issued, or forged with a stolen CA key, for another domain is worthless. A DNS name permits
+    itself and every name below it. localhost and 127.0.0.1 are always added (the deploy's
+    readiness checks connect there). Empty: no constraints (the default, since the names the
+    fleet will use are often not known when the CA is made). An existing CA is never changed.
+    """
     paths = ca_paths(pki_dir)
     if paths.cert.exists() and paths.key.exists():
         return paths, False
     if paths.cert.exists() or paths.key.exists():
         raise PkiError(f"{pki_dir} holds only half of a CA (ca.crt or ca.key); restore the other "
                        "half from backup, or move both away to start a new CA")
+    subtrees = _permitted_subtrees(permitted) if permitted else []
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "deepfleet")])
@@ -71,10 +84,13 @@ def init_ca(pki_dir: Path, common_name: str = "deepfleet internal CA") -> tuple[
                                      data_encipherment=False, key_agreement=False,
                                      encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA384())
     )
+    if subtrees:
+        cert = cert.add_extension(x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=None),
+                                  critical=True)
+    cert = cert.sign(key, hashes.SHA384())
     Path(pki_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(paths.key, _key_pem(key), mode=0o600)
+    write_atomic(paths.key, private_key_pem(key), mode=0o600)  # under DEEPFLEET_KEY_PASSPHRASE when set
     write_atomic(paths.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return paths, True
 
@@ -110,8 +126,63 @@ def ensure_audit_signing_key(pki_dir: Path, host_name: str) -> CertPair:
     return pair
 
 
+_ALWAYS_PERMITTED = ("localhost", "127.0.0.1")  # roles/tls.py puts these in every server certificate
+
+
+def _permitted_subtrees(permitted) -> list[x509.GeneralName]:
+    dns, ips = [], []
+    for entry in [*permitted, *_ALWAYS_PERMITTED]:
+        entry = entry.strip()
+        try:
+            network = ipaddress.ip_network(entry, strict=True)
+        except ValueError as exc:
+            if re.fullmatch(r"[0-9.]+(/\d+)?|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/\d+)?", entry):
+                raise PkiError(f"--permit {entry}: {exc} (give a network like 10.0.0.0/8 or one address)") from None
+            name = entry.lower().lstrip(".")
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", name):
+                raise PkiError(f"--permit {entry!r} is not a DNS name (example.hospital.org), an IP address "
+                               "or a network (10.0.0.0/8)") from None
+            if name not in dns:
+                dns.append(name)
+            continue
+        if network not in ips:
+            ips.append(network)
+    return [x509.DNSName(name) for name in dns] + [x509.IPAddress(network) for network in ips]
+
+
+def name_constraints(ca_cert_path: Path) -> list[str] | None:
+    """The CA's permitted subtrees (DNS names, then networks), or None when it has no NameConstraints."""
+    cert = x509.load_pem_x509_certificate(Path(ca_cert_path).read_bytes())
+    try:
+        value = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    subtrees = value.permitted_subtrees or []
+    return [str(s.value) for s in subtrees if isinstance(s, x509.DNSName)] + \
+        [str(s.value) for s in subtrees if isinstance(s, x509.IPAddress)]
+
+
+def _outside(names: list[str], permitted: list[str]) -> list[str]:
+    """The names RFC 5280 name constraints would refuse: a DNS name neither equal to nor below a
+    permitted DNS subtree (when there is one), an IP outside every permitted network (when there is one)."""
+    dns = [p for p in permitted if "/" not in p]
+    networks = [ipaddress.ip_network(p) for p in permitted if "/" in p]
+    refused = []
+    for name in names:
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            if dns and not any(name.lower() == p or name.lower().endswith("." + p) for p in dns):
+                refused.append(name)
+            continue
+        if networks and not any(address in network for network in networks):
+            refused.append(name)
+    return refused
+
+
 def certificate_status(pki_dir: Path) -> list[dict]:
-    """Every certificate under `pki_dir`: path, subject, names, expiry, days left."""
+    """Every certificate under `pki_dir`: path, subject, names, expiry, days left (and for a CA
+    with NameConstraints, `permitted`)."""
     rows = []
     for path in sorted(Path(pki_dir).glob("**/*.crt")):
         cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -122,9 +193,12 @@ def certificate_status(pki_dir: Path) -> list[dict]:
         except x509.ExtensionNotFound:
             names = []
         expires = cert.not_valid_after_utc
-        rows.append({"path": str(path.relative_to(pki_dir)), "subject": cert.subject.rfc4514_string(),
-                     "names": names, "expires": expires.isoformat(timespec="seconds"),
-                     "days_left": (expires - _now()).days})
+        row = {"path": str(path.relative_to(pki_dir)), "subject": cert.subject.rfc4514_string(),
+               "names": names, "expires": expires.isoformat(timespec="seconds"), "days_left": (expires - _now()).days}
+        permitted = name_constraints(path)
+        if permitted is not None:
+            row["permitted"] = permitted
+        rows.append(row)
     return rows
 
 
@@ -136,9 +210,16 @@ def _ensure_leaf(pki_dir: Path, host_name: str, kind: str, names: list[str], usa
     host_dir = Path(pki_dir) / "hosts" / host_name
     pair = CertPair(host_dir / f"{kind}.crt", host_dir / f"{kind}.key")
     wanted = sorted(set(names))
+    permitted = name_constraints(ca.cert)
+    refused = _outside(wanted, permitted) if permitted else []
+    if refused:
+        raise PkiError(f"{host_name}: the CA in {pki_dir} permits only {', '.join(permitted)} (NameConstraints), "
+                       f"and this {kind} certificate would name {', '.join(repr(n) for n in refused)} outside them, "
+                       "which every TLS client would refuse. Name the host (inventory name, ssh_hostname, "
+                       "runtime_address, gateway_server_names) inside them, or make a new CA with more --permit")
     if pair.cert.exists() and pair.key.exists() and _still_good(pair.cert, ca_cert, wanted):
         return pair, False
-    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    ca_key = load_private_key(ca.key, PkiError)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     cert = (

@@ -44,7 +44,8 @@ def run_remote(ssh: list[str], argv: list[str], sudo: bool = True, timeout: floa
     exits 0."""
     remote = shlex.join(["sudo", "-n", *argv] if sudo else argv)
     try:
-        result = subprocess.run([*ssh, remote], capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run([*ssh, remote], capture_output=True, text=True, timeout=timeout,
+                                start_new_session=True)  # a Ctrl-C reaches deepfleet, not its commands
     except subprocess.TimeoutExpired:
         raise RemoteError(f"{ssh[-1]}: `{shlex.join(argv)}` did not finish within {timeout:.0f} s") from None
     if check and result.returncode != 0:

@@ -1,37 +1,42 @@
-"""Rolling updates of a serving fleet (`deepfleet rollout`; the runbook is docs/rollout.md).
+"""Rolling updates of a serving fleet (`deepfleet rollout`, and `deepfleet rollback --rollout ID`;
+the runbook is docs/rollout.md). The decisions (batch plans, budgets, capacity, the bake gate) are
+deepfleet/rolloutplan.py; this module acts on hosts.
 
-The replicas with pending changes (a dry run of the site deploy says which) are updated in batches.
-Per batch, for each replica (with its Ray workers):
+The replicas with pending changes (a dry run of the site deploy says which) are updated in batches
+(a ramp: `--batch 1,10%,50%`). Per batch, for each replica (with its Ray workers):
     drain     at every gateway: no new requests; those in flight finish (bounded wait)
     converge  the site deploy on the batch only (pyinfra --limit): the new runtime release
+              (for a rollback of a rollout: deploys/rollback.py to the release it served before)
     verify    every gateway sees the replica healthy on its new model release, and a smoke
               completion through each gateway to that replica (still drained) returns tokens
     undrain   at every gateway: it takes traffic again
+    bake      (with --bake S) S seconds of real traffic; the gateways' counts of its failed
+              requests and answer times are compared with those of the replicas not in the batch
 When a replica fails, its batch goes back to the releases it served before (deploys/rollback.py),
-is verified and undrained, and the rollout stops (or goes on while failed batches stay within
-`max_failures`). Re-running the same command resumes: replicas already converged have no pending
-changes and are skipped.
+is verified and undrained, and the rollout stops once the failure budget is spent. An interrupt
+(Ctrl-C, SIGTERM, SIGHUP of a lost terminal) in the middle of a batch puts that batch back the same
+way before the rollout ends; the report says `interrupted`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from .deployrun import DeployError, host_log, run_deploy
 from .fleet import Fleet, FleetHost
+from .interrupts import interrupts, shield
 from .paths import ROLLBACK_DEPLOY
 from .remote import RemoteError
+from .rolloutrecord import HostResult, RolloutOptions, RolloutReport
+from .rolloutbake import bake
+from .rolloutplan import (RolloutRefused, batch_steps, budget_exhausted, check_gateways_kept, check_min_serving,
+                          plan_batches)
 
-STEPS = ("drain", "converge", "verify", "undrain")
+__all__ = ["Rollout", "RolloutOptions", "RolloutRefused", "RolloutReport", "HostResult", "interrupts"]
+
 POLL_S = 1.0
-
-
-class RolloutRefused(RuntimeError):
-    """The rollout cannot start (nothing was changed); the message says why and what to do."""
 
 
 class StepFailed(Exception):
@@ -40,51 +45,17 @@ class StepFailed(Exception):
         self.host, self.step, self.reason = host, step, reason
 
 
-@dataclass
-class HostResult:
-    name: str
-    batch: int = 0
-    outcome: str = "not reached"  # updated | unchanged | up to date | failed | rolled back | not reached
-    step: str = ""  # the last step it went through (or failed at)
-    before: str | None = None  # runtime release ids
-    after: str | None = None
-    seconds: float = 0.0
-    detail: str = ""
-
-
-@dataclass
-class RolloutReport:
-    hosts: list[HostResult] = field(default_factory=list)
-    failed_batches: int = 0
-    halted: bool = False
-    seconds: float = 0.0
-
-    @property
-    def failure(self) -> HostResult | None:
-        return next((h for h in self.hosts if h.outcome == "failed"), None)
-
-    def as_dict(self) -> dict:
-        return {"hosts": [h.__dict__ for h in self.hosts], "failed_batches": self.failed_batches,
-                "halted": self.halted, "seconds": round(self.seconds, 1)}
-
-
-def batch_size(spec: str, replicas: int) -> int:
-    """`--batch N` or `--batch P%` (of all replicas, rounded up) as a number of replicas, at least 1."""
-    text = str(spec).strip()
-    try:
-        size = math.ceil(replicas * float(text[:-1]) / 100) if text.endswith("%") else int(text)
-    except ValueError:
-        raise RolloutRefused(f"--batch {spec!r}: write a number of hosts (2) or a share of them (25%)") from None
-    if size < 1:
-        raise RolloutRefused(f"--batch {spec!r} is less than one host; write 1 or more, or a larger share")
-    return size
-
-
 class Rollout:
-    """One rolling update of `fleet`; `log` gets progress lines."""
+    """One rolling update of `fleet`; `log` gets progress lines, `progress(report)` is called after
+    each batch (to keep the record on disk). `resumed`: the record of the rollout this one goes on
+    with. `targets`: {replica: release id} for a rollback of a rollout (in its batches `groups`)."""
 
-    def __init__(self, fleet: Fleet, batch: str = "1", max_failures: int = 0, log: Callable[[str], None] = print):
-        self.fleet, self.max_failures, self.log = fleet, max_failures, log
+    def __init__(self, fleet: Fleet, options: RolloutOptions, log: Callable[[str], None] = print,
+                 rollout_id: str = "", resumed: RolloutReport | None = None,
+                 targets: dict[str, str] | None = None, groups: list[list[str]] | None = None,
+                 of: str | None = None, progress: Callable[[RolloutReport], None] = lambda report: None):
+        self.fleet, self.options, self.log, self.progress, self.of = fleet, options, log, progress, of
+        self.id, self.resumed, self.targets, self.groups = rollout_id, resumed, targets, groups
         if not fleet.grouped:
             raise RolloutRefused("the inventory has no `gateways` and `gpu_nodes` groups, so each host serves alone "
                                  "and none can take another's traffic while it updates; name the groups "
@@ -95,33 +66,65 @@ class Rollout:
         if len(fleet.replicas) < 2:
             raise RolloutRefused("a rolling update needs two replicas or more (one serves while the other is "
                                  "updated); with one, use `deepfleet up` (clients wait or retry while it restarts)")
-        self.size = batch_size(batch, len(fleet.replicas))
-        if self.size >= len(fleet.replicas):
-            raise RolloutRefused(f"a batch of {self.size} would drain all {len(fleet.replicas)} replicas at once; "
-                                 "use a smaller --batch")
+        batch_steps(options.batch, len(fleet.replicas))  # refuses a bad --batch before anything else
+        if options.min_serving < 1:
+            raise RolloutRefused("--min-serving must be 1 or more: a model with no replica in service fails clients")
 
     def run(self) -> RolloutReport:
         started = time.monotonic()
-        report = RolloutReport([HostResult(r.name) for r in self.fleet.replicas])
+        report = self._new_report()
         results = {h.name: h for h in report.hosts}
-        pending = self._pending()
+        pending = list(self.targets) if self.targets is not None else self._pending()
         for replica in self.fleet.replicas:
-            if replica.name not in pending:
+            if replica.name not in pending and results[replica.name].outcome != "updated":
                 results[replica.name].outcome = "up to date"
-        batches = [pending[i:i + self.size] for i in range(0, len(pending), self.size)]
-        self.log(f"{len(pending)} of {len(self.fleet.replicas)} replicas have changes; {len(batches)} batch(es) "
-                 f"of up to {self.size}")
-        for number, names in enumerate(batches, 1):
-            batch = [self.fleet.hosts[name] for name in names]
-            for host in batch:
-                results[host.name].batch = number
-            if not self._run_batch(number, batch, results):
-                report.failed_batches += 1
-                if report.failed_batches > self.max_failures:
-                    report.halted = True
+        if self.groups is not None:
+            batches = [[n for n in group if n in pending] for group in self.groups]
+            batches = [b for b in batches if b]
+        else:
+            batches = plan_batches(self.options.batch, pending, len(self.fleet.replicas), report.last_batch + 1)
+        check_gateways_kept(batches, [g.name for g in self.fleet.gateways])
+        check_min_serving(batches, {r.name: r.settings["model_name"] for r in self.fleet.replicas},
+                          self._serving_now(), self.options.min_serving)
+        self.log(f"{len(pending)} of {len(self.fleet.replicas)} replicas to move; {len(batches)} batch(es) of "
+                 f"{', '.join(str(len(b)) for b in batches) or '-'}")
+        report.status = "done"
+        try:
+            for index, names in enumerate(batches):
+                number = report.last_batch + 1
+                batch = [self.fleet.hosts[name] for name in names]
+                for host in batch:
+                    results[host.name] = HostResult(host.name, number)
+                report.hosts = [results[h.name] for h in report.hosts]
+                report.last_batch = number
+                if not self._run_batch(number, batch, results):
+                    report.failed_batches += 1
+                    failed_hosts = sum(1 for h in report.hosts if h.outcome == "failed")
+                    if budget_exhausted(failed_hosts, report.failed_batches, len(pending), self.options.max_failures,
+                                        self.options.max_fail_percent):
+                        report.status = "halted"
+                        break
+                    report.status = "finished with failures"
+                self.progress(report)
+                if self.options.pause_after and number >= self.options.pause_after and index + 1 < len(batches):
+                    report.status = "paused"
+                    self.log(f"paused after batch {number}, as --pause-after asked")
                     break
-        report.seconds = time.monotonic() - started
+        except KeyboardInterrupt as interrupt:
+            report.status = "interrupted"
+            self.log(f"interrupted ({interrupt or 'Ctrl-C'}); the batch was put back in service")
+        report.seconds = time.monotonic() - started + (self.resumed.seconds if self.resumed else 0)
         return report
+
+    def _new_report(self) -> RolloutReport:
+        if self.resumed:
+            report = RolloutReport.from_dict(self.resumed.as_dict())
+            known = {h.name: h for h in report.hosts}
+            report.hosts = [known.get(r.name) or HostResult(r.name) for r in self.fleet.replicas]
+            report.failed_batches = 0
+            return report
+        return RolloutReport(self.id, "rollout" if self.targets is None else "rollback", self.of, self.options,
+                             [HostResult(r.name) for r in self.fleet.replicas])
 
     # --- one batch -------------------------------------------------------------------------------
 
@@ -140,19 +143,51 @@ class Rollout:
             self._converge(batch, results)
             step = "verify"
             self._verify(batch, results)
+            step = "undrain"
+            self._undrain(batch, results)
+            if self.options.bake_s:
+                step = "bake"
+                self._bake(batch, results)
         except StepFailed as failed:
             self.log(f"batch {number}: {failed}")
-            self._roll_back(batch, before, failed, step, results)
+            if step == "bake":
+                self._drain(batch, results)
+            self._roll_back(batch, before, step, results, failed)
             self._finish(batch, results, started)
             return False
-        self._undrain(batch, results)
+        except KeyboardInterrupt:
+            self.log(f"batch {number}: interrupted at {step}; putting {names} back in service")
+            if step == "undrain":  # updated and verified: only the undrain is left to finish
+                self._undrain(batch, results)
+                self._updated(batch, results, started)
+                raise
+            for host in batch:
+                results[host.name].detail = f"interrupted at {step}"
+            if step == "bake":  # not gated: back to what it served, drained first as after a failure
+                self._drain(batch, results)
+            self._roll_back(batch, before, step, results)
+            self._finish(batch, results, started)
+            raise
+        self._updated(batch, results, started)
+        return True
+
+    def _updated(self, batch: list[FleetHost], results: dict[str, HostResult], started: float) -> None:
         for host in batch:
             result = results[host.name]
-            result.step = "undrain"
-            result.after = _release_id(host.release())
+            result.step = "bake" if self.options.bake_s else "undrain"
+            result.after = _release_id(_safe_release(host))
             result.outcome = "updated" if result.after != result.before else "unchanged"
         self._finish(batch, results, started)
-        return True
+
+    def _serving_now(self) -> set[str]:
+        """The replicas healthy and in service at every gateway."""
+        serving = {r.name for r in self.fleet.replicas}
+        for gateway, (code, status) in zip(self.fleet.gateways, _parallel(lambda g: g.admin("status"),
+                                                                          self.fleet.gateways)):
+            if code != 0:
+                raise RolloutRefused(f"gateway {gateway.name}'s admin socket answered {status}; fix the gateway first")
+            serving &= {u["name"] for u in status["upstreams"] if u["healthy"] and not u["draining"]}
+        return serving
 
     def _pending(self) -> list[str]:
         """Replicas (in inventory order) whose hosts the site deploy would change."""
@@ -166,17 +201,23 @@ class Rollout:
         return [r.name for r in self.fleet.replicas if changed & set(self.fleet.members(r))]
 
     def _check_capacity(self, batch: list[FleetHost]) -> None:
-        """Every gateway must keep a healthy replica in service while the batch is drained."""
+        """Every gateway must keep --min-serving healthy replicas of each model in service while the
+        batch is drained."""
         leaving = {h.name for h in batch}
+        models = {r.name: r.settings["model_name"] for r in self.fleet.replicas}
         for gateway, (code, status) in zip(self.fleet.gateways, _parallel(lambda g: g.admin("status"),
                                                                           self.fleet.gateways)):
             if code != 0:
                 raise StepFailed(gateway.name, "drain", f"its admin socket answered {status}")
             serving = [u["name"] for u in status["upstreams"]
                        if u["healthy"] and not u["draining"] and u["name"] not in leaving]
-            if not serving:
-                raise StepFailed(batch[0].name, "drain", f"draining {', '.join(sorted(leaving))} would leave gateway "
-                                 f"{gateway.name} with no healthy replica in service; fix the unhealthy ones first")
+            for model in sorted({models[name] for name in leaving}):
+                left = [name for name in serving if models.get(name) == model]
+                if len(left) < self.options.min_serving:
+                    raise StepFailed(batch[0].name, "drain", f"draining {', '.join(sorted(leaving))} would leave "
+                                     f"gateway {gateway.name} with {len(left)} healthy replica(s) of {model} in "
+                                     f"service (--min-serving {self.options.min_serving}); fix the unhealthy ones "
+                                     "first")
 
     def _drain(self, batch: list[FleetHost], results: dict[str, HostResult]) -> None:
         wait = max(h.settings["rollout_drain_timeout_s"] for h in batch)
@@ -194,12 +235,17 @@ class Rollout:
         self.log(f"drained {', '.join(h.name for h in batch)} at {', '.join(g.name for g in self.fleet.gateways)}")
 
     def _converge(self, batch: list[FleetHost], results: dict[str, HostResult]) -> None:
-        members = [m for h in batch for m in self.fleet.members(h)]
         for host in batch:
             results[host.name].step = "converge"
+        if self.targets is not None:
+            return self._switch_back(batch)
+        members = [m for h in batch for m in self.fleet.members(h)]
         self.log(f"converging {', '.join(members)} (site deploy, --limit)")
         try:
-            result = run_deploy(self.fleet.inventory, limit=tuple(members), env=self.fleet.env, echo=False)
+            # drained: the driver role may reboot these hosts (roles/driver_reboot.py)
+            drained = {**self.fleet.env, "DEEPFLEET_DRAINED": "1"}
+            with shield():  # an interrupt lets the deploy finish: nothing half-applied to roll back from
+                result = run_deploy(self.fleet.inventory, limit=tuple(members), env=drained, echo=False)
             failed, log = result.failed_hosts, result.log
         except DeployError as exc:
             log = exc.log
@@ -208,6 +254,25 @@ class Rollout:
             broken = [m for m in self.fleet.members(host) if m in failed]
             if broken:
                 raise StepFailed(host.name, "converge", host_log(log, broken[0]) or "the site deploy failed there")
+
+    def _switch_back(self, batch: list[FleetHost]) -> None:
+        """A rollback of a rollout: each replica to the release it served before that rollout."""
+        self.log(f"switching {', '.join(h.name for h in batch)} back (deploys/rollback.py)")
+
+        def switch(host: FleetHost) -> str | None:
+            try:
+                if _release_id(_safe_release(host)) != self.targets[host.name]:
+                    run_deploy(self.fleet.inventory, ROLLBACK_DEPLOY, limit=(host.name,), echo=False,
+                               env={**self.fleet.env, "DEEPFLEET_ROLLBACK_TO": self.targets[host.name]})
+            except DeployError as exc:
+                return host_log(exc.log, host.name) or str(exc)
+            return None
+
+        with shield():
+            errors = _parallel(switch, batch)
+        for host, error in zip(batch, errors):
+            if error:
+                raise StepFailed(host.name, "converge", error)
 
     def _verify(self, batch: list[FleetHost], results: dict[str, HostResult]) -> None:
         for host in batch:
@@ -259,20 +324,33 @@ class Rollout:
                 results[host.name].detail = f"undrain at {gateway.name} failed: {state}; undrain it by hand"
         self.log(f"undrained {', '.join(h.name for h in batch)}")
 
-    def _roll_back(self, batch: list[FleetHost], before: dict[str, str | None], failed: StepFailed, step: str,
-                   results: dict[str, HostResult]) -> None:
-        """Put the batch back on the releases it served before, verify, undrain."""
-        failure = results[failed.host]
-        failure.outcome, failure.step, failure.detail = "failed", failed.step, failed.reason
+    def _bake(self, batch: list[FleetHost], results: dict[str, HostResult]) -> None:
+        """--bake S: the gateways' counts for each replica of the batch against the others (rolloutbake)."""
+        for host in batch:
+            results[host.name].step = "bake"
+        failure = bake(self.fleet.gateways, batch, self.options.bake_s, self.log)
+        if failure:
+            raise StepFailed(failure[0], "bake", failure[1])
+
+    def _roll_back(self, batch: list[FleetHost], before: dict[str, str | None], step: str,
+                   results: dict[str, HostResult], failed: StepFailed | None = None) -> None:
+        """Put the batch back on the releases it served before, verify, undrain (after a failure, or
+        an interrupt: `failed` None). A replica still on its release is only verified."""
+        if failed:
+            failure = results[failed.host]
+            failure.outcome, failure.step, failure.detail = "failed", failed.step, failed.reason
         if step == "drain":  # nothing changed on the hosts: just let them serve again
             self._undrain(batch, results)
+            for host in batch:
+                results[host.name].after = before[host.name]
             return
         back = [h for h in batch if before[h.name]]
 
         def restore(host: FleetHost) -> str | None:
             try:
-                run_deploy(self.fleet.inventory, ROLLBACK_DEPLOY, limit=(host.name,), echo=False,
-                           env={**self.fleet.env, "DEEPFLEET_ROLLBACK_TO": before[host.name]})
+                if _release_id(_safe_release(host)) != before[host.name]:
+                    run_deploy(self.fleet.inventory, ROLLBACK_DEPLOY, limit=(host.name,), echo=False,
+                               env={**self.fleet.env, "DEEPFLEET_ROLLBACK_TO": before[host.name]})
                 self._verify_one(host)
             except (DeployError, StepFailed, RemoteError) as exc:
                 return str(exc) if not isinstance(exc, DeployError) else host_log(exc.log, host.name) or str(exc)
@@ -285,13 +363,13 @@ class Rollout:
         for host in batch:
             result = results[host.name]
             result.after = _release_id(_safe_release(host))
-            if host.name != failed.host:
+            if failed is None or host.name != failed.host:
                 result.outcome, result.step = "rolled back", step
             if errors.get(host.name) or not before[host.name]:
                 problem = errors.get(host.name) or "it had no earlier release to go back to"
                 result.detail = (f"{result.detail}; " if result.detail else "") + \
                     f"rollback failed, left drained: {problem}"
-            elif host.name == failed.host:
+            elif failed and host.name == failed.host:
                 result.detail += f" (rolled back to {before[host.name]}, serving again)"
 
     def _finish(self, batch: list[FleetHost], results: dict[str, HostResult], started: float) -> None:
@@ -312,9 +390,13 @@ def _safe_release(host: FleetHost) -> dict | None:
 
 def _parallel(function, items: list) -> list:
     """function(item) for every item, in threads (hosts are independent); results in order. The
-    first exception is raised once every call has finished."""
+    first exception is raised once every call has finished, an interrupt too (so that nothing sent
+    to a host lands after the rollout put the batch back)."""
     if not items:
         return []
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(16, len(items)))
+    try:
         futures = [pool.submit(function, item) for item in items]
-    return [future.result() for future in futures]
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True)

@@ -1,6 +1,7 @@
-"""`deepfleet status`: per host, the runtime release it serves, whether its services run, how every
-gateway sees it (healthy, drained) and what its GPUs are doing. Read-only: one ssh command per
-host, and `gateway-admin status` on each gateway."""
+"""`deepfleet status`: per host, the runtime release it serves, whether its services run, whether its
+runtime is ready (or why not) and how loaded it is (deepfleet/runtimeview.py), how every gateway sees
+it (healthy, drained) and what its GPUs are doing. Read-only: one ssh command per host, and
+`gateway-admin status` on each gateway."""
 
 from __future__ import annotations
 
@@ -10,11 +11,48 @@ from dataclasses import dataclass, field
 
 from .fleet import Fleet, FleetHost
 from .remote import RemoteError, run_remote
+from .runtimeview import RuntimeView, runtime_view
 
-# Runs as root on the host: the current runtime release, the deepfleet units, the GPUs.
+SCRAPE_INTERVAL_S = 1.0  # between the probe's two scrapes of the runtime's /metrics (for rates)
+
+# Runs as root on the host: the current runtime release, the deepfleet units, the GPUs, and the
+# runtime's /ready and two scrapes of its /metrics (mutual TLS with the host's client certificate
+# where the runtime serves it; only deepfleet_* samples, histogram buckets left out).
 _PROBE = r"""
-import json, os, shutil, subprocess, sys
-home = sys.argv[1]
+import json, os, shutil, ssl, subprocess, sys, time, urllib.error, urllib.request
+home, runtime_url, tls_dir, interval = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+def get(path):
+    context = None
+    if runtime_url.startswith("https://"):
+        context = ssl.create_default_context(cafile=os.path.join(tls_dir, "ca.crt"))
+        context.load_cert_chain(os.path.join(tls_dir, "client.crt"), os.path.join(tls_dir, "client.key"))
+    try:
+        with urllib.request.urlopen(runtime_url + path, context=context, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+def samples():
+    out = {}
+    for line in get("/metrics")[1].splitlines():
+        if line.startswith("deepfleet_") and "_bucket" not in line:
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+runtime = None
+if runtime_url:
+    try:
+        status, body = get("/ready")
+        try:
+            ready = json.loads(body)
+        except ValueError:
+            ready = {"detail": body[:200]}
+        first, started = samples(), time.monotonic()
+        time.sleep(interval)
+        second = samples()
+        runtime = {"ready_status": status, "ready": ready, "first": first, "second": second,
+                   "interval": time.monotonic() - started}
+    except Exception as exc:
+        runtime = {"error": str(exc)[:200]}
 def read(path):
     try:
         with open(path) as handle:
@@ -34,7 +72,7 @@ if shutil.which("nvidia-smi"):
     gpus = [dict(zip(("index", "name", "util", "used_mib", "total_mib"), [c.strip() for c in line.split(",")]))
             for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else {"error": out.stderr.strip()}
 print(json.dumps({"release": read(os.path.join(home, "releases", "current", "release.json")), "units": units,
-                  "gpus": gpus}))
+                  "gpus": gpus, "runtime": runtime}))
 """
 
 
@@ -46,11 +84,14 @@ class HostStatus:
     units: dict = field(default_factory=dict)
     gpus: list | dict | None = None
     at_gateways: dict = field(default_factory=dict)  # gateway -> its state of this replica
+    runtime: RuntimeView | None = None  # replicas: ready or why not, load, GPUs through NVML
     error: str = ""
 
     @property
     def healthy(self) -> bool:
         if self.error or any(state != "active" for state in self.units.values()):
+            return False
+        if self.runtime is not None and not self.runtime.ready:
             return False
         return all(s and s["healthy"] and not s["draining"] for s in self.at_gateways.values())
 
@@ -69,6 +110,7 @@ def fleet_status(fleet: Fleet) -> list[HostStatus]:
             status.error = probe
         else:
             status.release, status.units, status.gpus = probe["release"], probe["units"], probe["gpus"]
+            status.runtime = runtime_view(probe.get("runtime"))
         if host.replica:
             status.at_gateways = {gateway: view.get(host.name) if isinstance(view, dict) else None
                                   for gateway, view in views.items() if fleet.grouped or gateway == host.name}
@@ -81,8 +123,11 @@ def fleet_status(fleet: Fleet) -> list[HostStatus]:
 
 def _probe(host: FleetHost) -> dict | str:
     try:
-        result = run_remote(host.ssh, ["python3", "-c", _PROBE, host.settings["deepfleet_home"]], sudo=host.sudo,
-                            timeout=60)
+        settings = host.settings
+        runtime_url = (settings.get("runtime_url") or "") if host.replica else ""
+        result = run_remote(host.ssh, ["python3", "-c", _PROBE, settings["deepfleet_home"], runtime_url,
+                                       f"{settings.get('deepfleet_config_dir', '/etc/deepfleet')}/tls",
+                                       str(SCRAPE_INTERVAL_S)], sudo=host.sudo, timeout=60)
         return json.loads(result.stdout)
     except (RemoteError, ValueError) as exc:
         return str(exc)

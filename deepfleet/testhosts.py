@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from .atomicfile import write_atomic
 
 IMAGE_REPOSITORY = "deepfleet-testhost"
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default; "trixie" builds a Debian 13 host (tests of current releases)
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "ca-certificates",
             "python3", "python3-venv", "iproute2", "procps", "nftables")
 MASKED_UNITS = ("systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
@@ -64,21 +64,21 @@ class TestHostError(RuntimeError):
     """A test host could not be built or started; the message names the cause and the fix."""
 
 
-def recipe_digest() -> str:
+def recipe_digest(suite: str = SUITE) -> str:
     """A digest of everything that defines the image; its tag changes when the recipe does."""
-    recipe = {"suite": SUITE, "packages": PACKAGES, "masked": MASKED_UNITS, "files": _ROOTFS_FILES,
+    recipe = {"suite": suite, "packages": PACKAGES, "masked": MASKED_UNITS, "files": _ROOTFS_FILES,
               "setup": _CHROOT_SETUP}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def image_tag() -> str:
-    return f"{IMAGE_REPOSITORY}:{recipe_digest()}"
+def image_tag(suite: str = SUITE) -> str:
+    return f"{IMAGE_REPOSITORY}:{recipe_digest(suite)}"
 
 
-def ensure_image(cache_dir: Path, log=print) -> str:
-    """Build the test host image unless an image with the current recipe's tag exists."""
+def ensure_image(cache_dir: Path, log=print, suite: str = SUITE) -> str:
+    """Build the test host image (Debian `suite`) unless an image with the current recipe's tag exists."""
     _require_docker()
-    tag = image_tag()
+    tag = image_tag(suite)
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / "image.lock", "w") as lock:
@@ -91,11 +91,11 @@ def ensure_image(cache_dir: Path, log=print) -> str:
         if not shutil.which("debootstrap"):
             raise TestHostError("debootstrap is not installed; run `apt-get install -y debootstrap`")
         log(f"building test host image {tag} with debootstrap (about a minute, cached afterwards)")
-        _build_image(tag, cache_dir / "debs")
+        _build_image(tag, cache_dir / "debs", suite)
     return tag
 
 
-def _build_image(tag: str, debs_cache: Path) -> None:
+def _build_image(tag: str, debs_cache: Path, suite: str = SUITE) -> None:
     debs_cache.mkdir(parents=True, exist_ok=True)
     shm = Path("/dev/shm")
     scratch_parent = shm if shm.is_dir() and shutil.disk_usage(shm).free > 2 << 30 else None
@@ -107,7 +107,7 @@ def _build_image(tag: str, debs_cache: Path) -> None:
                    f"--cache-dir={debs_cache}"]
         if keyring.exists():
             command.append(f"--keyring={keyring}")
-        _run([*command, SUITE, str(rootfs), debian_mirror()], "debootstrap")
+        _run([*command, suite, str(rootfs), debian_mirror()], "debootstrap")
         for relative, content in _ROOTFS_FILES.items():
             target = rootfs / relative
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,30 @@ def build_wheelhouse(target: TargetPlatform, cache_dir: Path, runtime_src: Path,
     return Wheelhouse(deps_dir, deps_digest, wheel, runtime_digest, requirement)
 
 
+def recorded_hashes(wheelhouse: Wheelhouse) -> tuple[dict[str, str], str]:
+    """The SHA-256 of the wheelhouse's dependency wheels ({file name: digest}), as recorded where
+    it was built, and of its runtime wheel."""
+    return json.loads((wheelhouse.deps_dir / MANIFEST).read_text()), sha256_file(wheelhouse.runtime_wheel)
+
+
+def hashed_requirements(deps: dict[str, str], runtime_wheel: str, runtime_sha256: str,
+                        extras: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:
+    """Requirements files that put a host's pip in hash-checking mode (`--require-hashes`): every
+    dependency wheel (`deps`: {file name: sha256}) pinned `name==version` to its hash, and the
+    runtime wheel (its path on the host) to `runtime_sha256`. pip then installs nothing else, and
+    refuses a wheel whose bytes differ, naming the expected and the found hash. Returns (the full
+    install, the runtime wheel alone for the --no-deps reinstall).
+
+    Hashes go in a requirements file, not a constraints file: pip (checked with 26.3) does not count
+    a constraint's hash as pinning a dependency in --require-hashes mode."""
+    requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
+    lines = [f"{requirement} --hash=sha256:{runtime_sha256}"]
+    for name, digest in sorted(deps.items()):
+        project, version = name.split("-")[:2]
+        lines.append(f"{project}=={version} --hash=sha256:{digest}")
+    return "\n".join(lines) + "\n", f"{runtime_wheel} --hash=sha256:{runtime_sha256}\n"
+
+
 def tree_digest(root: Path) -> str:
     """SHA-256 over the relative paths and contents of the source files under `root`."""
     digest = hashlib.sha256()

@@ -7,12 +7,13 @@ First each host's data is checked: a key with a role's prefix that is no setting
 the deploy, naming the closest setting (roles/settings.py). Then, in order: the host platform
 (base, then NVIDIA driver, CUDA, Docker, NVIDIA container toolkit: roles/platform.py; the GPU
 roles skip themselves, saying why, where they do not apply), the model, the runtime, the
-gateway. Every setting the roles read is in roles/defaults.py.
+gateway, monitoring (Prometheus, node exporters; opt in). Every setting the roles read is in roles/defaults.py.
 """
 
 from roles.firewall import firewall
 from roles.gateway import gateway
 from roles.model import model
+from roles.monitoring import monitoring
 from roles.platform import host_platform
 from roles.runtime import runtime
 from roles.settings import check_settings
@@ -23,3 +24,4 @@ firewall()  # closed before anything serves (off unless firewall_enabled)
 model()
 runtime()
 gateway()
+monitoring()  # off unless monitoring_enabled

@@ -1,7 +1,8 @@
 """The embedded default: disposable local test hosts started by `deepfleet demo` (or the tests).
 
 Hosts, their SSH settings and per-host ports come from the hosts file that deepfleet writes
-when it starts them: `.deepfleet/demo/inventory.json`, or the file named by DEEPFLEET_HOSTS_FILE.
+when it starts them: `<state>/demo/inventory.json` (<state>: $DEEPFLEET_HOME, else .deepfleet/ in the
+project), or the file named by DEEPFLEET_HOSTS_FILE.
 Its optional "groups" ({"gateways": [...], "gpu_nodes": [...]}) give the hosts fleet roles.
 """
 
@@ -9,7 +10,8 @@ import json
 import os
 from pathlib import Path
 
-_hosts_file = Path(os.environ.get("DEEPFLEET_HOSTS_FILE", Path(__file__).resolve().parent.parent / ".deepfleet/demo/inventory.json"))
+_state = Path(os.environ.get("DEEPFLEET_HOME") or Path(__file__).resolve().parent.parent / ".deepfleet")
+_hosts_file = Path(os.environ.get("DEEPFLEET_HOSTS_FILE") or _state / "demo" / "inventory.json")
 if not _hosts_file.exists():
     raise SystemExit(f"{_hosts_file} does not exist: start the local host with `deepfleet demo` first")
 

@@ -9,12 +9,13 @@ from pyinfra.operations import files, server
 from .defaults import DEFAULTS
 from .hostos import host_os
 from .packages import install_packages
+from .selinux import selinux_labels
 
 
 @deploy("deepfleet base", data_defaults=DEFAULTS)
 def base():
     """Install the runtime's Python and base packages (apt or dnf, only when missing), create the
-    service user and directories."""
+    service user and directories; under SELinux, label the venvs' executables (roles/selinux.py)."""
     data = host.data
     os = host_os()
     install_packages("Base", [*os.python.packages, *data.base_packages], os)
@@ -41,3 +42,4 @@ def base():
     for path, user, mode in directories:
         files.directory(name=f"Directory {path}", path=path, user=user, group=data.deepfleet_group,
                         mode=mode)
+    selinux_labels(os)

@@ -19,11 +19,13 @@ from .cuda import cuda_packages
 from .docker import docker_packages, docker_wanted
 from .hostos import SUPPORTED, HostOS, image_os
 from .nvidia_container_toolkit import toolkit_packages, toolkit_repo
+from .monitoring import NODE_EXPORTER_PACKAGES, PROMETHEUS_PACKAGES
 from .nvidia_driver import driver_packages
 from .offline import runtime_tarball
 from .packages import PackageRepo
 from .runtime import runtime_accelerator
 from .runtime_container import tarball_image
+from .selinux import SEMANAGE_PACKAGE
 
 # os-release VERSION_CODENAME of each supported apt OS (hosts report it; the build is told the OS).
 CODENAMES = {("debian", "12"): "bookworm", ("ubuntu", "22.04"): "jammy", ("ubuntu", "24.04"): "noble"}
@@ -49,6 +51,8 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
     """The OS packages the platform roles install on this host, and the repositories they come from."""
     gpu = bool(settings["bundle_host_gpu"])
     packages, repos = [*os.python.packages, *settings["base_packages"]], []
+    if os.family == "rhel":  # SELinux enforces there by default: the base role labels with semanage
+        packages.append(SEMANAGE_PACKAGE)
     if gpu:
         kernel = settings["bundle_host_kernel"]
         if not kernel:
@@ -56,7 +60,7 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
                             "is built against that kernel's headers, which the bundle must carry")
         driver = driver_packages(os, kernel, settings)
         packages += driver.packages
-        repos += [driver.repo] if driver.repo else []
+        repos += driver.repos
         if settings["cuda_toolkit_install"]:
             repo, names = cuda_packages(settings, os)
             packages += names
@@ -65,9 +69,12 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
         repo, names = docker_packages(settings, os)
         packages += names
         repos += [repo] if repo else []
+    if settings["monitoring_enabled"]:  # every host's node exporter; Prometheus for whichever monitors
+        packages += [*NODE_EXPORTER_PACKAGES, *PROMETHEUS_PACKAGES]
     if gpu:
         packages += toolkit_packages(settings["nvidia_container_toolkit_version"], os)
-        repos.append(toolkit_repo(os, settings["nvidia_container_toolkit_repo_base_url"]))
+        repos.append(toolkit_repo(os, settings["nvidia_container_toolkit_repo_base_url"],
+                                  settings["nvidia_container_toolkit_repo_key_fingerprints"]))
     unique = {repo.name: repo for repo in repos}
     return sorted(set(packages)), [unique[name] for name in sorted(unique)]
 
@@ -112,7 +119,7 @@ def bundle_spec(hosts: list[tuple[str, Mapping]]) -> BundleSpec:
         if not resolver:
             raise RoleError(f"host {name}: bundle_resolver_images names no image for {os.id}-{os.version}")
         target = OsTarget(os.id, os.version, os.family, os.machine, os.deb_arch, resolver, tuple(packages),
-                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os)) for r in repos))
+                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os), r.key_fingerprints) for r in repos))
         known = targets.get(target.key)
         if known:
             if known.resolver_image != resolver:

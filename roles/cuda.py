@@ -24,13 +24,20 @@ from .skip import skip_role
 # The key cuda-keyring installs, by repository family. Fetched from the base URL (not installed
 # with the cuda-keyring .deb, whose sources file would point back at NVIDIA's servers).
 _CUDA_REPO_KEYS = {"debian": "3bf863cc.pub", "rhel": "D42D0685.pub"}
+# Repositories NVIDIA signs with a newer key: debian13's 3BF863CC is refused by trixie's sqv (its
+# binding signature uses SHA-1, rejected since 2026-02-01; NVIDIA/cuda-repo-management#39).
+_CUDA_REPO_KEYS_BY_DISTRO = {"debian13": "8793F200.pub"}
 
 
-def cuda_repo(os: HostOS, base_url: str) -> PackageRepo:
-    """NVIDIA's CUDA repository for this OS and architecture, under `base_url`."""
+def cuda_repo(os: HostOS, base_url: str, fingerprints: tuple[str, ...] = ()) -> PackageRepo:
+    """NVIDIA's CUDA repository for this OS and architecture, under `base_url`, its key accepted
+    only with one of `fingerprints`."""
     root = f"{base_url.rstrip('/')}/{os.nvidia_distro}/{os.nvidia_arch}"
-    return PackageRepo(name="cuda", title="NVIDIA CUDA repository", key_url=f"{root}/{_CUDA_REPO_KEYS[os.family]}",
-                       apt_source=f"{root}/ /", dnf_baseurl=root)
+    key = _CUDA_REPO_KEYS_BY_DISTRO.get(os.nvidia_distro, _CUDA_REPO_KEYS[os.family])
+    # The pinned fingerprints are 3bf863cc's: a repository signed with another key is not pinned yet.
+    pinned = tuple(fingerprints) if key == _CUDA_REPO_KEYS["debian"] else ()
+    return PackageRepo(name="cuda", title="NVIDIA CUDA repository", key_url=f"{root}/{key}",
+                       apt_source=f"{root}/ /", dnf_baseurl=root, key_fingerprints=pinned)
 
 
 def cuda_packages(settings, os: HostOS) -> tuple[PackageRepo | None, list[str]]:
@@ -45,7 +52,7 @@ def cuda_packages(settings, os: HostOS) -> tuple[PackageRepo | None, list[str]]:
     version = str(settings["cuda_version"])
     if not re.fullmatch(r"\d+\.\d+", version):
         raise RoleError(f"cuda_version is {version!r}; give major.minor, e.g. '12.8'")
-    return cuda_repo(os, settings["cuda_repo_base_url"]), [f"cuda-toolkit-{version.replace('.', '-')}"]
+    return cuda_repo(os, settings["cuda_repo_base_url"], settings["cuda_repo_key_fingerprints"]), [f"cuda-toolkit-{version.replace('.', '-')}"]
 
 
 def cuda_home(version: str) -> str:

@@ -44,21 +44,23 @@ def docker_wanted(settings: Mapping, gpu: bool) -> tuple[bool, str]:
                    "(docker_enabled: true installs it anyway)")
 
 
-def docker_repo(os: HostOS, base_url: str) -> PackageRepo:
-    """Docker CE's repository for this OS under `base_url` (the same layout on any mirror)."""
+def docker_repo(os: HostOS, base_url: str, fingerprints: tuple[str, ...] = ()) -> PackageRepo:
+    """Docker CE's repository for this OS under `base_url` (the same layout on any mirror), its key
+    accepted only with one of `fingerprints`."""
     base = base_url.rstrip("/")
     if os.family == "rhel":
         root = f"{base}/{_DOCKER_RHEL_DIRS[os.id]}"
         return PackageRepo(name="docker", title="Docker CE repository", key_url=f"{root}/gpg",
                            dnf_baseurl=f"{root}/$releasever/$basearch/stable")
     return PackageRepo(name="docker", title="Docker CE repository", key_url=f"{base}/{os.id}/gpg",
-                       apt_source=f"{base}/{os.id} {os.codename} stable")
+                       apt_source=f"{base}/{os.id} {os.codename} stable", key_fingerprints=tuple(fingerprints))
 
 
 def docker_packages(settings: Mapping, os: HostOS) -> tuple[PackageRepo | None, list[str]]:
     """Docker's repository (None: the OS's own sources) and packages, as `docker_source` says."""
     if settings["docker_source"] == "docker_ce":
-        return docker_repo(os, settings["docker_repo_base_url"]), list(settings["docker_ce_packages"])
+        return (docker_repo(os, settings["docker_repo_base_url"], settings["docker_repo_key_fingerprints"]),
+                list(settings["docker_ce_packages"]))
     if settings["docker_source"] == "distro" and os.family == "debian":
         return None, ["docker.io"]
     raise RoleError(f"docker_source {settings['docker_source']!r} is not available on {os.label}; "

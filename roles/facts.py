@@ -101,3 +101,20 @@ class ModelReleaseState(FactBase):
         """What a host without python3 yet (a dry run before the base role) holds: nothing."""
         return {"complete": None, "kek_id": None, "staged": {}, "other_partials": [], "current": None,
                 "kept": [], "free_bytes": None}
+
+
+class DnfEnabledRepos(FactBase):
+    """The ids of the enabled dnf repositories (e.g. ["appstream", "baseos", "crb", "extras"]); [] without dnf."""
+
+    def requires_command(self) -> str:
+        return "dnf"
+
+    def command(self) -> str:
+        return "dnf -q repolist --enabled 2>/dev/null | awk 'NR > 1 {print $1}'"
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def process(self, output):
+        return sorted(line.strip() for line in output if line.strip())

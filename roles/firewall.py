@@ -1,6 +1,9 @@
 """The firewall role (nftables): a host admits SSH and the gateway port only from the networks the
 inventory lists (and the runtime port only from gateways on other hosts, Ray's ports only from the
-other nodes of its Ray cluster); the rest is dropped.
+other nodes of its Ray cluster); the rest is dropped. New connections to the gateway port beyond
+`firewall_gateway_connections_per_source` open ones from one address are dropped (`ct count`).
+On Rocky/RHEL, where firewalld runs by default, it opens those ports in firewalld instead
+(roles/firewalld.py); there the gateway's own per-client limit is the only connection cap.
 
 Off unless `firewall_enabled`. It replaces only its own table (`inet deepfleet`), atomically, after
 `nft -c` has checked the new ruleset; established connections (this deploy's SSH session) go on.
@@ -18,6 +21,9 @@ from pyinfra.operations import apt, files, server, systemd
 
 from .common import RoleError, template
 from .defaults import DEFAULTS
+from .firewalld import firewalld_open, served_ports
+from .hostos import host_os
+from .monitoring import monitoring_hosts, node_exporter_is_remote, prometheus_is_remote
 from .ray import cluster_members, ray_ports
 from .topology import gateway_hosts, holds_model, runtime_address, runtime_needs_tls
 
@@ -29,28 +35,46 @@ def firewall_context(settings: Mapping) -> dict:
                 ("runtime", settings["runtime_port"], "firewall_runtime_sources")]
     if settings.get("ray_ports"):  # a Ray node: its ports, from the other nodes of its cluster only
         admitted.append(("ray", "{ " + ", ".join(settings["ray_ports"]) + " }", "ray_sources"))
+    if settings.get("node_exporter_sources"):  # scraped by Prometheus on other hosts (roles/monitoring.py)
+        admitted.append(("node_exporter", settings["monitoring_node_exporter_port"], "node_exporter_sources"))
+    if settings.get("monitoring_prometheus_sources"):
+        admitted.append(("prometheus", settings["monitoring_prometheus_port"], "monitoring_prometheus_sources"))
     sets, rules = [], []
     for name, port, setting in admitted:
         sources = settings[setting] or []
         if not sources and setting in ("firewall_ssh_sources", "firewall_gateway_sources"):
             raise RoleError(f"firewall_enabled is set but {setting} is empty: list the networks allowed to "
                             f"reach {name} (port {port}), e.g. [\"10.0.0.0/24\"], or it would be unreachable")
-        networks = [_network(source, setting) for source in sources]
+        label = setting
+        if setting == "firewall_runtime_sources" and settings.get("runtime_sources_derived"):
+            label = ("the runtime_address of a gateway (firewall_runtime_sources is empty, so the gateways' "
+                     "addresses are used)")
+        networks = [_network(source, label) for source in sources]
         for family, version, nft_type in (("ip", 4, "ipv4_addr"), ("ip6", 6, "ipv6_addr")):
             elements = [str(n) for n in networks if n.version == version]
             if elements:
                 sets.append({"name": f"{name}_v{version}", "type": nft_type, "elements": elements})
                 rules.append({"port": port, "family": family, "set": f"{name}_v{version}"})
-    return {"sets": sets, "rules": rules}
+    limits = []
+    per_source = settings.get("firewall_gateway_connections_per_source")
+    if per_source:  # connections per client address to the gateway, counted by conntrack
+        for family, nft_type in (("ip", "ipv4_addr"), ("ip6", "ipv6_addr")):
+            limits.append({"set": f"gateway_conn_{family}", "type": nft_type, "family": family,
+                           "port": settings["gateway_port"], "count": int(per_source)})
+    return {"sets": sets, "rules": rules, "connection_limits": limits}
 
 
 def fleet_sources(settings: dict) -> dict:
     """`settings` plus what the fleet's topology admits: the runtime port from the gateways on other
-    hosts (unless firewall_runtime_sources lists them) and, on a Ray node, Ray's ports from the
-    other nodes of its cluster."""
+    hosts (unless firewall_runtime_sources lists them), the node exporter port from the monitoring
+    hosts (roles/monitoring.py) and, on a Ray node, Ray's ports from the other nodes of its cluster."""
     if runtime_needs_tls(host) and not settings["firewall_runtime_sources"]:
         settings["firewall_runtime_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
                                                 if gateway.name != host.name]
+        settings["runtime_sources_derived"] = True
+    if settings["monitoring_enabled"] and node_exporter_is_remote(host):
+        settings["node_exporter_sources"] = [runtime_address(monitor) for monitor in monitoring_hosts(host.inventory)
+                                             if monitor.name != host.name]
     if settings["ray_head"] and holds_model(host):
         peers = [member for member in cluster_members(host) if member.name != host.name]
         settings["ray_sources"] = [runtime_address(peer) for peer in peers]
@@ -62,14 +86,22 @@ def _network(source: str, setting: str):
     try:
         return ipaddress.ip_network(source, strict=False)
     except (TypeError, ValueError):
-        raise RoleError(f"{setting}: {source!r} is not a network; write an address or CIDR like "
-                        "10.0.0.0/24 or fd00::/64") from None
+        fix = ("set runtime_address (or ssh_hostname) of that gateway to its IP address, or list the gateways' "
+               "networks in firewall_runtime_sources" if setting.startswith("the runtime_address")
+               else "write an address or CIDR like 10.0.0.0/24 or fd00::/64")
+        raise RoleError(f"{setting}: {source!r} is not a network; {fix}") from None
 
 
 @deploy("deepfleet firewall", data_defaults=DEFAULTS)
 def firewall():
     """Install nftables if missing, render the ruleset, check it, load it (again only if it changed)."""
     data = host.data
+    if host_os().family == "rhel":  # firewalld is on by default there and would drop what deepfleet serves
+        settings = fleet_sources({key: data.get(key) for key in [*DEFAULTS, "ssh_port"]})
+        settings["runtime_remote"] = runtime_needs_tls(host)
+        settings["prometheus_remote"] = prometheus_is_remote(host, settings)
+        firewalld_open(name="Open deepfleet's ports in firewalld", ports=served_ports(settings))
+        return
     if not data.firewall_enabled:
         host.noop("firewall_enabled is off")
         return

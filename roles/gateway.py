@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.operations import files, server
 
 from deepfleet.apikeys import active_records, host_key_file, load_keyring
 from deepfleet.pki import ensure_audit_signing_key
@@ -35,6 +35,13 @@ def upstreams(settings: Mapping, host_name: str) -> list[dict]:
                             '{"name": "gpu2", "url": "https://10.0.0.12:8000"}')
     return [{"name": e.get("name") or e["url"].split("://", 1)[1], "url": e["url"], "release": e.get("release", "")}
             for e in configured]
+
+
+# gateway.yaml `connections:` keys and the role settings behind them
+CONNECTION_SETTINGS = {"max_connections": "max_connections", "max_per_client": "max_connections_per_client",
+                       "handshake_timeout_s": "handshake_timeout_s", "header_timeout_s": "header_timeout_s",
+                       "idle_timeout_s": "idle_timeout_s", "max_header_bytes": "max_header_bytes",
+                       "max_unauthenticated_per_minute": "max_unauthenticated_per_minute"}
 
 
 def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
@@ -66,13 +73,15 @@ def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
         "audit_retention_days": settings["gateway_audit_retention_days"],
         "audit_checkpoint_key": f"{tls}/audit-signing.key" if settings["gateway_audit_signing"] else None,
         "audit_checkpoint_every": settings["gateway_audit_checkpoint_every"],
+        "connections": {name: settings[f"gateway_{setting}"] for name, setting in CONNECTION_SETTINGS.items()},
         "metrics_port": settings["gateway_metrics_port"],
         "admin_socket": settings["gateway_admin_socket"],
+        "routing": settings.get("gateway_routing") or {},
     }
 
 
 def audit_dir(settings: Mapping) -> str:
-    return settings["gateway_audit_dir"] or f"{settings['deepfleet_state_dir']}/audit"
+    return settings["gateway_audit_dir"] or f"{settings['gateway_state_dir']}/audit"
 
 
 @deploy("deepfleet gateway", data_defaults=DEFAULTS)
@@ -92,7 +101,8 @@ def gateway():
     if not active_records(records):
         raise RoleError(f"the API keyring {keyring} holds no active keys, so no client could use the gateway; "
                         "create one with `deepfleet keys create NAME` (or run `deepfleet demo`)")
-    group = data.deepfleet_group
+    group = data.gateway_group
+    _service_account(data)
     # Replicas report their release and quantisation on /ready; the config needs no model label,
     # so a new model release does not restart the gateway.
     context = gateway_yaml_context(settings, host.name)
@@ -102,7 +112,7 @@ def gateway():
         signing = ensure_audit_signing_key(pki_dir, host.name)
         inputs.append(secret_file(name="Audit checkpoint signing key", src=str(signing.key),
                                   dest=context["audit_checkpoint_key"], user="root", group=group, mode="0640"))
-    files.directory(name="Audit log directory", path=context["audit_dir"], user=data.deepfleet_user,
+    files.directory(name="Audit log directory", path=context["audit_dir"], user=data.gateway_user,
                     group=group, mode="0750")
     # Key hashes are re-read by the running gateway: no restart when keys change.
     files.put(name="API key hashes", src=io.StringIO(host_key_file(records)),
@@ -113,10 +123,26 @@ def gateway():
                                  user="root", group=group, mode="0640", **context))
     unit = files.template(name="Gateway systemd unit", src=template("systemd/deepfleet-gateway.service.j2"),
                           dest="/etc/systemd/system/deepfleet-gateway.service", user="root", group="root",
-                          mode="0644", audit_dir=context["audit_dir"], **unit_context(settings, config_path))
+                          mode="0644", audit_dir=context["audit_dir"], limit_nofile=data.gateway_limit_nofile,
+                          **unit_context(settings, config_path) | {"service_user": data.gateway_user,
+                                                                   "service_group": group,
+                                                                   "state_dir": data.gateway_state_dir})
     check_address = data.gateway_listen_address
     if check_address in ("0.0.0.0", "::"):
         check_address = "127.0.0.1"
     ready = (f"{venv_dir()}/bin/deepfleet-runtime wait-ready https://{check_address}:{data.gateway_port}/health "
-             f"--cafile {tls_paths()['ca.crt']} --timeout 60")
+             f"--cafile {tls_paths()['ca.crt']} --timeout 60 --unit deepfleet-gateway")
     converge_service("deepfleet-gateway", unit, inputs, ready)
+
+
+def _service_account(data) -> None:
+    """The gateway's own group, user and state directory: the runtime's account can neither write
+    the audit log nor read the API key hashes or the audit signing key; the gateway's is in the
+    runtime's group only to read /etc/deepfleet and its TLS files (the model keys are root's, and
+    the runtime's private copy is its user's alone)."""
+    server.group(name="Gateway service group", group=data.gateway_group, system=True)
+    server.user(name="Gateway service user", user=data.gateway_user, group=data.gateway_group,
+                groups=[data.deepfleet_group], system=True, home=data.gateway_state_dir,
+                shell="/usr/sbin/nologin", create_home=False)
+    files.directory(name=f"Directory {data.gateway_state_dir}", path=data.gateway_state_dir,
+                    user=data.gateway_user, group=data.gateway_group, mode="0750")

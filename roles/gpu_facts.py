@@ -4,8 +4,13 @@
                        (no pciutils, no driver needed): [{"slot", "device_id", "model", "memory_gb"}]
     NvidiaSmi          nvidia-smi's view: {"gpus": [{index, name, memory_mib, driver_version,
                        compute_capability, pci_bus_id}], "driver_version", "cuda_version", "error"}
-    NvidiaModuleState  {"loaded": version in /sys/module/nvidia, "installed": modinfo's version}
+    NvidiaModuleState  {"loaded", "installed", "running", "built": {kernel: version}, "default", "driver"}
     GpuContainerTest   `docker run --gpus all IMAGE nvidia-smi -L`: {"exit_code", "gpus", "output"}
+    NvidiaNvSwitches   NVSwitch PCI functions (HGX boards), read from sysfs: [slot, ...]
+    NvidiaFabric       per GPU, nvidia-smi -q's Fabric state and status: [{"state", "status"}]
+    NvidiaPersistence  per GPU, persistence mode: {index: "Enabled" | "Disabled"}
+    CudaProbe          a CUDA context and a 1 MiB allocation on every GPU, through the host's libcuda
+                       (python3 + ctypes): {"devices": N, "ok": [indexes], "error": "name (code)" | None}
 
 `gpu_spec()` turns either view into the capacity planner's notation ("2xA100-80GB").
 """
@@ -22,6 +27,7 @@ from pyinfra.api import FactBase
 
 NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")  # VGA controller, 3D controller (data-centre GPUs)
+NVSWITCH_CLASS = "0x0680"  # "other bridge": how NVSwitches (0x1af1 on HGX A100, 0x22a3 on HGX H100/H200) show
 # PCI device id -> (model, memory in GB), so a host can be planned before its driver exists.
 # Best effort: once the driver runs, nvidia-smi's answer is used instead.
 KNOWN_DEVICES = {
@@ -60,6 +66,109 @@ class NvidiaPciDevices(FactBase):
         return devices
 
 
+class NvidiaNvSwitches(FactBase):
+    """NVSwitch functions on the PCI bus (the board needs Fabric Manager); [] when there are none."""
+
+    def command(self) -> str:
+        return pci_scan_command()
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def process(self, output):
+        return [line.split()[0] for line in output if line.split()[1].startswith(NVSWITCH_CLASS)]
+
+
+class NvidiaFabric(FactBase):
+    """Per GPU, the Fabric section of `nvidia-smi -q`: [{"state", "status"}]; [] without nvidia-smi."""
+
+    def requires_command(self) -> str:
+        return "nvidia-smi"
+
+    def command(self) -> str:
+        return "nvidia-smi -q 2>/dev/null | grep -A2 -E '^ +Fabric$' | grep -E 'State|Status' || true"
+
+    def process(self, output):
+        gpus = []
+        for line in output:
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "State":
+                gpus.append({"state": value, "status": None})
+            elif key == "Status" and gpus:
+                gpus[-1]["status"] = value
+        return gpus
+
+
+class NvidiaPersistence(FactBase):
+    """{GPU index: "Enabled" | "Disabled"} from nvidia-smi; {} when it does not answer."""
+
+    def requires_command(self) -> str:
+        return "nvidia-smi"
+
+    def command(self) -> str:
+        return "nvidia-smi --query-gpu=index,persistence_mode --format=csv,noheader 2>/dev/null || true"
+
+    def process(self, output):
+        rows = [[cell.strip() for cell in line.split(",")] for line in output]
+        return {int(row[0]): row[1] for row in rows if len(row) == 2 and row[0].isdigit()}
+
+
+_CUDA_PROBE = r"""
+import ctypes, sys
+def name(code):
+    text = ctypes.c_char_p()
+    cuda.cuGetErrorName(code, ctypes.byref(text))
+    return (text.value or b"?").decode()
+try:
+    cuda = ctypes.CDLL("libcuda.so.1")
+except OSError as error:
+    print("error=libcuda.so.1 cannot be loaded (%s)" % error); sys.exit()
+code = cuda.cuInit(0)
+if code:
+    print("error=%s (%d)" % (name(code), code)); sys.exit()
+count = ctypes.c_int()
+cuda.cuDeviceGetCount(ctypes.byref(count))
+print("devices=%d" % count.value)
+for index in range(count.value):
+    device, context, memory = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+    for step in (lambda: cuda.cuDeviceGet(ctypes.byref(device), index),
+                 lambda: cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device),
+                 lambda: cuda.cuCtxSetCurrent(context),
+                 lambda: cuda.cuMemAlloc_v2(ctypes.byref(memory), ctypes.c_size_t(1 << 20)),
+                 lambda: cuda.cuMemFree_v2(memory)):
+        code = step()
+        if code:
+            print("error=GPU %d: %s (%d)" % (index, name(code), code)); break
+    else:
+        print("ok=%d" % index)
+    cuda.cuDevicePrimaryCtxRelease(device)
+"""
+
+
+class CudaProbe(FactBase):
+    """Does CUDA work on every GPU? A context and an allocation on each, via the host's libcuda:
+    {"devices": N, "ok": [indexes], "error": "CUDA_ERROR_... (code)" or None}."""
+
+    def requires_command(self) -> str:
+        return "python3"
+
+    def command(self) -> str:
+        return f"python3 -c {shlex.quote(_CUDA_PROBE)}"
+
+    def process(self, output):
+        values = {"devices": 0, "ok": [], "error": None}
+        for line in output:
+            key, _, value = line.partition("=")
+            if key == "devices":
+                values["devices"] = int(value)
+            elif key == "ok":
+                values["ok"].append(int(value))
+            elif key == "error":
+                values["error"] = value
+        return values
+
+
 class NvidiaSmi(FactBase):
     """Per-GPU facts from nvidia-smi; None when nvidia-smi is not installed. When the driver does
     not answer (module not loaded), "gpus" is empty and "error" says what nvidia-smi said."""
@@ -88,15 +197,31 @@ class NvidiaSmi(FactBase):
 
 
 class NvidiaModuleState(FactBase):
-    """{"loaded": version of the running nvidia module or None, "installed": modinfo's or None}."""
+    """The nvidia module as built and loaded: {"loaded": version in /sys/module/nvidia, "installed":
+    modinfo's version for the running kernel, "running": uname -r, "built": {kernel: version} of every
+    kernel with an nvidia module, "default": the kernel the host boots next where grubby says
+    (RHEL family), "driver": the version of DKMS's nvidia source in /usr/src}; unknown values None."""
 
     def command(self) -> str:
         return ('echo "loaded=$(cat /sys/module/nvidia/version 2>/dev/null)"; '
-                'echo "installed=$(/sbin/modinfo -F version nvidia 2>/dev/null)"')
+                'echo "installed=$(/sbin/modinfo -F version nvidia 2>/dev/null)"; '
+                'echo "running=$(uname -r)"; '
+                'for k in /lib/modules/*; do v=$(/sbin/modinfo -k "${k##*/}" -F version nvidia 2>/dev/null) '
+                '&& [ -n "$v" ] && echo "built=${k##*/} $v"; done; '
+                'd=$(grubby --default-kernel 2>/dev/null) && echo "default=${d#/boot/vmlinuz-}"; '
+                'for s in /usr/src/nvidia-[0-9]*; do [ -d "$s" ] && echo "driver=${s##*/nvidia-}"; done; true')
 
     def process(self, output):
-        values = dict(line.split("=", 1) for line in output if "=" in line)
-        return {key: values.get(key) or None for key in ("loaded", "installed")}
+        values, built = {}, {}
+        for line in output:
+            key, _, value = line.partition("=")
+            if key == "built" and value.strip():
+                kernel, _, version = value.partition(" ")
+                built[kernel] = version.strip()
+            elif value.strip():
+                values[key] = value.strip()
+        return {**{key: values.get(key) for key in ("loaded", "installed", "running", "default", "driver")},
+                "built": built}
 
 
 class GpuContainerTest(FactBase):
@@ -118,6 +243,11 @@ class GpuContainerTest(FactBase):
 def nvidia_devices() -> list[dict]:
     """The current host's NVIDIA GPUs on the PCI bus."""
     return host.get_fact(NvidiaPciDevices) or []
+
+
+def nvswitches() -> list[str]:
+    """The current host's NVSwitches (Fabric Manager boards)."""
+    return host.get_fact(NvidiaNvSwitches) or []
 
 
 def has_nvidia_gpu() -> bool:

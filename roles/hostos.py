@@ -43,6 +43,8 @@ SUPPORTED = {
                                                         ("python3", "python3.11", "python3.11-venv"))),
     ("ubuntu", "24"): OsRelease("debian", RuntimePython("python3", "3.12", "2.39", _DEBIAN_PYTHON)),
     ("debian", "12"): OsRelease("debian", RuntimePython("python3", "3.11", "2.36", _DEBIAN_PYTHON)),
+    # Debian 13 (trixie): NVIDIA publishes compute/cuda/repos/debian13, signed with a new key (cuda.py).
+    ("debian", "13"): OsRelease("debian", RuntimePython("python3", "3.13", "2.41", _DEBIAN_PYTHON)),
     ("rocky", "9"): _EL9,
     ("rhel", "9"): _EL9,
     ("almalinux", "9"): _EL9,
@@ -106,7 +108,8 @@ def host_os() -> HostOS:
     if (os_id, found.major) not in SUPPORTED:
         supported = ", ".join(f"{name} {major}" for name, major in SUPPORTED)
         raise RoleError(f"host {host.name} runs {os_id or 'an unknown OS'} {version}; deepfleet's roles "
-                        f"support {supported}")
+                        f"support {supported} (Ubuntu 26.04 and RHEL/Rocky 10 are not supported yet: see "
+                        "docs/gpu-hosts.md)")
     if machine not in _DEB_ARCH:
         raise RoleError(f"host {host.name} has architecture {machine!r}; deepfleet's roles support "
                         f"{', '.join(_DEB_ARCH)}")

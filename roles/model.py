@@ -2,7 +2,9 @@
 
 Control side: `model_source` is a plain model directory (encrypted once into the cache, then
 reused) or a release from `deepfleet model encrypt` (deepfleet/modelpack.py). Hosts get:
-    /etc/deepfleet/keys/      root 0700: the fleet's KEKs and the manifest verify key, root 0400
+    /etc/deepfleet/keys/      root 0700: the manifest verify key, and only the KEK of the release
+                              pushed (older ones stay while a kept release needs them), root 0400,
+                              sealed with systemd-creds in systemd mode (model_keys_sealed)
     <home>/models/.<name>@<release>.partial/   the push, resumable: only missing bytes are sent
     <home>/models/<name>@<release>/            once `deepfleet-runtime model activate` verified it
     <home>/models/<name>@current               the most recently activated release, switched atomically
@@ -27,20 +29,27 @@ from deepfleet.modelpack import ensure_release
 from deepfleet_runtime.modelstore.keys import wrapping_kek_id
 from deepfleet_runtime.modelstore.manifest import Manifest
 from deepfleet_runtime.modelstore.release import KEY_FILE, MANIFEST_FILE, SIGNATURE_FILE
+from deepfleet_runtime.modelstore.sealedkeys import credential_name, sealed_file_name
 
 from .common import control_path, venv_dir
+from .decrypt_room import check_decrypt_room
 from .defaults import DEFAULTS
 from .facts import ModelReleaseState
 from .offline import model_release_from_bundle, offline
 from .skip import skip_role
 from .topology import holds_model
-from .transfer import PartialUpload, resumable_upload, secret_file, upload_owner
+from .transfer import PartialUpload, resumable_upload, sealed_secret, secret_file, upload_owner
 
 GIB = 1 << 30
 
 
 def models_dir() -> str:
     return f"{host.data.deepfleet_home}/models"
+
+
+def keys_sealed() -> bool:
+    """KEKs are sealed with systemd-creds on hosts in systemd mode (a container cannot open them)."""
+    return bool(host.data.model_keys_sealed) and host.data.runtime_mode == "systemd"
 
 
 def host_keys_dir() -> str:
@@ -89,11 +98,19 @@ def model():
     keys = load_model_keys(control_path(data.model_keys_dir, "model_keys_dir"))
     release_dir, manifest = local_release()
     files.directory(name="Model keys directory", path=host_keys_dir(), user="root", group="root", mode="0700")
-    for key_id, path in sorted(keys.kek_files().items()):
-        secret_file(name=f"Model key-encryption key {key_id}", src=str(path), dest=f"{host_keys_dir()}/{path.name}",
-                    mode="0400")
+    # Only the KEK this release is wrapped with: a host never holds keys of releases it does not keep
+    # (activation retires the others: deepfleet_runtime.modelstore.sealedkeys.retire_unused).
+    key_id = wrapping_kek_id((release_dir / KEY_FILE).read_bytes(), str(release_dir / KEY_FILE))
+    kek_path = keys.kek_files()[key_id]
+    if keys_sealed():
+        sealed_secret(name=f"Model key-encryption key {key_id}", src=str(kek_path),
+                      dest=f"{host_keys_dir()}/{sealed_file_name(key_id)}", credential=credential_name(key_id))
+    else:
+        secret_file(name=f"Model key-encryption key {key_id}", src=str(kek_path),
+                    dest=f"{host_keys_dir()}/{kek_path.name}", mode="0400")
     secret_file(name="Model manifest verify key", src=str(keys.verify_key_path),
                 dest=f"{host_keys_dir()}/{keys.verify_key_path.name}", mode="0400")
+    check_decrypt_room(sum(entry.size for entry in manifest.files))
     push_release(name=f"Model {manifest.release_name} ({manifest.encrypted_bytes / 1e9:.2f} GB encrypted)",
                  release_dir=str(release_dir), models_dir=models_dir(), keep=data.model_keep_releases,
                  max_rate_mb_s=data.model_push_max_rate_mb_s, transport=data.model_push_transport)
@@ -162,6 +179,9 @@ def _update_key_file(local: Path, remote_dir: str, host_kek_id: str | None):
     yield FileUploadCommand(str(local / KEY_FILE), remote, remote_temp_filename=host.get_temp_filename(remote))
     yield StringCommand("chown", f"root:{host.data.deepfleet_group}", QuoteString(remote))
     yield StringCommand("chmod", "0640", QuoteString(remote))
+    # re-wrapped under the new KEK: the old one leaves the host unless a kept release still needs it
+    yield StringCommand(f"{venv_dir()}/bin/deepfleet-runtime", "model", "retire-keys", "--keys-dir",
+                        QuoteString(host_keys_dir()), "--models-dir", QuoteString(models_dir()))
 
 
 def activate_model():

@@ -15,7 +15,7 @@ from pyinfra import host, logger
 from deepfleet.bundle import BundleError, VerifiedBundle, verified_once
 from deepfleet.bundle.spec import WheelTarget
 from deepfleet.bundle.wheels import bundle_wheelhouse
-from deepfleet.wheelhouse import TargetPlatform, Wheelhouse
+from deepfleet.wheelhouse import TargetPlatform, Wheelhouse, recorded_hashes
 
 from .common import RoleError, control_path
 
@@ -58,6 +58,22 @@ def wheelhouse_from_bundle(target: TargetPlatform, extras: tuple[str, ...]) -> W
     bundle = the_bundle()
     try:
         return bundle_wheelhouse(bundle.root, bundle.wheel_entry(key))
+    except BundleError as exc:
+        raise RoleError(f"host {host.name}: {exc}") from None
+
+
+def wheelhouse_hashes(wheelhouse: Wheelhouse) -> tuple[dict[str, str], str]:
+    """The SHA-256 of a wheelhouse's dependency wheels ({name: digest}) and of its runtime wheel,
+    which the host checks the pushed files against. Online, those recorded where it was built;
+    offline, those of the bundle's signed manifest, never the files' own (whoever can write
+    bundle_dir may have swapped them since they verified). RoleError for a file not signed."""
+    recorded, runtime_sha256 = recorded_hashes(wheelhouse)  # offline: which files, not their hashes
+    if not offline():
+        return recorded, runtime_sha256
+    bundle = the_bundle()
+    try:
+        return ({name: bundle.signed_sha256(wheelhouse.deps_dir / name) for name in recorded},
+                bundle.signed_sha256(wheelhouse.runtime_wheel))
     except BundleError as exc:
         raise RoleError(f"host {host.name}: {exc}") from None
 

@@ -12,19 +12,25 @@ from __future__ import annotations
 import io
 import posixpath
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, dnf, files, server
+from pyinfra.facts.rpm import RpmPackages
+from pyinfra.operations import apt, files, server
 
+from deepfleet import pgpkeys
+
+from .aptsources import AptSources, source_plan
 from .hostos import HostOS
 
 APT_KEYRINGS = "/etc/apt/keyrings"
 # The host's own python3 fetches keys, so no curl/wget/gnupg is needed (apt reads .asc keyrings).
-_FETCH = "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])"
+# ... and refuses a key whose fingerprint is not pinned (deepfleet/pgpkeys.py, sent as it is).
+_FETCH = Path(pgpkeys.__file__).read_text()
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,10 @@ class PackageRepo:
     dnf_baseurl: str = ""
     dnf_options: dict[str, str] = field(default_factory=lambda: {"gpgcheck": "1"})
     keyring: str = ""  # apt: a keyring the OS already ships (e.g. debian-archive-keyring.gpg)
+    key_fingerprints: tuple[str, ...] = ()  # apt: the fingerprints the vendor publishes; another key is refused
+
+    def apt_path(self) -> str:
+        return f"/etc/apt/sources.list.d/deepfleet-{self.name}.list"
 
     def keyring_path(self) -> str:
         return self.keyring or f"{APT_KEYRINGS}/deepfleet-{self.name}.asc"
@@ -56,13 +66,14 @@ class PackageRepo:
 
 
 @operation()
-def download_once(url: str, dest: str, mode: str = "0644"):
+def download_once(url: str, dest: str, mode: str = "0644", fingerprints: tuple[str, ...] = ()):
     """
-    Download `url` to `dest` on the host with its python3, unless `dest` already exists.
+    Download an OpenPGP key from `url` to `dest` on the host with its python3, unless `dest` exists.
 
     + url: http(s):// or file:// URL
     + dest: remote path; written atomically (temporary file, then rename)
     + mode: permissions of the file
+    + fingerprints: the key's pinned fingerprints; a key with another one is refused, naming both
 
     .. code:: python
 
@@ -73,36 +84,66 @@ def download_once(url: str, dest: str, mode: str = "0644"):
         return
     partial = f"{dest}.deepfleet-partial"
     yield StringCommand("install", "-d", "-m", "0755", QuoteString(posixpath.dirname(dest)))
-    yield StringCommand("python3", "-c", QuoteString(_FETCH), QuoteString(url), QuoteString(partial))
+    yield StringCommand("python3", "-c", QuoteString(_FETCH), QuoteString(url), QuoteString(partial),
+                        QuoteString(",".join(fingerprints)))
     yield StringCommand("chmod", mode, QuoteString(partial), "&&", "mv", "-f", QuoteString(partial),
                         QuoteString(dest))
 
 
 def add_repo(repo: PackageRepo, os: HostOS) -> list[OperationMeta]:
-    """Configure `repo` on the host; returns the operations whose change means "refresh the lists"."""
+    """Configure `repo` on the host; returns the operations whose change means "refresh the lists".
+
+    apt: when another sources file already lists the repository's URI and suite (the OS's stock
+    sources, cuda-keyring's, NVIDIA's or Docker's own list), that entry is reused, with missing
+    components added in place, and no second entry is written: two entries with different
+    Signed-By values make `apt-get update` fail for the whole host (roles/aptsources.py).
+    """
     if host.data.get("bundle_dir"):  # air-gapped: the bundle's repository holds every package (roles/bundle.py)
         return []
-    if os.family == "debian":
-        changes = []
-        if not repo.keyring:
-            changes.append(download_once(name=f"{repo.title}: signing key", url=repo.key_url,
-                                         dest=repo.keyring_path()))
-        changes.append(files.put(name=f"{repo.title}: apt source", src=io.StringIO(repo.apt_list(os)),
-                                 dest=f"/etc/apt/sources.list.d/deepfleet-{repo.name}.list", user="root",
-                                 group="root", mode="0644"))
+    if os.family != "debian":
+        return [files.put(name=f"{repo.title}: dnf repository", src=io.StringIO(repo.dnf_repo()),
+                          dest=f"/etc/yum.repos.d/deepfleet-{repo.name}.repo", user="root", group="root",
+                          mode="0644")]
+    uri, suite, *components = repo.apt_source.split()
+    decision = source_plan(host.get_fact(AptSources), repo.apt_path(), uri, suite, tuple(components))
+    if decision.reuse:
+        changes = [files.put(name=f"{repo.title}: {' '.join(components)} added to {path}", src=io.StringIO(text),
+                             dest=path, user="root", group="root", mode="0644")
+                   for path, text in decision.rewritten.items()]
+        changes.append(files.file(name=f"{repo.title}: the host's own entry in {decision.reuse.path} is used",
+                                  path=repo.apt_path(), present=False))
         return changes
-    return [files.put(name=f"{repo.title}: dnf repository", src=io.StringIO(repo.dnf_repo()),
-                      dest=f"/etc/yum.repos.d/deepfleet-{repo.name}.repo", user="root", group="root",
-                      mode="0644")]
+    changes = []
+    if not repo.keyring:
+        changes.append(download_once(name=f"{repo.title}: signing key", url=repo.key_url, dest=repo.keyring_path(),
+                                     fingerprints=repo.key_fingerprints))
+    changes.append(files.put(name=f"{repo.title}: apt source", src=io.StringIO(repo.apt_list(os)),
+                             dest=repo.apt_path(), user="root", group="root", mode="0644"))
+    return changes
 
 
 def pinned(name: str, version: str, os: HostOS) -> str:
-    """A package pinned to `version` the way the host's package manager writes it."""
-    return f"{name}={version}" if os.family == "debian" else f"{name}-{version}"
+    """A package pinned to `version`, written `name=version` for every package manager
+    (`install_packages` turns it into dnf's `name-version`; pyinfra's dnf facts never match that)."""
+    return f"{name}={version}"
+
+
+@operation()
+def dnf_install(packages: list[str]):
+    """
+    `dnf install -y` the packages not installed at their pinned version.
+
+    + packages: `name` or `name=version-release` entries (as `pinned` writes them)
+    """
+    missing = missing_packages(packages, host.get_fact(RpmPackages) or {})
+    if not missing:
+        host.noop(f"installed: {', '.join(packages)}")
+        return
+    yield StringCommand("dnf", "install", "-y", *(package.replace("=", "-", 1) for package in missing))
 
 
 def missing_packages(packages: list[str], installed: dict) -> list[str]:
-    """The apt `name[=version]` entries not installed (at that version)."""
+    """The `name[=version]` entries not installed (at that version; rpm versions are version-release)."""
     missing = []
     for package in packages:
         name, _, version = package.partition("=")
@@ -127,4 +168,4 @@ def install_packages(title: str, packages: list[str], os: HostOS,
         server.shell(name=f"{title}: refresh apt lists (after a repository change, or for missing packages)",
                      commands=["apt-get update -qq"], _if=refresh_needed)
         return apt.packages(name=f"{title}: packages", packages=packages, no_recommends=no_recommends)
-    return dnf.packages(name=f"{title}: packages", packages=packages)
+    return dnf_install(name=f"{title}: packages", packages=packages)

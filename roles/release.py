@@ -96,9 +96,9 @@ def restart_runtime_commands(data) -> list[str]:
     """Restart the runtime (unit or container) on the current release and wait until it is ready."""
     from .runtime import ready_command
 
-    restart = "docker restart deepfleet-runtime" if data.runtime_mode == "docker" \
-        else "systemctl restart deepfleet-runtime.service"
-    return [restart, ready_command()]
+    docker = data.runtime_mode == "docker"
+    restart = "docker restart deepfleet-runtime" if docker else "systemctl restart deepfleet-runtime.service"
+    return [restart, ready_command(unit=None if docker else "deepfleet-runtime")]
 
 
 @deploy("deepfleet release rollback", data_defaults=DEFAULTS)

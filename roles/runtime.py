@@ -19,55 +19,60 @@ import json
 from collections.abc import Mapping
 
 from pyinfra import host, logger
-from pyinfra.api import QuoteString, StringCommand, deploy, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.util import get_template
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
-from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse
+from deepfleet.wheelhouse import SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse, hashed_requirements
 
 from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
-from .gpu_facts import has_nvidia_gpu
+from .gpu_facts import NvidiaSmi, gpu_spec, has_nvidia_gpu, nvidia_devices
 from .hostos import RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
-from .offline import offline, offline_settings, wheelhouse_from_bundle
+from .monitoring import monitoring_hosts
+from .offline import offline, offline_settings, wheelhouse_from_bundle, wheelhouse_hashes
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
+from .runtime_check import check_runtime_yaml, check_wheel_extras, planner_verdict
 from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
+from .selinux import relabel_venv
 from .service import converge_service
 from .skip import skip_role
 from .tls import host_certificates, tls_paths
-from .topology import holds_model, runs_runtime, runtime_address, runtime_needs_tls
+from .topology import gateway_hosts, holds_model, runs_runtime, runtime_address, runtime_needs_tls
 from .transfer import push_files
 
 INSTALL_MARKER = ".deepfleet-install.json"
 # runtime/constraints-cuda.txt pins torch's CUDA 13.0 build, which needs this NVIDIA driver branch or newer.
 CUDA_PINS_MIN_DRIVER_BRANCH = 580
 RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
+DECRYPT_DIR = "/run/deepfleet-decrypted"  # with runtime_decrypt_tmpfs_size: the unit's own tmpfs of that size
 
 
 # runtime_* settings that shape the deploy (install, Docker mode), not runtime.yaml.
 _DEPLOY_ONLY_SETTINGS = ("runtime_mode", "runtime_image_", "runtime_container_", "runtime_wheel_extras",
-                         "runtime_ready_timeout_s", "runtime_address", "runtime_keep_releases")
+                         "runtime_ready_timeout_s", "runtime_address", "runtime_keep_releases",
+                         "runtime_decrypt_tmpfs_size")
 
 
 def runtime_yaml_context(settings: Mapping, model_dir: str, listen_host: str = "127.0.0.1",
-                         tls: Mapping[str, str] | None = None) -> dict:
+                         tls: Mapping[str, str] | None = None, allowed_clients: list[str] | None = None) -> dict:
     """Variables for templates/runtime.yaml.j2 from role settings (runtime_* names, prefix dropped;
     the settings of how the runtime is installed and run stay with the role). `tls`: the host's TLS
-    file paths (roles.tls.tls_paths) when gateways on other hosts reach this runtime."""
+    file paths (roles.tls.tls_paths) when gateways on other hosts reach this runtime, which then
+    admits only the client certificates of `allowed_clients`."""
     context = {key[len("runtime_"):]: value for key, value in settings.items()
                if key.startswith("runtime_") and not key.startswith(_DEPLOY_ONLY_SETTINGS)}
     context.setdefault("vllm_host_ip", "")
     context.setdefault("vllm_network_interface", "")
     return context | {"model_name": settings["model_name"], "model_dir": model_dir,
                       "model_keys_dir": f"/run/{RUNTIME_DIRECTORY}/keys", "listen_host": listen_host,
-                      "tls": {"cert": tls["server.crt"], "key": tls["server.key"], "client_ca": tls["ca.crt"]}
-                      if tls else None}
+                      "tls": {"cert": tls["server.crt"], "key": tls["server.key"], "client_ca": tls["ca.crt"],
+                              "allowed_clients": sorted(allowed_clients or [])} if tls else None}
 
 
 def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -> dict:
@@ -82,6 +87,8 @@ def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -
         "config_path": config_path,
         "runtime_directory": RUNTIME_DIRECTORY,
         "host_model_keys_dir": f"{settings['deepfleet_config_dir']}/keys",
+        "decrypt_tmpfs_size": settings.get("runtime_decrypt_tmpfs_size"),
+        "decrypt_dir": DECRYPT_DIR,
     }
 
 
@@ -116,7 +123,7 @@ def image_python(base_os: str) -> RuntimePython:
 
 @operation()
 def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: str, runtime_wheel: str,
-                       extras: list[str], install_id: str):
+                       extras: list[str], install_id: str, deps_hashes: dict[str, str], runtime_sha256: str):
     """
     Install deepfleet-runtime into `venv` from pushed wheels, offline, unless it already holds them.
 
@@ -127,23 +134,28 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
     + runtime_wheel: remote path of the deepfleet-runtime wheel
     + extras: engine extras, e.g. ["transformers"]
     + install_id: identifies the wheel set; recorded in the venv so a re-run is a no-op
+    + deps_hashes, runtime_sha256: the wheels' SHA-256 (control machine; offline the bundle's signed
+      manifest): pip installs in hash-checking mode and refuses any other bytes
     """
     marker = f"{venv}/{INSTALL_MARKER}"
     if (host.get_fact(JsonFile, path=marker) or {}).get("install_id") == install_id:
         host.noop(f"{venv} already holds wheelhouse {install_id}")
         return
-    requirement = f"{runtime_wheel}[{','.join(extras)}]" if extras else runtime_wheel
+    full, runtime_only = hashed_requirements(deps_hashes, runtime_wheel, runtime_sha256, extras)
+    requirements = {"all": f"{venv}/deepfleet-requirements.txt", "runtime": f"{venv}/deepfleet-runtime-requirement.txt"}
     # With SOURCE_DATE_EPOCH compiled .pyc files are hash-based, not stamped with install times: two
     # hosts installed from the same wheels hold the same bytes (the venv's own pip included).
     reproducible = ("env", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
     yield StringCommand("test", "-x", f"{venv}/bin/python{python_version}", "||", *reproducible, python, "-m",
                         "venv", "--clear", venv)
+    for text, path in ((full, requirements["all"]), (runtime_only, requirements["runtime"])):
+        yield FileUploadCommand(io.StringIO(text), path, remote_temp_filename=host.get_temp_filename(path))
     pip_install = (*reproducible, f"{venv}/bin/pip", "install")
-    yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check",
-                        "--find-links", QuoteString(deps_dir), QuoteString(requirement))
+    yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check", "--require-hashes",
+                        "--find-links", QuoteString(deps_dir), "-r", QuoteString(requirements["all"]))
     # Same version number, new code: replace the runtime itself without touching its dependencies.
     yield StringCommand(*pip_install, "--quiet", "--no-index", "--no-deps", "--force-reinstall",
-                        "--disable-pip-version-check", QuoteString(runtime_wheel))
+                        "--disable-pip-version-check", "--require-hashes", "-r", QuoteString(requirements["runtime"]))
     yield StringCommand("printf", "'%s\\n'", QuoteString(json.dumps({"install_id": install_id})), ">",
                         QuoteString(marker))
 
@@ -162,15 +174,20 @@ def runtime():
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
     if data.ray_head and holds_model(host):
         extras += (RAY_EXTRA,)
+    if holds_model(host) and runs_runtime(host):
+        check_wheel_extras(host.name, settings)
     accelerator = runtime_accelerator(settings)
     target = target_platform(accelerator)
     wheelhouse = _wheelhouse(target, extras)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
+    deps_hashes, runtime_sha256 = wheelhouse_hashes(wheelhouse)
     venv = venv_path(wheelhouse.install_id)
     install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
                                  venv=venv, python=host_os().python.command, python_version=target.python,
                                  deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
-                                 install_id=wheelhouse.install_id)
+                                 install_id=wheelhouse.install_id, deps_hashes=deps_hashes,
+                                 runtime_sha256=runtime_sha256)
+    relabel_venv(host_os(), venv, install)  # SELinux: pip's new files are no entrypoint for systemd yet
     use_venv(name="Use the installed runtime venv", home=data.deepfleet_home, venv=venv, releases=releases_dir())
     if not holds_model(host):
         skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")
@@ -189,7 +206,11 @@ def runtime():
         raise RoleError(f"{host.name}: runtime_mode docker cannot serve gateways on other hosts yet (mutual TLS "
                         "is wired for the systemd mode); use runtime_mode systemd on gpu_nodes of a fleet")
     config_path = f"{data.deepfleet_config_dir}/runtime.yaml"
-    text = runtime_yaml(settings, f"{models_dir()}/{local_release()[1].release_name}", bool(certificates))
+    manifest = local_release()[1]
+    served_model = f"{models_dir()}/{manifest.release_name}"
+    text = runtime_yaml(settings, served_model, bool(certificates))
+    check_runtime_yaml(host.name, text, nvidia_devices(), [entry.path for entry in manifest.files])
+    _log_planner_verdict(settings)
     files.put(name="Runtime config", src=io.StringIO(text), dest=config_path, user="root",
               group=data.deepfleet_group, mode="0640")
     if mode == "docker":
@@ -205,7 +226,8 @@ def runtime():
         # restart after a release switch reads the new one.
         args = container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(),
                               host_keys_dir(), f"/run/{RUNTIME_DIRECTORY}", gpu)
-        runtime_in_container(data.deepfleet_user, args, [release, model], ready_command())
+        runtime_in_container(data.deepfleet_user, args, [release, model],
+                             ready_command(unit=None, served_model=served_model))
         return
 
     release = _release(text, runtime_version(install_id=wheelhouse.install_id), venv)
@@ -214,7 +236,19 @@ def runtime():
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
                           mode="0644", **unit_context(settings, f"{current_release_dir()}/runtime.yaml",
                                                       venv=f"{current_release_dir()}/venv"))
-    converge_service("deepfleet-runtime", unit, [install, model, release, *certificates], ready_command())
+    converge_service("deepfleet-runtime", unit, [install, model, release, *certificates],
+                     ready_command(served_model=served_model))
+
+
+def _log_planner_verdict(settings: Mapping) -> None:
+    """Print the capacity planner's verdict for this host's GPUs, when the model's config.json is at hand."""
+    gpus = gpu_spec(host.get_fact(NvidiaSmi), nvidia_devices())
+    if not gpus or offline() or "+" in gpus or not str(settings["runtime_device"]).startswith("cuda"):
+        return
+    config_file = control_path(settings["model_source"], "model_source") / "config.json"
+    if config_file.is_file():
+        logger.info(f"{host.name}: planner: "
+                    f"{planner_verdict(settings['model_name'], json.loads(config_file.read_text()), gpus, settings)}")
 
 
 def _release(config_text: str, version: dict, venv: str):
@@ -229,15 +263,25 @@ def runtime_yaml(settings: Mapping, model_dir: str, tls: bool) -> str:
     """runtime.yaml for this host: on loopback, or with mutual TLS on runtime_address for gateways
     on other hosts."""
     listen = runtime_address(host) if tls else "127.0.0.1"
-    context = runtime_yaml_context(settings, model_dir, listen, tls_paths() if tls else None)
+    # the fleet's gateways, this host itself (its deploy's readiness check) and, with monitoring on,
+    # the Prometheus hosts that scrape its /metrics (roles/monitoring.py): not other GPU nodes
+    admitted = {gateway.name for gateway in gateway_hosts(host.inventory)} | {host.name}
+    if settings.get("monitoring_enabled"):
+        admitted |= {monitor.name for monitor in monitoring_hosts(host.inventory)}
+    admitted = sorted(admitted)
+    context = runtime_yaml_context(settings, model_dir, listen, tls_paths() if tls else None, admitted)
     return get_template(template("runtime.yaml.j2")).render(**context)
 
 
-def ready_command() -> str:
+def ready_command(unit: str | None = "deepfleet-runtime", served_model: str | None = None) -> str:
     """The command that waits until this host's runtime answers /ready (with its client certificate
-    when the runtime serves mutual TLS)."""
+    when the runtime serves mutual TLS); it stops at once, with the unit's journal, when the systemd
+    `unit` fails (None in Docker mode). Once ready, `served_model` (the release directory runtime.yaml
+    names) is recorded as served: only then does it raise the host's floor of release numbers (a
+    rollback, which goes below it anyway, records nothing)."""
     data = host.data
-    timeout = f"--timeout {data.runtime_ready_timeout_s}"
+    timeout = (f"--timeout {data.runtime_ready_timeout_s}" + (f" --unit {unit}" if unit else "")
+               + (f" --served-model {served_model}" if served_model else ""))
     cli = f"{data.deepfleet_home}/venv/bin/deepfleet-runtime wait-ready"
     if not runtime_needs_tls(host):
         return f"{cli} http://127.0.0.1:{data.runtime_port}/ready {timeout}"
@@ -256,7 +300,7 @@ def _wheelhouse(target: TargetPlatform, extras: tuple[str, ...]) -> Wheelhouse:
 
 def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:
     remote_root = f"{host.data.deepfleet_home}/wheelhouse"
-    deps_manifest = json.loads((wheelhouse.deps_dir / MANIFEST).read_text())
+    deps_manifest, runtime_sha256 = wheelhouse_hashes(wheelhouse)
     deps_remote = f"{remote_root}/deps-{wheelhouse.deps_digest}"
     push_files(name=f"Runtime dependency wheels ({len(deps_manifest)})",
                files={name: str(wheelhouse.deps_dir / name) for name in deps_manifest},
@@ -264,5 +308,5 @@ def _push_wheelhouse(wheelhouse: Wheelhouse) -> tuple[str, str]:
     wheel = wheelhouse.runtime_wheel
     runtime_remote = f"{remote_root}/runtime-{wheelhouse.runtime_digest}"
     push_files(name="deepfleet-runtime wheel", files={wheel.name: str(wheel)},
-               manifest={wheel.name: sha256_file(wheel)}, dest_dir=runtime_remote)
+               manifest={wheel.name: runtime_sha256}, dest_dir=runtime_remote)
     return deps_remote, f"{runtime_remote}/{wheel.name}"

@@ -34,10 +34,11 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from deepfleet.digests import sha256_file
-from deepfleet.wheelhouse import MANIFEST, Wheelhouse
+from deepfleet.wheelhouse import Wheelhouse, hashed_requirements
 
 from .common import RoleError, control_path, template
 from .hostos import RuntimePython
+from .offline import wheelhouse_hashes
 from .transfer import push_files
 
 CONTAINER = "deepfleet-runtime"
@@ -73,14 +74,23 @@ def dockerfile(settings: Mapping, base_image: str, gpu: bool, python: RuntimePyt
         state_dir=settings["deepfleet_state_dir"], config_path=config_path)
 
 
-def context_files(wheelhouse: Wheelhouse) -> tuple[dict[str, str], dict[str, str]]:
+def image_requirements(settings: Mapping, wheelhouse: Wheelhouse, hashes: tuple[dict[str, str], str]) -> str:
+    """wheels/requirements.txt of the build context: every wheel pinned to its SHA-256 (pip --require-hashes);
+    `hashes` as roles/offline.wheelhouse_hashes gives them."""
+    deps, runtime_sha256 = hashes
+    return hashed_requirements(deps, f"/tmp/wheels/runtime/{wheelhouse.runtime_wheel.name}", runtime_sha256,
+                               list(settings["runtime_wheel_extras"]))[0]
+
+
+def context_files(wheelhouse: Wheelhouse, hashes: tuple[dict[str, str], str]
+                  ) -> tuple[dict[str, str], dict[str, str]]:
     """The build context's wheels: ({relative path: local path}, {relative path: sha256})."""
-    deps = json.loads((wheelhouse.deps_dir / MANIFEST).read_text())
+    deps, runtime_sha256 = hashes
     local = {f"wheels/deps/{name}": str(wheelhouse.deps_dir / name) for name in deps}
     manifest = {f"wheels/deps/{name}": digest for name, digest in deps.items()}
     runtime_name = f"wheels/runtime/{wheelhouse.runtime_wheel.name}"
     local[runtime_name] = str(wheelhouse.runtime_wheel)
-    manifest[runtime_name] = sha256_file(wheelhouse.runtime_wheel)
+    manifest[runtime_name] = runtime_sha256
     return local, manifest
 
 
@@ -111,11 +121,13 @@ def container_args(settings: Mapping, image: str, config_path: str, models_dir: 
     args = [
         "--detach", "--name", name, "--restart", settings["runtime_container_restart"],
         "--network", "host", "--read-only", "--tmpfs", "/tmp",
-        "--tmpfs", f"{runtime_directory}:rw,nosuid,nodev,noexec,mode=0700",
+        "--tmpfs", f"{runtime_directory}:rw,nosuid,nodev,noexec,mode=0700"
+        + (f",size={settings['runtime_decrypt_tmpfs_size']}" if settings.get("runtime_decrypt_tmpfs_size") else ""),
         "--env", f"RUNTIME_DIRECTORY={runtime_directory}",
         "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "SETUID", "--cap-add", "SETGID",
         "--security-opt", "no-new-privileges", "--shm-size", settings["runtime_container_shm_size"],
         "--ulimit", f"memlock={settings['runtime_container_memlock']}", "--ulimit", "stack=67108864:67108864",
+        "--ulimit", "core=0:0",  # no core dump of the keys or the decrypted weights
         "--volume", f"{config_path}:{config_path}:ro", "--volume", f"{models_dir}:{models_dir}:ro",
         "--volume", f"{keys_dir}:{keys_dir}:ro", "--volume", f"{state_dir}:{state_dir}",
     ]
@@ -217,13 +229,17 @@ def runtime_image(settings: Mapping, gpu: bool, python: RuntimePython | None, wh
         raise RoleError(f"runtime_image_source is {settings['runtime_image_source']!r}; use 'build' or 'tarball'")
     base = settings["runtime_image_base_gpu" if gpu else "runtime_image_base_cpu"]
     text = dockerfile(settings, base, gpu, python, wheelhouse, config_path)
-    local, manifest = context_files(wheelhouse)
+    hashes = wheelhouse_hashes(wheelhouse)
+    local, manifest = context_files(wheelhouse, hashes)
     tag = image_tag(text, manifest)
     context_dir = f"{images_dir}/runtime-{tag.split(':')[1]}"
     push_files(name=f"Runtime image build context: wheels ({len(local)})", files=local, manifest=manifest,
                dest_dir=context_dir)
     files.put(name="Runtime image build context: Dockerfile", src=io.StringIO(text),
               dest=f"{context_dir}/Dockerfile", user="root", group="root", mode="0644")
+    files.put(name="Runtime image build context: hashed requirements", src=io.StringIO(image_requirements(
+              settings, wheelhouse, hashes)), dest=f"{context_dir}/wheels/requirements.txt", user="root", group="root",
+              mode="0644")
     build_image(name=f"Build runtime image {tag} (on {base})", context_dir=context_dir, tag=tag)
     return tag
 

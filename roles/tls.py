@@ -21,6 +21,7 @@ from pyinfra.operations import files
 from deepfleet.pki import ca_paths, ensure_client_cert, ensure_server_cert
 
 from .common import control_path, tls_dir
+from .topology import runs_gateway
 from .transfer import secret_file
 
 _LOOPBACK_NAMES = ["localhost", "127.0.0.1"]  # so the deploy's own readiness checks verify the cert
@@ -28,10 +29,11 @@ _LOOPBACK_NAMES = ["localhost", "127.0.0.1"]  # so the deploy's own readiness ch
 _pushed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def server_names(settings: Mapping, host_name: str) -> list[str]:
+def server_names(settings: Mapping, host_name: str, faces_clients: bool) -> list[str]:
     """The names the host's certificate covers: its inventory name, SSH address, runtime address,
-    extra names."""
-    names = [host_name, *settings["gateway_server_names"], *_LOOPBACK_NAMES]
+    and, only on a host that runs a gateway (`faces_clients`), the names clients use
+    (gateway_server_names): a GPU node's certificate must not be good for the hospital's endpoint."""
+    names = [host_name, *(settings["gateway_server_names"] if faces_clients else []), *_LOOPBACK_NAMES]
     for key in ("ssh_hostname", "runtime_address"):
         if settings.get(key):
             names.append(settings[key])
@@ -58,7 +60,7 @@ def host_certificates(settings: Mapping, client: bool = False) -> list[Operation
         if kind in pushed:
             continue
         if kind == "server":
-            pair, _ = ensure_server_cert(pki_dir, host.name, server_names(settings, host.name))
+            pair, _ = ensure_server_cert(pki_dir, host.name, server_names(settings, host.name, runs_gateway(host)))
         else:
             pair, _ = ensure_client_cert(pki_dir, host.name)
         label = "TLS server" if kind == "server" else "TLS client (mutual TLS)"

@@ -108,9 +108,11 @@ def fleet_upstreams(gateway: Host) -> list[dict]:
 
 
 # Settings the fleet workflows (deepfleet rollout, deepfleet status) read about each host.
-WORKFLOW_SETTINGS = ("deepfleet_home", "gateway_admin_socket", "model_name", "runtime_port",
-                     "runtime_ready_timeout_s", "rollout_drain_timeout_s", "rollout_healthy_timeout_s",
-                     "rollout_smoke_prompt", "rollout_smoke_max_tokens")
+WORKFLOW_SETTINGS = ("deepfleet_home", "deepfleet_config_dir", "gateway_admin_socket", "model_name",
+                     "runtime_port", "runtime_ready_timeout_s", "rollout_drain_timeout_s", "rollout_healthy_timeout_s",
+                     "rollout_smoke_prompt", "rollout_smoke_max_tokens", "rollout_bake_max_error_percent",
+                     "rollout_bake_latency_factor", "rollout_bake_min_requests", "gateway_state_dir",
+                     "gateway_audit_dir", "gateway_pki_dir", "gateway_audit_signing")
 
 
 def describe(host: Host) -> dict:
@@ -127,5 +129,6 @@ def describe(host: Host) -> dict:
         "holds_model": holds_model(host),
         "ray_workers": [name for name in members if name != host.name] if runs_runtime(host) else [],
         "sudo": bool(host.data.get("_sudo")),
-        "settings": {key: setting(host, key) for key in WORKFLOW_SETTINGS},
+        "settings": {**{key: setting(host, key) for key in WORKFLOW_SETTINGS},
+                     "runtime_url": replica_url(host) if runs_runtime(host) else None},
     }

@@ -96,6 +96,38 @@ def secret_file(src: str, dest: str, user: str = "root", group: str = "root", mo
         host.noop(f"{dest} is up to date")
 
 
+@operation()
+def sealed_secret(src: str, dest: str, credential: str):
+    """
+    Upload a secret and store it on the host only sealed with systemd's encrypted credentials
+    (`systemd-creds encrypt`: the host's TPM2 where one exists, else its credential secret); the
+    plaintext passes through a fresh private directory in memory (/dev/shm) and is removed at once.
+
+    + src: local path
+    + dest: remote path of the sealed file (root 0400); kept when it exists (its name says what it holds)
+    + credential: the name sealed into it (systemd-creds refuses to decrypt it under another)
+
+    .. code:: python
+
+        sealed_secret(src="model-keys/model-kek-ab12.key", dest="/etc/deepfleet/keys/model-kek-ab12.cred",
+                      credential="model-kek-ab12.key")
+    """
+    if host.get_fact(File, path=dest):
+        host.noop(f"{dest} is sealed on the host")
+        return
+    # memory, unguessable, not pre-creatable; pyinfra's @docker connector copies files with `docker cp`,
+    # which cannot write into a tmpfs mount, so there the staging directory is on /tmp (test hosts only)
+    memory = "/tmp" if host.connector_cls.__name__ == "DockerConnector" else "/dev/shm"
+    staging = f"{memory}/deepfleet-secret-{secrets.token_hex(8)}"
+    partial = f"{dest}.partial"
+    yield StringCommand("mkdir", "-m", "0700", staging, _sudo=False)
+    yield FileUploadCommand(src, f"{staging}/plain", remote_temp_filename=f"{staging}/upload")
+    yield StringCommand("systemd-creds", "encrypt", f"--name={credential}", QuoteString(f"{staging}/plain"),
+                        QuoteString(partial), ";", "status=$?;", "rm", "-rf", QuoteString(staging), ";",
+                        "[ $status = 0 ]", "&&", "chmod", "0400", QuoteString(partial), "&&", "mv", "-f",
+                        QuoteString(partial), QuoteString(dest))
+
+
 @dataclass(frozen=True)
 class PartialUpload:
     """A file to send, of which the host may already hold the first `offset` bytes."""

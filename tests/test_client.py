@@ -89,3 +89,25 @@ def test_deepfleet_chat_command(site, tmp_path, capsys, monkeypatch):
     assert deepfleet_cli(["chat", "Hello", "--base-url", f"{site.url}/v1", "--ca-cert", str(site.pki.ca),
                           "--stream", "--max-tokens", "4", "--temperature", "0"]) == 0
     assert capsys.readouterr().out == greedy + "\n"
+
+
+def test_with_several_gateways_an_unreachable_one_is_left_at_once_for_the_next(site, tmp_path):
+    waits = []
+    dead = f"https://127.0.0.1:{free_port()}/v1"
+    with GatewayClient([dead, f"{site.url}/v1"], site.keys["tester"], site.pki.ca, "tiny",
+                       sleep=waits.append) as client:
+        assert isinstance(client.chat("Hi", max_tokens=2), str)
+        assert "".join(client.chat_stream("Hi", max_tokens=2)) is not None
+        assert client.base_url == f"{site.url}/v1"  # it stays with the one that answered
+    assert waits == []  # failing over needs no backoff; only a round of all gateways failing does
+
+
+def test_a_connection_file_may_name_several_gateways_and_all_down_backs_off_per_round(tmp_path):
+    path = tmp_path / "connection.json"
+    urls = [f"https://127.0.0.1:{free_port()}/v1", f"https://127.0.0.1:{free_port()}/v1"]
+    path.write_text(json.dumps({"base_urls": urls, "api_key": "dfk-x", "model": "m"}))
+    waits = []
+    with GatewayClient.from_connection(path, max_retries=2, sleep=waits.append) as client:
+        with pytest.raises(GatewayError, match="gave up after 3 rounds of 2 gateways; last: cannot reach"):
+            client.chat("hi")
+    assert len(waits) == 2

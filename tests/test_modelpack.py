@@ -89,3 +89,14 @@ def test_an_encrypted_release_as_model_source_must_match_the_model_name(model, k
     assert ensure_release(tmp_path / "r", "m", keys, tmp_path / "cache") == tmp_path / "r"
     with pytest.raises(ValueError, match="set model_name to 'm'"):
         ensure_release(tmp_path / "r", "other", keys, tmp_path / "cache")
+
+
+def test_each_new_release_of_a_model_gets_the_next_number(tiny_model_dir, tmp_path):
+    from deepfleet.modelkeys import create_model_keys
+    from deepfleet.modelpack import encrypt_model
+
+    keys, _ = create_model_keys(tmp_path / "keys")
+    first = encrypt_model(tiny_model_dir, tmp_path / "one", "tiny", keys, log=lambda _: None)
+    second = encrypt_model(tiny_model_dir, tmp_path / "two", "tiny", keys, log=lambda _: None)
+    other = encrypt_model(tiny_model_dir, tmp_path / "three", "other", keys, log=lambda _: None)
+    assert (first.sequence, second.sequence, other.sequence) == (1, 2, 1)

@@ -42,3 +42,17 @@ def test_cached_hashes_are_used_while_size_and_mtime_match(tmp_path):
 def test_a_directory_without_config_is_not_a_model(tmp_path):
     with pytest.raises(ModelSourceError, match="tiny-model"):
         local_manifest(tmp_path, tmp_path / "cache")
+
+
+def test_a_directory_holding_one_gguf_file_is_a_model(tmp_path):
+    model = tmp_path / "gguf"
+    model.mkdir()
+    (model / "model-q4_0.gguf").write_bytes(b"GGUF weights")
+    assert list(local_manifest(model, tmp_path / "cache")) == ["model-q4_0.gguf"]
+
+
+def test_a_directory_of_several_gguf_files_and_no_config_is_refused_with_the_count(tmp_path):
+    for name in ("a-q4_0.gguf", "a-q8_0.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    with pytest.raises(ModelSourceError, match="holds 2 .gguf files; the llamacpp engine serves exactly one"):
+        local_manifest(tmp_path, tmp_path / "cache")

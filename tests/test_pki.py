@@ -103,3 +103,14 @@ def test_audit_signing_key_is_ed25519_and_kept(tmp_path):
     assert isinstance(public, ed25519.Ed25519PublicKey)
     before = pair.key.read_bytes()
     assert ensure_audit_signing_key(tmp_path / "pki", "h1").key.read_bytes() == before
+
+
+def test_the_ca_key_is_sealed_with_a_passphrase_when_one_is_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPFLEET_KEY_PASSPHRASE", "correct horse battery staple")
+    paths, _ = init_ca(tmp_path / "pki")
+    assert "ENCRYPTED PRIVATE KEY" in paths.key.read_text()
+    pair, _ = ensure_server_cert(tmp_path / "pki", "h1", ["h1"])
+    assert "ENCRYPTED" not in pair.key.read_text()  # a host's own key is pushed to it, unencrypted
+    monkeypatch.delenv("DEEPFLEET_KEY_PASSPHRASE")
+    with pytest.raises(PkiError, match="passphrase-protected.*DEEPFLEET_KEY_PASSPHRASE"):
+        ensure_server_cert(tmp_path / "pki", "h2", ["h2"])

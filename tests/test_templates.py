@@ -78,8 +78,11 @@ def test_gateway_yaml_is_a_valid_gateway_config_pointing_at_the_runtime():
     assert str(config.tls.key) == "/etc/df/tls/server.key"
     assert str(config.api_keys_file) == "/etc/df/api_keys.json"
     assert (config.limits.max_tokens, config.limits.default_rpm) == (77, 5)
-    assert str(config.audit.dir) == "/var/lib/deepfleet/audit" and config.audit.checkpoint_key is None
+    assert str(config.audit.dir) == "/var/lib/deepfleet-gateway/audit"
+    assert str(config.audit.checkpoint_key) == "/etc/df/tls/audit-signing.key"  # signed by default
     assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9464)
+    assert config.connections.max_per_client == DEFAULTS["gateway_max_connections_per_client"]
+    assert config.connections.max_header_bytes == DEFAULTS["gateway_max_header_bytes"]
 
 
 def test_gateway_yaml_with_remote_replicas_uses_mutual_tls_and_signing():
@@ -99,23 +102,34 @@ def test_a_malformed_upstream_setting_names_the_fix():
         gateway_yaml_context({**DEFAULTS, "gateway_upstreams": ["10.0.0.12"]}, "gpu1")
 
 
+def test_the_ray_unit_writes_no_core_and_no_swap_either():
+    unit = _unit(_render("systemd/deepfleet-ray.service.j2", role="head", model_name="m", service_user="svc",
+                         service_group="svc", node_ip="10.0.0.1", network_interface="", exec_start="/bin/true",
+                         ray="/srv/ray", state_dir="/var/lib/df"))["Service"]
+    assert (unit["LimitCORE"], unit["MemorySwapMax"]) == ("0", "0")
+
+
 def test_units_run_the_runtime_as_the_service_user_with_hardening():
     settings = {**DEFAULTS, "deepfleet_user": "svc", "deepfleet_home": "/srv/df"}
     for name, command in (("deepfleet-runtime", "serve"), ("deepfleet-gateway", "gateway")):
         unit = _unit(_render(f"systemd/{name}.service.j2", audit_dir="/var/lib/deepfleet/audit",
-                             **unit_context(settings, "/etc/x.yaml")))
+                             limit_nofile=settings["gateway_limit_nofile"], **unit_context(settings, "/etc/x.yaml")))
         service = unit["Service"]
         assert service["User"] == "svc"
         assert service["ExecStart"] == f"/srv/df/venv/bin/deepfleet-runtime {command} --config /etc/x.yaml"
         assert service["NoNewPrivileges"] == "yes"
         assert service["ProtectSystem"] == "strict"
         assert unit["Install"]["WantedBy"] == "multi-user.target"
+        # keys, weights and prompts reach neither a core dump nor swap (docs/model-format.md)
+        assert (service["LimitCORE"], service["MemorySwapMax"]) == ("0", "0"), name
+    assert unit["Service"]["LimitNOFILE"] == "65536"  # the gateway's: a descriptor per client connection
 
 
 def test_certificate_names_cover_the_host_its_address_and_extra_names():
     settings = {**DEFAULTS, "gateway_server_names": ["llm.hospital.internal"], "ssh_hostname": "10.1.2.3"}
-    assert server_names(settings, "gpu1") == sorted(
-        ["gpu1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
+    assert server_names(settings, "gw1", faces_clients=True) == sorted(
+        ["gw1", "llm.hospital.internal", "10.1.2.3", "localhost", "127.0.0.1"])
+    assert server_names(settings, "gpu1", faces_clients=False) == sorted(["gpu1", "10.1.2.3", "localhost", "127.0.0.1"])
 
 
 def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
@@ -125,6 +139,37 @@ def test_the_runtime_reads_model_keys_from_the_private_copy_its_unit_makes():
                           "runtime.yaml")
     assert (unit["RuntimeDirectory"], unit["RuntimeDirectoryMode"]) == ("deepfleet-runtime", "0700")
     assert str(config.model.keys_dir) == "/run/deepfleet-runtime/keys"
-    assert unit["ExecStartPre"] == (
-        "+/bin/sh -c 'install -d -o svc -g svcg -m 0700 /run/deepfleet-runtime/keys && "
-        "install -o svc -g svcg -m 0400 /etc/df/keys/* /run/deepfleet-runtime/keys/'")
+    assert unit["ExecStartPre"] == ("+/opt/deepfleet/venv/bin/deepfleet-runtime model unseal-keys --keys-dir "
+                                    "/etc/df/keys --to /run/deepfleet-runtime/keys --user svc")
+
+
+def test_runtime_yaml_passes_vllm_extra_args_llamacpp_batch_and_cpu_kv_budget():
+    settings = {**DEFAULTS, "runtime_vllm_extra_args": ["--enable-prefix-caching", "--max-num-seqs", "64"],
+                "runtime_llamacpp_n_batch": 128, "runtime_cpu_kv_cache_bytes": 1 << 30,
+                "runtime_decrypt_tmpfs_size": "200G"}
+    context = runtime_yaml_context(settings, "/m")
+    assert "decrypt_tmpfs_size" not in context  # how the unit is run, not runtime.yaml
+    config = from_mapping(RuntimeConfig, yaml.safe_load(_render("runtime.yaml.j2", **context)), "runtime.yaml")
+    assert config.vllm.extra_args == ["--enable-prefix-caching", "--max-num-seqs", "64"]
+    assert (config.llamacpp.n_batch, config.memory.cpu_kv_cache_bytes) == (128, 1 << 30)
+
+
+def test_gateway_routing_setting_becomes_the_routing_section():
+    settings = {**DEFAULTS, "gateway_routing": {"health_interval_s": 0.5, "wait_for_replica_s": 30}}
+    text = _render("gateway.yaml.j2", **gateway_yaml_context(settings, "gw1"))
+    config = from_mapping(GatewayConfig, yaml.safe_load(text), "gateway.yaml")
+    assert (config.routing.health_interval_s, config.routing.wait_for_replica_s) == (0.5, 30.0)
+    defaults = from_mapping(GatewayConfig, yaml.safe_load(_render("gateway.yaml.j2", **gateway_yaml_context(DEFAULTS, "gw1"))),
+                            "gateway.yaml")
+    assert defaults.routing.health_interval_s == 2.0
+
+
+def test_runtime_unit_gives_the_decrypted_release_a_sized_tmpfs_of_its_own_only_when_asked():
+    unit = _unit(_render("systemd/deepfleet-runtime.service.j2",
+                         **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/etc/deepfleet/runtime.yaml")))
+    service = unit["Service"]
+    assert service["TemporaryFileSystem"] == "/run/deepfleet-decrypted:size=200G,mode=1777,nosuid,nodev,noexec"
+    assert "Environment=DEEPFLEET_DECRYPT_DIR=/run/deepfleet-decrypted" in _render(
+        "systemd/deepfleet-runtime.service.j2", **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/c"))
+    plain = _render("systemd/deepfleet-runtime.service.j2", **unit_context(DEFAULTS, "/etc/deepfleet/runtime.yaml"))
+    assert "TemporaryFileSystem" not in plain and "DEEPFLEET_DECRYPT_DIR" not in plain

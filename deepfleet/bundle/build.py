@@ -29,7 +29,8 @@ from deepfleet_runtime.modelstore.release import MANIFEST_FILE as MODEL_MANIFEST
 from ..modelkeys import load_model_keys
 from ..modelpack import ensure_release
 from . import debs, images, wheels
-from .lock import LOCK_FILE, LockError, check_covers, created_at, load_lock, lock_text, new_lock
+from .lock import (LOCK_FILE, LockError, check_covers, created_at, expires_at, load_lock, locked_os, lock_text,
+                   new_lock, os_entry)
 from .manifest import BundleError, write_manifest
 from .signing import PUBLIC_KEY_FILE, ensure_signer
 from .spec import BundleSpec
@@ -56,18 +57,20 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
     lock = new_lock()
     if pinned:
         lock["created"] = pinned["created"]
+        lock["valid_days"] = pinned.get("valid_days", lock["valid_days"])
     out.parent.mkdir(parents=True, exist_ok=True)
     signer = ensure_signer(signer_dir, log)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         when = created_at(lock)
         for target in spec.os_targets:
-            entry = (pinned or {}).get("os", {}).get(target.key)
-            resolved = entry["debs"] if entry else debs.resolve_closure(target, log)
-            fetched = debs.fetch_debs(resolved, cache / "bundle-debs" / target.key, log)
-            debs.write_apt_repo(scratch / "apt" / target.key, fetched, signer, when, copy_file)
-            lock["os"][target.key] = {"packages": sorted(target.packages), "resolver_image": target.resolver_image,
-                                      "debs": resolved}
+            entry = locked_os(pinned, target, log) if pinned else None
+            if entry is None:
+                resolved, image_id = debs.resolve_closure(target, log)
+                entry = os_entry(target, resolved, target.resolver_image, image_id)
+            fetched = debs.fetch_debs(entry["debs"], cache / "bundle-debs" / target.key, log)
+            debs.write_apt_repo(scratch / "apt" / target.key, fetched, signer, when, copy_file, expires_at(lock))
+            lock["os"][target.key] = entry
         for target in spec.wheels:
             entry, deps_dir, runtime_wheel = wheels.build_for(
                 target, cache, runtime_src, (pinned or {}).get("wheelhouses", {}).get(target.key), log)
@@ -83,7 +86,7 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
                                                       (pinned or {}).get("models", {}).get(model.name), log)
         (scratch / LOCK_FILE).write_text(lock_text(lock))
         copy_file(signer.public_key_path, scratch / PUBLIC_KEY_FILE)
-        manifest = write_manifest(scratch, lock["created"], signer, when, log)
+        manifest = write_manifest(scratch, lock["created"], signer, when, log, expires_at(lock))
         check_against_lock(scratch, manifest["files"], lock)
         os.chmod(scratch, 0o755)
         os.rename(scratch, out)

@@ -7,7 +7,9 @@ Resolution runs the target OS's own apt (measured recipe: ../shared/notes/test-h
     apt-get download --print-uris                    (URL, size and SHA-256 of each, from signed indexes)
 Fetching needs no package manager: each URL is downloaded on the build machine and its SHA-256
 compared with what the signed index said, then cached by file name.
-RHEL-family targets are not built yet: `resolve_closure` says what would run and stops.
+The container runs the resolver image only as pinned (`name@sha256:<digest or image ID>`, resolver.py),
+started by the image ID that was checked. RHEL-family targets are not built yet: `resolve_closure`
+says what would run and stops.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from ..digests import sha256_file
+from ..pgpkeys import PinError, check_pinned
 from ..progress import byte_progress
+from .resolver import ResolverImageError, check_resolver_image
 from .signing import BundleSigner
 from .spec import OsTarget
 
@@ -38,9 +42,9 @@ class PackageError(RuntimeError):
     """Packages could not be resolved or fetched; the message names the target, the step and the fix."""
 
 
-def resolve_closure(target: OsTarget, log=print) -> list[dict]:
-    """[{"file", "url", "size", "sha256"}] of every package `target.packages` need, resolved by the
-    target OS's package manager in a container of that OS (`target.resolver_image`)."""
+def resolve_closure(target: OsTarget, log=print) -> tuple[list[dict], str]:
+    """([{"file", "url", "size", "sha256"}] of every package `target.packages` need, the image ID it ran),
+    resolved by the target OS's package manager in a container of that OS (`target.resolver_image`)."""
     if target.family != "debian":
         raise PackageError(
             f"{target.key}: bundles carry apt repositories only so far. For this target a build would run, in a "
@@ -51,11 +55,17 @@ def resolve_closure(target: OsTarget, log=print) -> list[dict]:
         raise PackageError(
             f"{target.key}: resolving packages for {target.machine} needs a {target.machine} container of that OS, "
             f"and this machine is {os.uname().machine}; build the bundle on a {target.machine} machine")
+    if not shutil.which("docker"):
+        raise PackageError("docker is not installed: resolving packages runs the target OS's apt in a container")
+    try:
+        image_id = check_resolver_image(target.resolver_image, target.key)
+    except ResolverImageError as exc:
+        raise PackageError(str(exc)) from None
     log(f"resolving {len(target.packages)} packages and their dependencies for {target.key} in a "
-        f"{target.resolver_image} container")
+        f"{target.resolver_image} container (image ID {image_id})")
     with tempfile.TemporaryDirectory(prefix="deepfleet-resolve-") as scratch:
         _stage_sources(target, Path(scratch))
-        container = _start_resolver(target, Path(scratch))
+        container = _start_resolver(target, image_id, Path(scratch))
         try:
             _exec(container, target, "mkdir -p /etc/apt/keyrings && cp -r "
                   f"{_MOUNT}/keyrings/. /etc/apt/keyrings/ && cp -r {_MOUNT}/sources/. /etc/apt/sources.list.d/ "
@@ -69,7 +79,7 @@ def resolve_closure(target: OsTarget, log=print) -> list[dict]:
                          "apt-get download --print-uris")
         finally:
             subprocess.run(["docker", "rm", "--force", container], capture_output=True)
-    return sorted(_parse_uris(uris), key=lambda deb: deb["file"])
+    return sorted(_parse_uris(uris), key=lambda deb: deb["file"]), image_id
 
 
 def _stage_sources(target: OsTarget, scratch: Path) -> None:
@@ -81,27 +91,21 @@ def _stage_sources(target: OsTarget, scratch: Path) -> None:
         if source.key_url:
             try:
                 with urllib.request.urlopen(source.key_url, timeout=30) as response:
-                    (scratch / "keyrings" / f"deepfleet-{source.name}.asc").write_bytes(response.read())
+                    key = response.read()
+                check_pinned(key, source.key_fingerprints, source.key_url)
+                (scratch / "keyrings" / f"deepfleet-{source.name}.asc").write_bytes(key)
+            except PinError as exc:
+                raise PackageError(f"{target.key}: {exc}") from None
             except (urllib.error.URLError, OSError) as exc:
                 raise PackageError(f"{target.key}: cannot fetch the signing key of the {source.title} from "
                                    f"{source.key_url} ({exc}); build the bundle on a machine that reaches it, "
                                    "or point the role's *_repo_base_url setting at a mirror") from None
 
 
-def _start_resolver(target: OsTarget, scratch: Path) -> str:
-    if not shutil.which("docker"):
-        raise PackageError("docker is not installed: resolving packages runs the target OS's apt in a container")
-    present = subprocess.run(["docker", "image", "inspect", target.resolver_image], capture_output=True)
-    if present.returncode != 0:
-        pulled = subprocess.run(["docker", "pull", "--quiet", target.resolver_image], capture_output=True, text=True)
-        if pulled.returncode != 0:
-            raise PackageError(
-                f"{target.key}: no container image {target.resolver_image} here and `docker pull` failed "
-                f"({pulled.stderr.strip()[-300:]}). Resolving needs that OS's own apt; pull or build an image of it "
-                "(or name another in bundle_resolver_images). In it the build runs: apt-get update; "
-                f"apt-cache depends --recurse --no-recommends {' '.join(target.packages)}; apt-get download --print-uris")
+def _start_resolver(target: OsTarget, image_id: str, scratch: Path) -> str:
+    """A container of the checked image, by its ID (a tag moved since the check changes nothing)."""
     started = subprocess.run(["docker", "run", "--detach", "--rm", "--label", "deepfleet.bundle-resolver=1",
-                              "--volume", f"{scratch}:{_MOUNT}:ro", "--entrypoint", "sleep", target.resolver_image,
+                              "--volume", f"{scratch}:{_MOUNT}:ro", "--entrypoint", "sleep", image_id,
                               "infinity"], capture_output=True, text=True)
     if started.returncode != 0:
         raise PackageError(f"{target.key}: starting a {target.resolver_image} container failed: "
@@ -167,10 +171,11 @@ def _download(deb: dict, cache: Path, advance) -> Path:
     return partial.rename(cache / deb["file"])
 
 
-def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock_time, link) -> None:
+def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock_time, link, valid_until) -> None:
     """A flat apt repository in `repo`: pool/*.deb, Packages(.gz), Release signed as InRelease and Release.gpg.
 
-    Every byte follows from the .debs and the lock's time, so the same lock gives the same repository.
+    Every byte follows from the .debs and the lock's times, so the same lock gives the same repository.
+    Release carries `Valid-Until`: apt refuses the repository after it (no replay of an old one).
     """
     pool = repo / "pool"
     pool.mkdir(parents=True)
@@ -185,7 +190,7 @@ def write_apt_repo(repo: Path, debs: dict[str, Path], signer: BundleSigner, lock
     (repo / "Packages").write_text(scan.stdout)
     (repo / "Packages.gz").write_bytes(gzip.compress(scan.stdout.encode(), mtime=0))
     lines = ["Origin: deepfleet", "Label: deepfleet bundle", f"Date: {format_datetime(lock_time, usegmt=True)}",
-             "SHA256:"]
+             f"Valid-Until: {format_datetime(valid_until, usegmt=True)}", "SHA256:"]
     for name in ("Packages", "Packages.gz"):
         data = (repo / name).read_bytes()
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")

@@ -119,22 +119,32 @@ def dearmor(armored: str) -> bytes:
 def verify_detached(data: Path, signature: Path, trusted_key: Path) -> str:
     """Check `signature` over `data` with the one trusted public key; returns the signer's fingerprint.
     SigningError naming the file when it does not verify (or is signed by another key)."""
+    return verify_detached_bytes(Path(data).read_bytes(), Path(signature).read_bytes(), trusted_key,
+                                 Path(data).name, Path(signature).name)
+
+
+def verify_detached_bytes(data: bytes, signature: bytes, trusted_key: Path, data_name: str,
+                          signature_name: str) -> str:
+    """`verify_detached` over bytes already in memory: gpgv checks a private copy of exactly these
+    bytes, so what the caller then parses is what was verified, whatever happens on disk meanwhile."""
     _require("gpgv", "gpgv")
     if not Path(trusted_key).is_file():
         raise SigningError(f"the trusted bundle key {trusted_key} does not exist; copy the signer's "
                            f"{PUBLIC_KEY_FILE} there (from the build machine's <state>/bundle-keys/)")
     with tempfile.TemporaryDirectory(prefix="deepfleet-gpgv-") as scratch:
-        keyring = Path(scratch) / "trusted.gpg"
+        keyring, data_copy, signature_copy = (Path(scratch) / name for name in ("trusted.gpg", "data", "data.asc"))
         try:
             keyring.write_bytes(dearmor(Path(trusted_key).read_text()))
         except SigningError as exc:
             raise SigningError(f"the trusted key {trusted_key} is {exc}") from None
-        result = subprocess.run(["gpgv", "--status-fd", "1", "--keyring", str(keyring), str(signature), str(data)],
-                                capture_output=True, text=True)
+        data_copy.write_bytes(data)
+        signature_copy.write_bytes(signature)
+        result = subprocess.run(["gpgv", "--status-fd", "1", "--keyring", str(keyring), str(signature_copy),
+                                 str(data_copy)], capture_output=True, text=True)
     valid = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("[GNUPG:] VALIDSIG")]
     if result.returncode != 0 or not valid:
         reason = "it is signed by another key" if "NO_PUBKEY" in result.stdout else "the signature does not match"
-        raise SigningError(f"{data.name}: signature {signature.name} does not verify with the trusted key "
+        raise SigningError(f"{data_name}: signature {signature_name} does not verify with the trusted key "
                            f"{trusted_key} ({reason}); the bundle was changed or signed by someone else")
     return valid[0]
 

@@ -17,6 +17,7 @@ class AptSource:
     title: str
     key_url: str  # "" when `keyring` ships with the OS
     apt_list: str  # the sources.list.d content, signed-by already in it
+    key_fingerprints: tuple[str, ...] = ()  # the key is refused without one of these (deepfleet.pgpkeys)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class OsTarget:
     family: str  # "debian" (apt) or "rhel" (dnf)
     machine: str  # "x86_64", "aarch64"
     deb_arch: str  # "amd64", "arm64"
-    resolver_image: str  # a container image of this OS, where its package manager resolves the closure
+    resolver_image: str  # a container image of this OS, pinned: name@sha256:<registry digest or image ID>
     packages: tuple[str, ...] = ()  # names, or name=version pins
     sources: tuple[AptSource, ...] = ()
 

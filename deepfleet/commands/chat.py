@@ -10,8 +10,9 @@ def register(commands) -> None:
     parser = commands.add_parser("chat", help="ask the endpoint one question (honours Retry-After, backs off)")
     parser.add_argument("prompt")
     parser.add_argument("--connection", type=Path, default=None,
-                        help="connection file {base_url, ca_cert, api_key, model}; default: the demo's")
-    parser.add_argument("--base-url", help="e.g. https://gpu1:8443/v1 (the key then comes from DEEPFLEET_API_KEY)")
+                        help="connection file {base_url or base_urls, ca_cert, api_key, model}; default: the demo's")
+    parser.add_argument("--base-url", help="e.g. https://gw1:8443/v1, or several gateways comma-separated "
+                        "(failed over in order; the key then comes from DEEPFLEET_API_KEY)")
     parser.add_argument("--ca-cert", type=Path, help="CA bundle for --base-url (default: <state>/pki/ca.crt)")
     parser.add_argument("--model", help="default: the connection's, else the first the endpoint lists")
     parser.add_argument("--max-tokens", type=int)

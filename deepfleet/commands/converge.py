@@ -1,4 +1,5 @@
-"""`deepfleet plan INVENTORY` (what would change, with diffs) and `deepfleet up INVENTORY` (converge).
+"""`deepfleet plan INVENTORY` (what would change, with diffs) and `deepfleet up INVENTORY` (converge;
+it locks the hosts against a rollout or rollback meanwhile, deepfleet/hostlock.py).
 
 Exit codes of `plan`: 0 nothing would change, 2 changes are pending, 1 the plan failed.
 Both stay thin over pyinfra: `pyinfra INVENTORY deploys/site.py --dry --diff` shows the same.
@@ -57,10 +58,22 @@ def plan_command(args) -> int:
 
 
 def up_command(args) -> int:
+    from .. import hostlock
     from ..deployrun import run_deploy
+    from ..fleet import FleetError, describe_fleet
 
+    try:
+        hosts = list(describe_fleet(args.inventory.resolve()).hosts.values())
+    except FleetError as exc:
+        log(f"the hosts are not locked against a rollout or rollback: {exc}")
+        hosts = []
     log(f"converging {args.inventory}")
-    result = run_deploy(args.inventory.resolve(), limit=tuple(args.limit))
+    try:
+        with hostlock.locked(hosts, "up", str(args.inventory)):
+            result = run_deploy(args.inventory.resolve(), limit=tuple(args.limit))
+    except hostlock.HostLocked as exc:
+        print(f"deepfleet: up refused, nothing was changed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     hosts = sorted({host for hosts in result.changed_by_operation.values() for host in hosts})
     print(f"{result.changed} change(s) on {len(hosts)} host(s)" + (f": {', '.join(hosts)}" if hosts else ""))
     if result.failed_hosts:

@@ -40,6 +40,11 @@ def register(commands) -> None:
                         help="releases to re-wrap besides those in the deploy cache")
     _keys_dir(rewrap)
     rewrap.set_defaults(func=keys_rewrap_command)
+    export = keys_sub.add_parser("export-verify", help="copy the keys without the signing key (for a site that "
+                                                        "deploys releases but never signs them)")
+    export.add_argument("dest", type=Path, metavar="DEST_DIR")
+    _keys_dir(export)
+    export.set_defaults(func=keys_export_command)
     show = keys_sub.add_parser("list", help="key ids (never key material)")
     _keys_dir(show)
     show.set_defaults(func=keys_list_command)
@@ -83,6 +88,15 @@ def keys_create_command(args) -> int:
     verb = "created" if created else "kept the existing"
     print(f"{verb} model keys in {keys.path}: KEK {keys.current_kek_id()}, signing key {keys.signing_key_id()} "
           "(back this directory up: releases cannot be opened without it)")
+    return 0
+
+
+def keys_export_command(args) -> int:
+    from ..modelkeys import export_verify_only
+
+    site = export_verify_only(_load(args), args.dest)
+    print(f"verify-only model keys in {site.path} (KEKs and the verify key, no signing key): carry them to "
+          "the site as model_keys_dir; they open the model, so keep them as secret as the original")
     return 0
 
 

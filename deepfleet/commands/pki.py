@@ -13,6 +13,12 @@ def register(commands) -> None:
     pki = commands.add_parser("pki", help="the fleet's internal certificate authority")
     sub = pki.add_subparsers(dest="pki_command", required=True)
     init = sub.add_parser("init", parents=[common], help="create the CA (its key stays on this machine)")
+    init.add_argument("--permit", action="append", default=[], metavar="NAME|NETWORK",
+                      help="constrain the CA (X.509 NameConstraints, critical) to this DNS name and the names below "
+                           "it, or this IP address/network; repeat for more. Clients then refuse any certificate "
+                           "it signs for other names. localhost and 127.0.0.1 are always permitted. Default: no "
+                           "constraints (the fleet's names are often not known yet); they cannot be added later "
+                           "without a new CA")
     init.set_defaults(func=init_command)
     listing = sub.add_parser("list", parents=[common], help="the CA and every certificate it issued, with days left")
     listing.set_defaults(func=list_command)
@@ -25,10 +31,19 @@ def _pki_dir(args) -> Path:
 
 
 def init_command(args) -> int:
-    from ..pki import init_ca
+    from ..pki import PkiError, init_ca, name_constraints
 
-    paths, created = init_ca(_pki_dir(args))
+    try:
+        paths, created = init_ca(_pki_dir(args), permitted=args.permit)
+    except PkiError as exc:
+        print(f"deepfleet pki init: {exc}")
+        return 2
     print(f"{'created' if created else 'kept the existing'} CA: {paths.cert} (key: {paths.key}, mode 0600)")
+    permitted = name_constraints(paths.cert)
+    if not created and args.permit and permitted is None:
+        print("  it has no name constraints, and --permit does not change an existing CA: move it away and run "
+              "init again to make a constrained one (every host's certificate is then reissued at the next deploy)")
+    print(f"  names it can certify: {', '.join(permitted) if permitted is not None else 'any (no NameConstraints)'}")
     return 0
 
 
@@ -43,4 +58,6 @@ def list_command(args) -> int:
         renewable = row["path"].startswith("hosts/") and row["days_left"] < RENEW_BEFORE.days
         due = "  (renewed at the next deploy)" if renewable else ""
         print(f"{row['path']:<32} {row['days_left']:>5} days left  {', '.join(row['names']) or row['subject']}{due}")
+        if "permitted" in row:
+            print(f"{'':<32}   permits only {', '.join(row['permitted'])}")
     return 0

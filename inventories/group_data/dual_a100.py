@@ -29,8 +29,9 @@ runtime_quantization_method = "awq"
 runtime_device = "cuda"
 runtime_dtype = "float16"
 runtime_wheel_extras = ["vllm"]
-runtime_max_prompt_tokens = 4096
-runtime_max_tokens = 2048
+# deepseek-llm-67b has a 4,096-token context: a prompt and its answer share it (vLLM's max_model_len)
+runtime_max_prompt_tokens = 3072
+runtime_max_tokens = 1024
 runtime_container_shm_size = "32g"  # vLLM's tensor-parallel workers talk through /dev/shm
 
 # --- gateway -----------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ firewall_ssh_sources = ["10.0.9.0/24"]  # where `deepfleet` runs from
 firewall_gateway_sources = ["10.20.0.0/16"]  # the clients
 
 # --- GPU platform (on the GPU nodes; the gateways have no NVIDIA device and skip it) ----------------
-nvidia_driver_branch = "570"
+nvidia_driver_branch = "580"  # the runtime's CUDA wheels (torch for CUDA 13.0) need 580+
 nvidia_driver_open_kernel_modules = True
-cuda_version = "12.8"
+cuda_version = "13.0"
 cuda_repo_base_url = "https://developer.download.nvidia.com/compute/cuda/repos"  # or your mirror
 docker_enabled = False  # the runtime runs under systemd here (mutual TLS needs the systemd mode)
 verify_gpu_count = 2

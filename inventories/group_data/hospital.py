@@ -6,14 +6,14 @@ _sudo = True
 
 # --- air-gapped: everything from one signed bundle -------------------------------------------------
 bundle_dir = "/srv/deepfleet/bundle"  # control: where the carried-in bundle is copied
-bundle_trusted_key = ".deepfleet/bundle-keys/bundle-signing.asc"  # control: the signer's public key
+bundle_trusted_key = "<state>/bundle-keys/bundle-signing.asc"  # control: the signer's public key ($DEEPFLEET_HOME/...)
 bundle_host_os = "debian-12"  # what `deepfleet bundle build` resolves packages for (hosts are out of reach)
 bundle_host_machine = "x86_64"
 
 # --- model: encrypted outside, pushed from the bundle ------------------------------------------------
 model_name = "deepseek-r1-distill-qwen-32b"
 model_source = "/models/DeepSeek-R1-Distill-Qwen-32B"  # on the build machine (inside, the bundle's release)
-model_keys_dir = ".deepfleet/model-keys"  # carried in apart from the bundle (the KEKs open the release)
+model_keys_dir = "<state>/model-keys"  # carried in apart from the bundle (the KEKs open the release)
 
 # --- gateway: TLS names, audit and retention -----------------------------------------------------------
 gateway_server_names = ["llm.hospital.internal"]

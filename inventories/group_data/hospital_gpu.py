@@ -16,5 +16,7 @@ runtime_device = "cuda"
 runtime_dtype = "bfloat16"
 runtime_vllm_tensor_parallel_size = 2  # 32B in bf16 (~64 GB) over 2 x 48 GB
 runtime_wheel_extras = ["vllm"]
+runtime_decrypt_tmpfs_size = "80G"  # vLLM reads the decrypted 64 GB from memory; /run is only 10% of RAM
+runtime_reasoning_parser = "deepseek_r1"  # R1 distills think first: <think>…</think> -> reasoning_content
 runtime_max_prompt_tokens = 8192
 runtime_max_tokens = 2048

@@ -5,9 +5,9 @@ ssh_user = "admin"
 _sudo = True
 
 # --- GPU platform --------------------------------------------------------------------------------------
-nvidia_driver_branch = "570"
+nvidia_driver_branch = "580"  # the runtime's CUDA wheels (torch for CUDA 13.0) need 580+
 nvidia_driver_open_kernel_modules = True
-cuda_version = "12.8"
+cuda_version = "13.0"
 docker_enabled = False
 verify_gpu_count = 8
 
@@ -26,6 +26,7 @@ runtime_device = "cuda"
 runtime_dtype = "bfloat16"
 runtime_quantization = "fp8"
 runtime_wheel_extras = ["vllm"]
+runtime_decrypt_tmpfs_size = "760G"  # each node decrypts the ~700 GB release into memory (2 TB RAM per node)
 runtime_max_tokens = 4096
 runtime_ready_timeout_s = 3600  # 700 GB of weights
 

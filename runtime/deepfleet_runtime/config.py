@@ -38,6 +38,9 @@ class TlsSection:
     cert: Path
     key: Path
     client_ca: Path | None = None  # only clients with a certificate from this CA (the gateways)
+    # With client_ca: the certificate common names admitted (the fleet's gateways and this host's own
+    # readiness check); any other certificate of the CA gets 403. Empty: any certificate of the CA.
+    allowed_clients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,17 +72,21 @@ class MemorySection:
 
 @dataclass(frozen=True)
 class VllmSection:
-    executable: str = "vllm"  # resolved on PATH, or the venv's bin/vllm
+    python: str = ""  # the interpreter whose venv holds vllm; "" = the runtime's own (the host's venv)
     port: int = 8100  # the child listens on 127.0.0.1 only; clients never see it
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    max_model_len: int = 0  # 0 = the model's own
+    max_model_len: int = 0  # 0 = what the runtime accepts: limits.max_prompt_tokens + limits.max_tokens,
+    #                         capped by the model's own context (planner.vllm_max_model_len)
+    tool_call_parser: str = ""  # vLLM's --tool-call-parser ("deepseek_v3"), with --enable-auto-tool-choice
     ray_address: str = ""  # "host:6379" for a multi-node Ray cluster; empty = single node
     host_ip: str = ""  # multi-node: this host's address on the cluster network (VLLM_HOST_IP)
     network_interface: str = ""  # multi-node: that network's NIC for NCCL and Gloo (e.g. "ens8")
     extra_args: list[str] = field(default_factory=list)
     restart_backoff_s: float = 2.0  # first wait before restarting a crashed child (doubles, max 60 s)
     ready_timeout_s: float = 1800.0  # how long a start may take before it counts as failed
+    liveness_interval_s: float = 30.0  # a one-token generation this often; 0 = never (only /health)
+    liveness_timeout_s: float = 60.0  # a probe slower than this fails; two failures in a row restart the child
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,28 @@ class LlamaCppSection:
     n_ctx: int = 4096  # context window of the one llama.cpp sequence
     n_threads: int = 0  # 0 = llama-cpp-python's default (half the cores: its threads spin-wait)
     n_batch: int = 512  # prompt tokens per llama_decode call
+
+
+# NVIDIA's XID catalogue: errors after which the GPU needs a reset or service (48 double-bit ECC,
+# 61/62 internal micro-controller halt, 64 ECC page retirement or row remapping failure, 74 NVLink,
+# 79 fallen off the bus, 95 uncontained ECC, 119/120 GSP, 140 unrecovered ECC). Application faults
+# (13, 31, 43, 45) are not: the process that caused them gets the error, the GPU stays good.
+DEFAULT_FATAL_XIDS = (48, 61, 62, 64, 74, 79, 95, 119, 120, 140)
+
+
+@dataclass(frozen=True)
+class GpuHealthSection:
+    """Which GPU conditions take the replica out of service (/ready 503; gateways stop routing)."""
+
+    enabled: bool = True
+    fatal_xids: list[int] = field(default_factory=lambda: list(DEFAULT_FATAL_XIDS))
+    max_uncorrected_ecc_errors: int = 0  # more volatile uncorrected (double-bit) errors than this: out
+    retired_pages_pending: bool = True  # out while a page retirement awaits a GPU reset (pre-Ampere)
+    remapping_pending: bool = True  # out while a row remapping awaits a GPU reset (Ampere and newer)
+    remapping_failure: bool = True  # out once row remapping failed
+    throttle_reasons: list[str] = field(default_factory=list)  # e.g. ["hw_slowdown"]: these take it out too
+    max_temperature_celsius: int = 0  # 0: temperature alone never takes it out (alerts still fire)
+    check_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +133,7 @@ class RuntimeConfig:
     memory: MemorySection = field(default_factory=MemorySection)
     vllm: VllmSection = field(default_factory=VllmSection)
     llamacpp: LlamaCppSection = field(default_factory=LlamaCppSection)
+    gpu_health: GpuHealthSection = field(default_factory=GpuHealthSection)
 
 
 def load_runtime_config(path: str | Path) -> RuntimeConfig:

@@ -21,7 +21,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class RuntimeMetrics:
     """One registry per server: request counters and latency histograms, plus scrape-time collectors."""
 
-    def __init__(self, engine, nvml=None):
+    def __init__(self, engine, nvml=None, gpu_health=None):
         self.registry = CollectorRegistry()
         self.requests = Counter("deepfleet_requests", "Requests answered, by route and status",
                                 ["route", "status"], registry=self.registry)
@@ -39,6 +39,10 @@ class RuntimeMetrics:
         gpu = NvmlCollector.create() if nvml is None else NvmlCollector(nvml)
         if gpu is not None:
             self.registry.register(gpu)
+        if gpu_health is not None:  # XID, ECC, memory repair, throttling (gpuhealth.py)
+            from .gpuhealth import GpuHealthCollector
+
+            self.registry.register(GpuHealthCollector(gpu_health))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -236,3 +236,22 @@ def plan_nodes(model: str | Path | dict, gpus_per_node: GpuSpec, max_nodes: int,
     return Plan(single.parameters, single.weight_bytes, single.kv_bytes_per_token, False, 0, 0,
                 f"{single.detail.split(';')[0]}, more than {max_nodes} hosts of {degree} x {gpus_per_node.name}; "
                 "quantise (int8, int4) or add hosts")
+
+
+def context_tokens(config: dict) -> int:
+    """The model's own context window (max_position_embeddings; 0 when config.json does not say)."""
+    return int(config.get("max_position_embeddings") or 0)
+
+
+def vllm_max_model_len(model: str | Path | dict, limits) -> int:
+    """vLLM's --max-model-len: the longest request the runtime accepts (limits.max_prompt_tokens +
+    limits.max_tokens), capped by the model's own context. vLLM sizes its KV check at start-up by
+    this, so a long-context model on a small GPU starts instead of failing that check; a request
+    beyond it gets 400 context_length_exceeded. An unreadable config.json (an encrypted release
+    before decryption) gives the limits alone."""
+    accepted = limits.max_prompt_tokens + limits.max_tokens
+    try:
+        own = context_tokens(load_config(model))
+    except PlanError:
+        return accepted
+    return min(accepted, own) if own else accepted

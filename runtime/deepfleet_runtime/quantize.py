@@ -96,8 +96,9 @@ def _transformers_plan(mode: str, method: str, on_gpu: bool) -> QuantizationPlan
     return QuantizationPlan("int4", chosen)
 
 
-def apply_torchao(model, mode: str) -> None:
-    """Quantise `model` in place with torchao, expert weights included.
+def apply_torchao(model, mode: str, device=None) -> None:
+    """Quantise `model` in place with torchao, expert weights included; with `device`, torchao moves
+    each module there just before quantising it, so unquantised weights never fill the device.
 
     The model must be loaded with experts_implementation="eager" (so experts are plain 3-D
     parameters) and this must run under torch.no_grad().
@@ -108,7 +109,7 @@ def apply_torchao(model, mode: str) -> None:
     config = (Int8WeightOnlyConfig() if mode == "int8"
               else Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
     fqn_config = {f"re:.*{name.replace('.', '[.]')}": config for name in EXPERT_PARAMETERS}
-    quantize_(model, FqnToConfig({**fqn_config, "_default": config}), filter_fn=None)
+    quantize_(model, FqnToConfig({**fqn_config, "_default": config}), filter_fn=None, device=device)
 
 
 def bitsandbytes_config(mode: str):

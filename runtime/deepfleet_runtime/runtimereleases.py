@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .atomicfile import fsync_dir, write_atomic
 from .config import load_runtime_config
-from .modelstore.hostreleases import ModelReleases, activate, own_by_root, sync_tree
+from .modelstore.hostreleases import ModelReleases, activate, sync_tree
 from .modelstore.keys import KeyDirectory
 from .releasestore import ReleaseStore
 
@@ -95,7 +95,8 @@ def rollback_release(store: ReleaseStore, to: str | None, keys: KeyDirectory, gr
     target = _rollback_target(store, to)
     record = read_release(store, target)
     models_dir = model_of(store.release_dir(target) / CONFIG_FILE)[0]
-    activate(ModelReleases(models_dir, record["model"]["name"]), record["model"]["release"], keys, group, model_keep)
+    activate(ModelReleases(models_dir, record["model"]["name"]), record["model"]["release"], keys, group, model_keep,
+             allow_older=True)  # a rollback: the one way back below the highest release number served
     with store.locked():
         previous = store.current()
         store.switch(target)
@@ -128,9 +129,23 @@ def _write_release(store: ReleaseStore, release: str, config: bytes, runtime: di
     if runtime.get("venv"):
         os.symlink(runtime["venv"], staging / VENV_LINK)
     sync_tree(staging)
-    own_by_root(staging, group)
+    _own_by_root(staging, group)
     store.mark_complete(staging, {"id": release})
     store.promote(release)
+
+
+def _own_by_root(directory: Path, group: str) -> None:
+    """root owns a runtime release (written by root here); the service group may read it. Links
+    (the venv link) are not followed."""
+    gid = grp.getgrnam(group).gr_gid
+    for root, dirs, files in os.walk(directory):
+        os.chown(root, 0, gid, follow_symlinks=False)
+        os.chmod(root, 0o750)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chown(path, 0, gid)
+                os.chmod(path, 0o640)
 
 
 def use_venv(home: Path, venv: Path, store: ReleaseStore) -> dict:

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import os
 import socket
+import json
 import ssl
+from collections.abc import Collection
 from pathlib import Path
 
 import uvicorn
@@ -23,9 +25,11 @@ GRACEFUL_SHUTDOWN_S = 30  # in-flight requests (a long stream) get this long to 
 
 
 def build_server(app, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 client_ca: Path | None = None) -> uvicorn.Server:
+                 client_ca: Path | None = None, allowed_clients: Collection[str] = ()) -> uvicorn.Server:
     """A uvicorn server for `app`; with a certificate, only TLS 1.3 handshakes succeed, and with
-    `client_ca` only clients presenting a certificate from that CA (mutual TLS)."""
+    `client_ca` only clients presenting a certificate from that CA (mutual TLS). With
+    `allowed_clients`, only those certificates' common names get past: every request from any
+    other certificate of the CA is answered 403."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -42,13 +46,9 @@ def build_server(app, host: str, port: int, tls_cert: Path | None = None, tls_ke
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
         config.http_protocol_class = _prompt_tls_close(config.http_protocol_class)
+        if client_ca and allowed_clients:
+            config.http_protocol_class = _admit_only(config.http_protocol_class, frozenset(allowed_clients))
     return uvicorn.Server(config)
-
-
-def serve(app, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None,
-          client_ca: Path | None = None) -> None:
-    """Serve `app` until stopped (SIGTERM/SIGINT)."""
-    build_server(app, host, port, tls_cert, tls_key, client_ca).run()
 
 
 class SideServer(uvicorn.Server):
@@ -126,3 +126,35 @@ def _prompt_tls_close(protocol_class: type) -> type:
                 self.loop.call_later(0.1, self._abort_once_closing)
 
     return PromptTlsClose
+
+
+def _admit_only(protocol_class: type, names: frozenset[str]) -> type:
+    """`protocol_class` whose connections from a client certificate whose common name is not in
+    `names` get a 403 for every request (the handshake has completed when a connection is made)."""
+
+    class AdmitOnly(protocol_class):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            common_name = _common_name(transport.get_extra_info("peercert") or {})
+            if common_name not in names:
+                self.app = _refusal(common_name, names)
+
+    return AdmitOnly
+
+
+def _common_name(peercert: dict) -> str:
+    return next((value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"), "")
+
+
+def _refusal(common_name: str, names: frozenset[str]):
+    body = json.dumps({"error": {"type": "forbidden", "message": (
+        f"this runtime serves only the fleet's gateways ({', '.join(sorted(names))}); the client "
+        f"certificate of {common_name or 'an unnamed client'} is not one of them: send requests "
+        "through a gateway")}}).encode()
+
+    async def refuse(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return refuse

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -43,14 +44,16 @@ def test_apt_print_uris_lines_become_lock_entries():
 
 def test_the_repository_is_the_same_bytes_from_the_same_debs_and_time(tmp_path, signer):
     debs = {path.name: path for path in (_deb(tmp_path, "alpha", "1.0"), _deb(tmp_path, "beta", "2.1"))}
-    write_apt_repo(tmp_path / "one", debs, signer, WHEN, copy_file)
-    write_apt_repo(tmp_path / "two", debs, signer, WHEN, copy_file)
+    until = WHEN + datetime.timedelta(days=365)
+    write_apt_repo(tmp_path / "one", debs, signer, WHEN, copy_file, until)
+    write_apt_repo(tmp_path / "two", debs, signer, WHEN, copy_file, until)
     for name in ("Packages", "Packages.gz", "Release", "InRelease", "Release.gpg"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     packages = (tmp_path / "one" / "Packages").read_text()
     assert "Package: alpha\n" in packages and "Filename: pool/beta_2.1_all.deb\n" in packages
     release = (tmp_path / "one" / "Release").read_text()
     assert "Date: Sat, 28 Nov 2026 12:00:00 GMT" in release
+    assert "Valid-Until: Sun, 28 Nov 2027 12:00:00 GMT" in release  # apt refuses the repository after it
     assert f" {hashlib.sha256(packages.encode()).hexdigest()} {len(packages)} Packages\n" in release
     assert verify_detached(tmp_path / "one" / "Release", tmp_path / "one" / "Release.gpg", signer.public_key_path)
 
@@ -78,3 +81,14 @@ def test_targets_that_cannot_be_resolved_here_say_what_would_run():
     assert "dnf download --resolve --alldeps" in str(rhel.value) and "createrepo_c" in str(rhel.value)
     with pytest.raises(PackageError, match="needs a aarch64 container"):
         resolve_closure(_target(machine="aarch64", deb_arch="arm64"))
+
+
+@pytest.mark.skipif(not shutil.which("docker"), reason="the resolver image is looked up in this machine's Docker")
+def test_a_resolver_image_named_by_tag_only_is_refused_before_anything_runs(monkeypatch):
+    started = []
+    monkeypatch.setattr("deepfleet.bundle.debs._stage_sources", lambda *args: started.append(args))
+    with pytest.raises(PackageError, match="deepfleet-bundle-tests:no-such-image is named by tag only"):
+        resolve_closure(_target())
+    with pytest.raises(PackageError, match=f"pins deepfleet-bundle-tests:no-such-image to sha256:{'0' * 64}"):
+        resolve_closure(_target(resolver_image=f"deepfleet-bundle-tests:no-such-image@sha256:{'0' * 64}"))
+    assert started == []  # no key fetched, no container started

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deepfleet.bundle.lock import LockError, check_covers, load_lock, lock_text, new_lock
+from deepfleet.bundle.lock import LockError, check_covers, load_lock, lock_text, locked_os, new_lock, os_entry
 from deepfleet.bundle.spec import BundleSpec, ModelSource, OsTarget, WheelTarget
 
 TARGET = OsTarget("debian", "12", "debian", "x86_64", "amd64", "debian:12", ("python3", "python3-venv"))
@@ -41,3 +41,26 @@ def test_a_file_that_is_no_lock_is_refused(tmp_path):
     (tmp_path / "lock.json").write_text(lock_text({"format": "something else"}))
     with pytest.raises(LockError, match="not a deepfleet bundle lock"):
         load_lock(tmp_path / "lock.json")
+
+
+def test_the_lock_records_the_pinned_resolver_image_and_the_id_that_ran():
+    pin = f"deepfleet-testhost:abc@sha256:{'1' * 64}"
+    target = OsTarget("debian", "12", "debian", "x86_64", "amd64", pin, ("python3-venv", "python3"))
+    entry = os_entry(target, [{"file": "a.deb"}], pin, f"sha256:{'1' * 64}")
+    assert entry == {"packages": ["python3", "python3-venv"], "resolver_image": pin,
+                     "resolver_image_id": f"sha256:{'1' * 64}", "debs": [{"file": "a.deb"}]}
+    lock = new_lock()
+    lock["os"][target.key] = entry
+    said = []
+    assert locked_os(lock, target, said.append) == entry  # a rebuild takes the locked packages, no image runs
+    assert said == []
+    moved = OsTarget("debian", "12", "debian", "x86_64", "amd64", f"debian@sha256:{'2' * 64}", ("python3",))
+    assert locked_os(lock, moved, said.append) == entry  # the lock says what resolved them, not the inventory
+    assert said and f"resolved in {pin} (image ID sha256:{'1' * 64})" in said[0] and "debian@sha256:2" in said[0]
+    assert locked_os(new_lock(), target, said.append) is None
+
+
+def test_a_lock_whose_packages_were_resolved_in_an_unpinned_image_says_so():
+    said = []
+    assert locked_os(_lock(), TARGET, said.append)["resolver_image"] == "debian:12"
+    assert "resolved in debian:12, an image not pinned by digest" in said[0] and "without --lock" in said[0]

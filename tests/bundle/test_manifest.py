@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import stat
+
 import pytest
 
 from deepfleet.bundle.manifest import BundleError, verify_bundle
 from deepfleet.bundle.signing import ensure_signer
+
+from tests.conftest import make_bundle
 
 from .conftest import SMALL_FILES, copy_bundle, manifest_of
 
@@ -82,3 +90,46 @@ def test_signing_the_same_manifest_again_gives_the_same_bytes(small_bundle, tmp_
     write_manifest(again, lock["created"], signer, created_at(lock))
     assert manifest_of(again) == manifest_of(small_bundle)
     assert (again / "bundle.json.asc").read_bytes() == (small_bundle / "bundle.json.asc").read_bytes()
+
+
+def _forged_manifest(root, planted: str, content: bytes) -> bytes:
+    """bundle.json as an attacker would like it: listing a file they planted, with its real hash."""
+    manifest = json.loads((root / "bundle.json").read_text())
+    manifest["files"][planted] = {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+
+
+def test_a_manifest_swapped_right_after_its_signature_checked_is_not_believed(small_bundle, signer, tmp_path,
+                                                                              monkeypatch):
+    planted = "wheels/deps-0123456789abcdef/evil-1.0-py3-none-any.whl"
+    (small_bundle / planted).write_bytes(b"import os; os.system('id')")
+    (tmp_path / "forged.json").write_bytes(_forged_manifest(small_bundle, planted, b"import os; os.system('id')"))
+    # whoever can write bundle_dir wins the race: the moment gpgv has said yes, bundle.json changes
+    wrapper = tmp_path / "bin" / "gpgv"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\n{shutil.which('gpgv')} \"$@\"; rc=$?\n"
+                       f"cp {tmp_path / 'forged.json'} {small_bundle / 'bundle.json'}\nexit $rc\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    with pytest.raises(BundleError, match="evil-1.0-py3-none-any.whl: not in the manifest"):
+        verify_bundle(small_bundle, signer.public_key_path)
+
+
+def test_the_lock_is_the_one_that_verified_not_what_is_on_disk_later(small_bundle, signer):
+    verified = verify_bundle(small_bundle, signer.public_key_path)
+    original = json.loads((small_bundle / "lock.json").read_text())
+    (small_bundle / "lock.json").write_text(json.dumps({**original, "images": {"evil": {"file": "../x"}}}))
+    assert verified.lock == original
+
+
+def test_a_bundle_past_its_expiry_is_refused_with_the_date(tmp_path, signer):
+    old = make_bundle(tmp_path / "old", signer, SMALL_FILES, {"created": "2024-01-02T03:04:05Z", "valid_days": 30})
+    assert manifest_of(old)["expires"] == "2024-02-01T03:04:05Z"
+    with pytest.raises(BundleError, match="expired on 2024-02-01T03:04:05Z.*build a new bundle"):
+        verify_bundle(old, signer.public_key_path)
+
+
+def test_a_fresh_bundle_carries_its_signed_expiry(small_bundle, signer):
+    verified = verify_bundle(small_bundle, signer.public_key_path)
+    created = verified.manifest["created"]
+    assert verified.manifest["expires"] > created and verified.lock["valid_days"] == 365

@@ -71,6 +71,17 @@ class SigningKey:
     def public_armored(self) -> str:
         return self._gpg("--armor", "--export")
 
+    @property
+    def fingerprint(self) -> str:
+        """The key's fingerprint (what the roles' *_repo_key_fingerprints settings pin)."""
+        listing = self._gpg("--with-colons", "--fingerprint")
+        return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+    def public_binary(self) -> bytes:
+        """The public key as a binary keyring (what /usr/share/keyrings/*.gpg files are)."""
+        return subprocess.run(["gpg", "--batch", "--export"], env={**os.environ, "GNUPGHOME": str(self.home)},
+                              capture_output=True, check=True).stdout
+
     def sign(self, release: Path) -> None:
         self._gpg("--clearsign", "-o", str(release.with_name("InRelease")), str(release))
         self._gpg("--armor", "--detach-sign", "-o", str(release.with_name("Release.gpg")), str(release))
@@ -126,3 +137,58 @@ class RepoServer:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
+
+
+def dummy_deb(out_dir: Path, name: str, version: str, source: str | None = None) -> Path:
+    """A tiny real .deb (no files) named like a vendor's package, for resolver and pin checks."""
+    root = out_dir / f"{name}_{version}"
+    (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    control = [f"Package: {name}", f"Version: {version}", "Architecture: all", "Maintainer: deepfleet tests <t@x.invalid>",
+               f"Description: stand-in for {name}"] + ([f"Source: {source}"] if source else [])
+    (root / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+    deb = out_dir / f"{name}_{version}_all.deb"
+    _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)])
+    shutil.rmtree(root)
+    return deb
+
+
+def _release(directory: Path, files: list[Path], key: SigningKey, fields: list[str]) -> None:
+    lines = ["Origin: deepfleet-test", *fields, f"Date: {formatdate(usegmt=True)}", "SHA256:"]
+    for path in files:
+        data = path.read_bytes()
+        lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {path.relative_to(directory)}")
+    (directory / "Release").write_text("\n".join(lines) + "\n")
+    key.sign(directory / "Release")
+
+
+def build_flat_repo(base: Path, debs: list[Path], key: SigningKey) -> Path:
+    """A signed flat repository (`deb URL /`), laid out like NVIDIA's CUDA and toolkit repositories."""
+    (base / "pool").mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copy(deb, base / "pool")
+    packages = _run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=base)
+    (base / "Packages").write_text(packages)
+    (base / "Packages.gz").write_bytes(gzip.compress(packages.encode(), mtime=0))
+    _release(base, [base / "Packages", base / "Packages.gz"], key, [f"Architectures: {ARCH} all"])
+    return base
+
+
+def build_debian_mirror(base: Path, suites: dict[str, dict[str, list[Path]]], key: SigningKey) -> Path:
+    """A signed Debian-style archive: `suites` maps suite -> component -> its .debs (components may be empty)."""
+    for suite, components in suites.items():
+        dist = base / "dists" / suite
+        indexes = []
+        for component, debs in components.items():
+            pool = base / "pool" / component
+            pool.mkdir(parents=True, exist_ok=True)
+            for deb in debs:
+                shutil.copy(deb, pool)
+            binary = dist / component / f"binary-{ARCH}"
+            binary.mkdir(parents=True, exist_ok=True)
+            text = _run(["dpkg-scanpackages", "--multiversion", f"pool/{component}", "/dev/null"], cwd=base)
+            (binary / "Packages").write_text(text)
+            (binary / "Packages.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+            indexes += [binary / "Packages", binary / "Packages.gz"]
+        _release(dist, indexes, key, [f"Suite: {suite}", f"Codename: {suite}", f"Architectures: {ARCH} all",
+                                      f"Components: {' '.join(components)}"])
+    return base

@@ -5,6 +5,8 @@ a Debian 12 container (the test host image), the .debs fetched once into the pro
 runtime's wheelhouse, the tiny model encrypted. The hosts run with `--network none` and are
 reached through pyinfra's `@docker/<container>` connector; python3-venv and what it pulls in are
 removed from them first, so the deploy must install those from the bundle's repository.
+The resolver image is the debootstrap-built test host image, pinned by its local image ID; a build
+that names it by tag alone is refused first, with that pin in the message.
 Before the good deploy, a copy of the bundle with one .deb changed is refused, on both hosts,
 before anything changed.
 """
@@ -43,6 +45,8 @@ class OfflineSite:
     inventory: Path
     bundle: Path
     rebuilt: Path  # the same inventory built again from the first bundle's lock
+    resolver: str  # the pinned resolver image: the test host image's tag @ its image ID
+    unpinned_refused: str  # what a build naming the resolver image by tag alone said
     refused: str  # the log of a deploy of a tampered copy
     state_after_refusal: list[str]  # what the hosts held of deepfleet's files after it
     api_key: str
@@ -57,18 +61,22 @@ def on_host(host: testhosts.TestHost, command: str, check: bool = True) -> str:
                           check=check).stdout
 
 
-def build(inventory: Path, out: Path, keys: Path, lock: Path | None = None) -> None:
+def build(inventory: Path, out: Path, keys: Path, lock: Path | None = None, ok: bool = True) -> str:
     command = [sys.executable, "-m", "deepfleet.cli", "bundle", "build", str(LOCAL_INVENTORY), "--out", str(out),
                "--signing-key-dir", str(keys)] + (["--lock", str(lock)] if lock else [])
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
                             env={**os.environ, "DEEPFLEET_HOSTS_FILE": str(inventory)})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode == 0) == ok, result.stderr[-3000:]
+    return result.stderr
 
 
 @pytest.fixture(scope="module")
 def offline_site(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("offline")
     image = testhosts.ensure_image(cache_dir() / "testhost")
+    image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    resolver = f"{image}@{image_id}"  # built here by debootstrap: no registry digest, pinned by its image ID
     fleet = testhosts.TestFleet(root / "hosts")
     try:
         fleet.start(2, image, network="none")
@@ -82,7 +90,9 @@ def offline_site(tmp_path_factory, tiny_model_dir):
         write_local_inventory(inventory, fleet, tiny_model_dir, root / "pki", root / "keys.json",
                               model_keys_dir=str(model_keys.path), bundle_dir=str(root / "bundle"),
                               bundle_trusted_key=str(keys / "bundle-signing.asc"), bundle_host_os="debian-12",
-                              bundle_resolver_images={"debian-12": image})
+                              bundle_resolver_images={"debian-12": resolver})
+        unpinned = build(_with(inventory, root / "unpinned.json", bundle_resolver_images={"debian-12": image}),
+                         root / "unpinned", keys, ok=False)
         build(inventory, root / "bundle", keys)
         build(inventory, root / "rebuilt", keys, lock=root / "bundle" / "lock.json")
 
@@ -97,8 +107,8 @@ def offline_site(tmp_path_factory, tiny_model_dir):
                                "test -e $p && echo present $p; done; dpkg -s python3-venv >/dev/null 2>&1 && "
                                "echo present python3-venv; true") for host in fleet.hosts]
 
-        site = OfflineSite(fleet, inventory, root / "bundle", root / "rebuilt", str(refused.value), state, api_key,
-                            None)
+        site = OfflineSite(fleet, inventory, root / "bundle", root / "rebuilt", resolver, unpinned,
+                            str(refused.value), state, api_key, None)
         site.first_deploy = site.deploy()
         yield site
     finally:
@@ -117,6 +127,15 @@ def test_building_again_from_the_lock_gives_the_same_bytes(offline_site):
     for name in ("bundle.json", "bundle.json.asc", "lock.json", "apt/debian-12-amd64/InRelease"):
         assert (offline_site.rebuilt / name).read_bytes() == (offline_site.bundle / name).read_bytes(), name
     assert len(json.loads((offline_site.bundle / "bundle.json").read_text())["files"]) > 100
+
+
+def test_the_resolver_image_is_used_pinned_and_recorded_in_the_lock(offline_site):
+    tag, image_id = offline_site.resolver.split("@")
+    assert f"{tag} is named by tag only" in offline_site.unpinned_refused
+    assert f"pin it as {offline_site.resolver}" in offline_site.unpinned_refused
+    assert not (offline_site.bundle.parent / "unpinned").exists()
+    entry = json.loads((offline_site.bundle / "lock.json").read_text())["os"]["debian-12-amd64"]
+    assert (entry["resolver_image"], entry["resolver_image_id"]) == (offline_site.resolver, image_id)
 
 
 def test_a_changed_deb_is_refused_before_any_host_changes(offline_site):
@@ -155,7 +174,9 @@ def test_installed_trees_are_identical_except_host_specific_files(offline_site):
     listings = [_tree(host) for host in offline_site.fleet.hosts]
     differing = {path for path in listings[0].keys() | listings[1].keys()
                  if listings[0].get(path) != listings[1].get(path)}
-    assert sorted(differing) == sorted(HOST_SPECIFIC), sorted(differing)[:40]
+    sealed = {path for path in differing if path.startswith("/etc/deepfleet/keys/") and path.endswith(".cred")}
+    assert len(sealed) == 1, sorted(differing)[:40]  # the one KEK, sealed with each host's own credential secret
+    assert sorted(differing - sealed) == sorted(HOST_SPECIFIC), sorted(differing)[:40]
     assert len(listings[0]) > 1000  # the venv, the model release, configs: a real tree was compared
 
 

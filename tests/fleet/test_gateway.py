@@ -45,11 +45,31 @@ def test_the_audit_chain_verifies_on_the_host(site):
     http = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(site.ca_cert)))
     with openai.OpenAI(base_url=site.base_url, api_key=site.api_key, http_client=http, max_retries=0) as client:
         client.chat.completions.create(**CHAT)
-    out = site.on_host(f"{RUNTIME} audit verify /var/lib/deepfleet/audit")
+    out = site.on_host(f"{RUNTIME} audit verify /var/lib/deepfleet-gateway/audit")
     assert out.startswith("OK: ")
-    modes = site.on_host("stat -c '%U %a' /var/lib/deepfleet/audit /var/lib/deepfleet/audit/audit-000000000000.jsonl")
-    assert modes.split("\n")[:2] == ["deepfleet 750", "deepfleet 640"]
-    assert site.api_key not in site.on_host("cat /var/lib/deepfleet/audit/*.jsonl")
+    modes = site.on_host("stat -c '%U %a' /var/lib/deepfleet-gateway/audit /var/lib/deepfleet-gateway/audit/audit-000000000000.jsonl")
+    assert modes.split("\n")[:2] == ["deepfleet-gateway 750", "deepfleet-gateway 640"]
+    assert site.api_key not in site.on_host("cat /var/lib/deepfleet-gateway/audit/*.jsonl")
+
+
+def test_the_runtime_account_cannot_touch_the_audit_log_nor_the_gateway_the_model_keys(site):
+    with site.client() as client:
+        client.chat.completions.create(**CHAT)  # an audit file exists
+    log = "/var/lib/deepfleet-gateway/audit/audit-000000000000.jsonl"
+    attempts = {
+        "append to the audit log": f"echo forged >> {log}",
+        "move the audit directory away": "mv /var/lib/deepfleet-gateway/audit /var/lib/deepfleet-gateway/x",
+        "read the API key hashes": "cat /etc/deepfleet/api_keys.json",
+    }
+    for what, command in attempts.items():
+        out = site.on_host(f"setpriv --reuid deepfleet --regid deepfleet --init-groups sh -c '{command}' "
+                           ">/dev/null 2>&1 && echo done || echo refused")
+        assert out.strip() == "refused", f"the runtime's account could {what}"
+    keys = site.on_host("setpriv --reuid deepfleet-gateway --regid deepfleet-gateway --init-groups sh -c "
+                        "'cat /etc/deepfleet/keys/* /run/deepfleet-runtime/keys/*' >/dev/null 2>&1 "
+                        "&& echo done || echo refused")
+    assert keys.strip() == "refused", "the gateway's account could read the model keys"
+    assert site.on_host("systemctl show -p User --value deepfleet-gateway").strip() == "deepfleet-gateway"
 
 
 def test_drain_and_undrain_through_the_admin_socket(site):

@@ -105,10 +105,12 @@ def test_keys_stay_root_only_and_out_of_every_output(site, tmp_path):
     signing_pem = (keys.path / SIGNING_KEY_FILE).read_text().splitlines()[1]
     modes = site.on_host("stat -c '%n %U:%G %a' /etc/deepfleet/keys /etc/deepfleet/keys/*").splitlines()
     assert modes == ["/etc/deepfleet/keys root:root 700",
-                     f"/etc/deepfleet/keys/model-kek-{keys.current_kek_id()}.key root:root 400",
+                     f"/etc/deepfleet/keys/model-kek-{keys.current_kek_id()}.cred root:root 400",
                      "/etc/deepfleet/keys/model-verify.pub root:root 400"]
+    sealed = site.on_host(f"cat /etc/deepfleet/keys/model-kek-{keys.current_kek_id()}.cred")
+    assert sealed and not any(secret in sealed for secret in secrets)  # only systemd-creds on this host opens it
     assert site.on_host("find / -xdev -name model-signing.key").strip() == ""  # never leaves the control side
-    site.on_host("rm /etc/deepfleet/keys/model-kek-*.key")
+    site.on_host("rm /etc/deepfleet/keys/model-kek-*.cred")
     dry = site.deploy(dry=True, diff=True, verbosity=3)
     applied = site.deploy(verbosity=3, diff=True)
     assert applied.changed_operations == [f"deepfleet model | Model key-encryption key {keys.current_kek_id()}"]
@@ -116,7 +118,7 @@ def test_keys_stay_root_only_and_out_of_every_output(site, tmp_path):
     for output in (site.first_deploy.log, dry.log, applied.log, journal):
         for secret in [*secrets, signing_pem]:
             assert secret not in output
-    assert f"model-kek-{keys.current_kek_id()}.key" in site.on_host("ls /etc/deepfleet/keys")
+    assert f"model-kek-{keys.current_kek_id()}.cred" in site.on_host("ls /etc/deepfleet/keys")
 
 
 def _data_key(site, keys) -> bytes:
@@ -221,9 +223,18 @@ def test_a_rotated_kek_reaches_the_host_without_resending_weights(site):
     assert "model push" not in deployed.log  # no weights sent
     assert json.loads(site.on_host(f"cat {MODELS_DIR}/{MODEL}@current/key.json"))["kek_id"] == new
 
+    # The host holds exactly the KEKs its kept releases are wrapped with: the old one only while an
+    # older kept release needs it.
+    held = {name.split("-")[2].split(".")[0] for name in site.on_host("ls /etc/deepfleet/keys").split()
+            if name.startswith("model-kek-")}
+    needed = {json.loads(line)["kek_id"] for line in site.on_host(
+        f"for f in {MODELS_DIR}/{MODEL}@*/key.json; do [ -L $(dirname $f) ] || tr -d '\\n' < $f; echo; done"
+    ).splitlines() if line.strip()}
+    assert held == needed and new in held
+
     # Without the old KEK, the runtime still opens the release: it is wrapped with the new one now.
-    site.on_host(f"rm /etc/deepfleet/keys/model-kek-{old}.key && systemctl restart deepfleet-runtime && "
+    site.on_host(f"rm -f /etc/deepfleet/keys/model-kek-{old}.* && systemctl restart deepfleet-runtime && "
                  f"/opt/deepfleet/venv/bin/deepfleet-runtime wait-ready "
                  f"http://127.0.0.1:{site.host.ports['runtime_port']}/ready --timeout 120")
     assert _answer(site) == before
-    assert site.deploy().changed_operations == [f"deepfleet model | Model key-encryption key {old}"]
+    assert site.deploy().changed_operations == []  # the old KEK is not sent again: no kept release of it is served

@@ -2,6 +2,10 @@
 hosts over mutual TLS). `deepfleet plan` / `up` across the fleet, then rolling updates from model
 release v1 to v2 under constant load (four streaming openai clients, two per gateway): one with a
 fault on h2 (its v2 cannot load), then the same command again once the fault is gone (resume).
+Then what an operator relies on: an interrupt puts the batch back while a second rollout is refused
+naming the lock; a canary answering 5xx in its bake is rolled back; a ramp pauses and resumes;
+`rollback --rollout ID` moves back only what that rollout moved; a gateway change rolls the gateways
+one at a time under clients that fail over. One fleet for all (each host costs CI time).
 
 The hosts share this machine's network, so every host has its own ports (deepfleet.demo.PORT_SETTINGS).
 """
@@ -9,84 +13,25 @@ The hosts share this machine's network, so every host has its own ports (deepfle
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import ssl
+import signal
 import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import openai
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deepfleet import testhosts
 from deepfleet.apikeys import create_key
-from deepfleet.demo import MODEL_NAME, PORT_SETTINGS, write_local_inventory
+from deepfleet.demo import MODEL_NAME, PORT_SETTINGS
 from deepfleet.deployrun import run_deploy
 from deepfleet.modelkeys import create_model_keys
-from deepfleet.paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir
+from deepfleet.paths import LOCAL_INVENTORY, cache_dir
 from deepfleet.pki import init_ca
 from deepfleet_runtime.tinymodel import build_tiny_model
+from tests.fleet.rolloutfleet import FAULT, RUNTIME, FailoverLoad, Fleet, Load, greedy
 
 pytestmark = pytest.mark.fleet
-GROUPS = {"gateways": ["h1", "h2"], "gpu_nodes": ["h1", "h2", "h3"]}
-PROMPT = "Tell the fleet a story"
-RUNTIME = "/opt/deepfleet/venv/bin/deepfleet-runtime"
-
-
-@dataclass
-class Fleet:
-    hosts: testhosts.TestFleet
-    root: Path
-    ca_cert: Path
-    api_key: str
-    inventory: Path
-    overrides: dict = field(default_factory=dict)  # host data for every host
-    timings: dict = field(default_factory=dict)
-
-    def write_inventory(self, per_host: dict[str, dict] | None = None) -> Path:
-        """The hosts file with the fleet's settings, `overrides` and per-host data."""
-        write_local_inventory(self.inventory, self.hosts, self.root / "model-v1", self.root / "pki",
-                              self.root / "keys.json", groups=GROUPS,
-                              model_keys_dir=str(self.root / "model-keys"), **self.overrides)
-        document = json.loads(self.inventory.read_text())
-        for name, data in document["hosts"]:
-            data.update((per_host or {}).get(name, {}))
-        self.inventory.write_text(json.dumps(document))
-        return self.inventory
-
-    def deepfleet(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        env = {**os.environ, "DEEPFLEET_HOSTS_FILE": str(self.inventory), "DEEPFLEET_HOME": str(self.root / "state"),
-               "DEEPFLEET_CACHE": str(cache_dir())}
-        command = [str(Path(sys.executable).parent / "deepfleet"), *args, str(LOCAL_INVENTORY)]
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=PROJECT_ROOT)
-
-    def on(self, host: str, command: str) -> str:
-        container = next(h.container for h in self.hosts.hosts if h.name == host)
-        return subprocess.run(["docker", "exec", container, "sh", "-c", command], capture_output=True, text=True,
-                              check=True).stdout
-
-    def release(self, host: str) -> dict:
-        return json.loads(self.on(host, "cat /opt/deepfleet/releases/current/release.json"))
-
-    def runtime_pid(self, host: str) -> str:
-        return self.on(host, "systemctl show -p MainPID --value deepfleet-runtime").strip()
-
-    def probe(self, gateway: str, replica: str) -> str:
-        """A greedy completion through `gateway` to `replica` (the rollout's smoke test)."""
-        answer = json.loads(self.on(gateway, f"{RUNTIME} gateway-admin probe {replica} --model {MODEL_NAME} "
-                                             f"--prompt '{PROMPT}' --max-tokens 12"))
-        assert answer["ok"], answer
-        return answer["content"]
-
-    def base_url(self, gateway: str) -> str:
-        host = next(h for h in self.hosts.hosts if h.name == gateway)
-        return f"https://127.0.0.1:{host.ports['gateway_port']}/v1"
 
 
 @pytest.fixture(scope="module")
@@ -120,51 +65,7 @@ def answers(fleet):
     shutil.copytree(fleet.root / "model-v2", broken)
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps(config | {"hidden_size": 128}))
-    return {version: _greedy(fleet.root / f"model-{version}") for version in ("v1", "v2")}
-
-
-def _greedy(model_dir: Path) -> str:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                           tokenize=True, return_dict=False)
-    with torch.no_grad():
-        output = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
-    return tokenizer.decode(output[0, len(prompt):], skip_special_tokens=True)
-
-
-class Load:
-    """Four streaming openai clients, two per gateway, asking without pause; every failure is kept."""
-
-    def __init__(self, fleet: Fleet):
-        context = ssl.create_default_context(cafile=str(fleet.ca_cert))
-        self.clients = [openai.OpenAI(base_url=fleet.base_url(gateway), api_key=fleet.api_key, max_retries=0,
-                                      http_client=openai.DefaultHttpxClient(verify=context), timeout=120)
-                        for gateway in ("h1", "h2", "h1", "h2")]
-        self.stop, self.done, self.failures = threading.Event(), 0, []
-        self.threads = [threading.Thread(target=self._ask, args=(client,), daemon=True) for client in self.clients]
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=180)
-
-    def _ask(self, client: openai.OpenAI) -> None:
-        while not self.stop.is_set():
-            try:
-                stream = client.chat.completions.create(model=MODEL_NAME, max_tokens=16, stream=True,
-                                                        messages=[{"role": "user", "content": "Hello fleet"}])
-                chunks = [chunk for chunk in stream]
-                if not any(c.choices and c.choices[0].finish_reason for c in chunks):
-                    raise AssertionError("the stream ended without a finish reason")
-                self.done += 1
-            except Exception as exc:  # noqa: BLE001 - every failure a client sees counts
-                self.failures.append(f"{type(exc).__name__}: {exc}")
+    return {version: greedy(fleet.root / f"model-{version}") for version in ("v1", "v2")}
 
 
 def test_plan_shows_one_template_change_on_every_host_and_nothing_else_then_up_converges(fleet):
@@ -260,3 +161,163 @@ def test_status_shows_every_host_on_its_release_and_healthy(fleet):
     assert [hosts[name]["jobs"] for name in hosts] == [["gateway", "replica"], ["gateway", "replica"], ["replica"]]
     table = fleet.deepfleet("status", timeout=300)
     assert table.returncode == 0 and "h1 ok, h2 ok" in table.stdout
+
+
+# --- operations an operator can trust: interrupts, locks, bake gate, ramps, resume, undo ------------
+
+ALL_SERVING = [("h1", True, False), ("h2", True, False), ("h3", True, False)]
+
+
+def _on_v2(fleet: Fleet, batch_size: int) -> None:
+    """A config change on every host (their model stays v2): a restart, no model push."""
+    fleet.overrides["runtime_max_batch_size"] = batch_size
+    fleet.write_inventory({host: {"model_source": str(fleet.root / "model-v2")} for host in ("h1", "h2", "h3")})
+
+
+def _wait_for(progress: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in progress.read_text():
+        assert process.poll() is None, f"it ended before {text!r}: {progress.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in: {progress.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def _record(fleet: Fleet) -> dict:
+    return json.loads((fleet.root / "state" / "rollouts" / "local.json").read_text())
+
+
+def test_an_interrupted_rollout_puts_its_batch_back_and_meanwhile_another_is_refused_naming_the_lock(fleet, answers):
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    _on_v2(fleet, 10)
+    started = time.monotonic()
+    with Load(fleet) as load:
+        first, progress = fleet.start("rollout", "--batch", "1")
+        _wait_for(progress, "converging h1", first)
+        second = fleet.deepfleet("rollout", "--batch", "1")
+        up = fleet.deepfleet("up")
+        assert first.poll() is None, progress.read_text()[-3000:]  # both refused while the first ran
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=600)
+        time.sleep(2)
+    fleet.timings["interrupted_rollout_s"] = round(time.monotonic() - started, 1)
+    lock_id = _record(fleet)["id"]
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"h1 is locked by rollout {lock_id} by " in second.stderr and "taken " in second.stderr \
+        and f"deepfleet unlock {LOCAL_INVENTORY} --lock {lock_id}" in second.stderr
+    assert up.returncode == 1 and f"is locked by rollout {lock_id}" in up.stderr, up.stderr[-3000:]
+    assert first.returncode == 130, out + progress.read_text()[-3000:]
+    assert "interrupted" in out and "--resume" in out
+    record = _record(fleet)
+    assert record["status"] == "interrupted"
+    assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
+        ("h1", "rolled back"), ("h2", "not reached"), ("h3", "not reached")]
+    assert load.failures == [] and load.done > 0
+    assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
+    for gateway in ("h1", "h2"):
+        assert fleet.upstreams(gateway) == ALL_SERVING  # no replica left drained
+    locks = fleet.deepfleet("locks")
+    assert locks.returncode == 0 and locks.stdout.count("not locked") == 3, locks.stdout
+
+
+def test_a_canary_answering_5xx_during_its_bake_is_rolled_back_and_the_rollout_stops(fleet, answers):
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    pids = {host: fleet.runtime_pid(host) for host in ("h2", "h3")}
+    _on_v2(fleet, 11)
+    started = time.monotonic()
+    with Load(fleet) as load:
+        rollout, progress = fleet.start("rollout", "--batch", "1", "--bake", "20")
+        _wait_for(progress, "baking h1", rollout)
+        # h1 passed its verify and smoke test on the new release; now it answers 500 to every completion
+        # (and 200 to health checks, as a replica broken under real traffic does)
+        state = next(u for u in json.loads(fleet.on("h1", f"{RUNTIME} gateway-admin status"))["upstreams"]
+                     if u["name"] == "h1")
+        labels = json.dumps({"model": MODEL_NAME, "release": state["release"], "quantization": state["quantization"]})
+        fleet.on("h1", f"cat > /tmp/fault.py <<'EOF'\n{FAULT}\nEOF\n")
+        fleet.on("h1", "systemctl stop deepfleet-runtime && systemd-run --unit deepfleet-fault "
+                       f"/opt/deepfleet/venv/bin/python /tmp/fault.py '{labels}'")
+        _wait_for(progress, "h1 failed at bake", rollout)
+        fleet.on("h1", "systemctl stop deepfleet-fault")  # the rollback's restart needs the port
+        out, _ = rollout.communicate(timeout=600)
+        time.sleep(2)
+    fleet.timings["canary_bake_rollback_s"] = round(time.monotonic() - started, 1)
+    assert rollout.returncode == 1, out + progress.read_text()[-3000:]
+    assert "h1 failed at bake" in out and "requests failed" in out, out
+    record = _record(fleet)
+    assert record["status"] == "halted"
+    assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
+        ("h1", "failed"), ("h2", "not reached"), ("h3", "not reached")]
+    assert load.failures == [] and load.done > 0  # the gateways sent its failed requests elsewhere
+    assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
+    assert {host: fleet.runtime_pid(host) for host in ("h2", "h3")} == pids
+    for gateway in ("h1", "h2"):
+        assert fleet.upstreams(gateway) == ALL_SERVING
+
+
+def test_a_ramp_refuses_a_capacity_it_cannot_keep_then_pauses_and_resumes_with_no_failed_request(fleet, answers):
+    _on_v2(fleet, 12)
+    refused = fleet.deepfleet("rollout", "--min-serving", "3")
+    assert refused.returncode == 2 and "fewer than --min-serving 3" in refused.stderr, refused.stderr[-3000:]
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    started = time.monotonic()
+    with Load(fleet) as load:
+        paused = fleet.deepfleet("rollout", "--batch", "1,50%", "--pause-after", "1")
+        after_pause = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+        resumed = fleet.deepfleet("rollout", "--resume")
+        time.sleep(2)
+    fleet.timings["ramp_pause_resume_3_hosts_s"] = round(time.monotonic() - started, 1)
+    assert paused.returncode == 0 and "paused after batch 1" in paused.stdout, paused.stdout + paused.stderr[-3000:]
+    assert after_pause["h1"] != before["h1"] and [after_pause[h] for h in ("h2", "h3")] == [before["h2"], before["h3"]]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
+    record = _record(fleet)
+    assert record["status"] == "done"
+    assert [(h["name"], h["outcome"], h["batch"], h["before"]) for h in record["hosts"]] == [
+        ("h1", "updated", 1, before["h1"]), ("h2", "updated", 2, before["h2"]), ("h3", "updated", 2, before["h3"])]
+    assert load.failures == [] and load.done > 0
+
+
+def test_rollback_of_a_rollout_moves_back_only_the_hosts_it_moved(fleet, answers):
+    _on_v2(fleet, 13)
+    before = {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")}
+    moved = fleet.deepfleet("rollout", "--batch", "1", "--pause-after", "1")
+    assert moved.returncode == 0, moved.stdout + moved.stderr[-3000:]
+    rollout_id = _record(fleet)["id"]
+    assert fleet.release("h1")["id"] != before["h1"]
+    pids = {host: fleet.runtime_pid(host) for host in ("h2", "h3")}
+    started = time.monotonic()
+    with Load(fleet) as load:
+        back = fleet.deepfleet("rollback", "--rollout", rollout_id)
+        time.sleep(2)
+    fleet.timings["rollback_of_rollout_s"] = round(time.monotonic() - started, 1)
+    assert back.returncode == 0, back.stdout + back.stderr[-3000:]
+    assert "drained h1 at h1, h2" in back.stderr and "undrained h1" in back.stderr
+    assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
+    assert {host: fleet.runtime_pid(host) for host in ("h2", "h3")} == pids  # untouched
+    record = _record(fleet)
+    assert (record["kind"], record["of"]) == ("rollback", rollout_id)
+    assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
+        ("h1", "updated"), ("h2", "up to date"), ("h3", "up to date")]
+    assert load.failures == [] and load.done > 0
+    for gateway in ("h1", "h2"):
+        assert fleet.upstreams(gateway) == ALL_SERVING
+
+
+def test_a_gateway_change_restarts_the_gateways_one_at_a_time_and_failover_clients_see_no_failure(fleet, answers):
+    pids = {gateway: fleet.on(gateway, "systemctl show -p MainPID --value deepfleet-gateway").strip()
+            for gateway in ("h1", "h2")}
+    fleet.overrides["gateway_max_queued"] = 300
+    _on_v2(fleet, 12)  # what the rollback left them serving: only the gateways change
+    refused = fleet.deepfleet("rollout", "--batch", "2")  # h1 and h2 at once: no gateway left to clients
+    assert refused.returncode == 2 and "holds every gateway (h1, h2)" in refused.stderr, refused.stderr[-3000:]
+    started = time.monotonic()
+    with FailoverLoad(fleet) as load:
+        rollout = fleet.deepfleet("rollout", "--batch", "1")
+        time.sleep(2)
+    fleet.timings["gateway_rollout_s"] = round(time.monotonic() - started, 1)
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr[-3000:]
+    assert [(h["name"], h["outcome"], h["batch"]) for h in _record(fleet)["hosts"]] == [
+        ("h1", "unchanged", 1), ("h2", "unchanged", 2), ("h3", "up to date", 0)]  # the gateways' config only
+    for gateway in ("h1", "h2"):
+        assert fleet.on(gateway, "systemctl show -p MainPID --value deepfleet-gateway").strip() != pids[gateway]
+        assert "max_queued: 300" in fleet.on(gateway, "cat /etc/deepfleet/gateway.yaml")
+        assert fleet.upstreams(gateway) == ALL_SERVING
+    assert load.failures == [] and load.done > 0

@@ -45,7 +45,7 @@ from deepfleet.modelkeys import create_model_keys
 from deepfleet.modelpack import ensure_release
 from deepfleet.paths import PROJECT_ROOT, cache_dir
 from deepfleet.pki import ensure_server_cert, init_ca
-from deepfleet.wheelhouse import TargetPlatform, build_wheelhouse
+from deepfleet.wheelhouse import TargetPlatform, build_wheelhouse, recorded_hashes
 from deepfleet_runtime.modelstore.release import MANIFEST_FILE
 from roles.common import template
 from roles.defaults import DEFAULTS
@@ -53,7 +53,7 @@ from roles.gateway import gateway_yaml_context
 from roles.hostos import image_os
 from roles.runtime import RUNTIME_DIRECTORY, runtime_yaml_context
 from roles.runtime_container import (PRUNE_BUILD_STAGES, RUN_AS_ENV, build_command, container_args, context_files,
-                                     dockerfile, image_tag, tarball_image)
+                                     dockerfile, image_requirements, image_tag, tarball_image)
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.fleet
@@ -127,13 +127,15 @@ def docker_runtime(tmp_path_factory, tiny_model_dir):
                                   cache_dir() / "wheelhouse", PROJECT_ROOT / "runtime",
                                   extras=tuple(settings["runtime_wheel_extras"]))
     text = dockerfile(settings, base, False, python, wheelhouse, str(config_path))
-    local, manifest = context_files(wheelhouse)
+    hashes = recorded_hashes(wheelhouse)  # online, as the role takes them
+    local, manifest = context_files(wheelhouse, hashes)
     tag = image_tag(text, manifest)
     context = root / "context"
     for relative, source in local.items():
         (context / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, context / relative)
     (context / "Dockerfile").write_text(text)
+    (context / "wheels" / "requirements.txt").write_text(image_requirements(settings, wheelhouse, hashes))
 
     name = f"deepfleet-{run_id}-runtime"
     gateway = None

@@ -54,13 +54,16 @@ def test_second_deploy_reports_no_changes(site):
 
 
 def test_services_run_unprivileged_and_secrets_are_closed(site):
-    assert site.on_host("ps -o user= -C deepfleet-runtime -C python3 | sort -u").split() == ["deepfleet"]
+    assert site.on_host("ps -o user= -C deepfleet-runtime -C python3 | sort -u").split() == ["deepfleet",
+                                                                                             "deepfleet-gateway"]
+    for unit, account in (("deepfleet-runtime", "deepfleet"), ("deepfleet-gateway", "deepfleet-gateway")):
+        assert site.on_host(f"ps -o user= -p $(systemctl show -p MainPID --value {unit})").strip() == account
     modes = site.on_host("stat -L -c '%n %U:%G %a' /etc/deepfleet/tls/server.key /etc/deepfleet/tls "
                            "/etc/deepfleet/api_keys.json /opt/deepfleet/venv")  # -L: the venv link's target
     assert modes.split("\n")[:4] == [
         "/etc/deepfleet/tls/server.key root:deepfleet 640",
         "/etc/deepfleet/tls root:deepfleet 750",
-        "/etc/deepfleet/api_keys.json root:deepfleet 640",
+        "/etc/deepfleet/api_keys.json root:deepfleet-gateway 640",  # only the gateway reads the key hashes
         "/opt/deepfleet/venv root:root 755",
     ]
     assert site.api_key not in site.on_host("cat /etc/deepfleet/api_keys.json")

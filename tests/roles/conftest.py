@@ -65,3 +65,12 @@ def control_data(tmp_path):
     return {"model_source": str(model), "deepfleet_cache_dir": str(tmp_path / "cache"),
             "gateway_pki_dir": str(tmp_path / "pki"), "gateway_api_keyring": str(tmp_path / "keys.json"),
             "model_keys_dir": str(tmp_path / "model-keys")}
+
+
+@pytest.fixture
+def gguf_model(tmp_path):
+    """A model directory as llama.cpp users have one: a single .gguf file, no config.json."""
+    model = tmp_path / "gguf-model"
+    model.mkdir()
+    (model / "model-q4_0.gguf").write_bytes(b"GGUF" + bytes(60))
+    return model

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from deepfleet.bundle import verified_once
 from deepfleet.bundle.wheels import bundle_wheelhouse
 from deepfleet.modelkeys import load_model_keys
 from deepfleet.modelpack import encrypt_model
@@ -134,3 +135,32 @@ def test_the_site_deploy_takes_packages_wheels_and_model_from_the_bundle(bundle,
     assert [c["upload"].rsplit("/", 1)[1] for c in deps.commands if isinstance(c, dict)] == [WHEEL, ".deepfleet-complete.json"]
     release = json.loads((Path(bundle["bundle_dir"]) / "lock.json").read_text())["models"]["tiny-deepseek-v3"]["release"]
     assert find(ops, f"Model tiny-deepseek-v3@{release}").change == "yes"  # the bundle's release, not a new one
+
+
+def _checks(op) -> str:
+    """The host-side `sha256sum --check` input of a push_files operation."""
+    return next(c for c in op.commands if isinstance(c, str) and "sha256sum --check" in c)
+
+
+def test_a_wheel_swapped_after_the_bundle_verified_is_refused_by_the_signed_hash(bundle, control_data, wheelhouse):
+    root = Path(bundle["bundle_dir"])
+    verified_once(root, Path(bundle["bundle_trusted_key"]))  # the deploy has checked the bundle ...
+    signed = json.loads((root / "bundle.json").read_text())["files"]
+    runtime_wheel = f"wheels/runtime-{'f' * 16}/deepfleet_runtime-0.1.0-py3-none-any.whl"
+    (root / runtime_wheel).write_bytes(b"an unsigned wheel, installed as root")  # ... then bundle_dir changes
+    ops = plan(with_facts(load_case("debian12-nogpu"), **NOTHING_STAGED), SITE_DEPLOY, {**control_data, **bundle})
+    check = _checks(find(ops, "deepfleet-runtime wheel"))
+    assert signed[runtime_wheel]["sha256"] in check  # the host refuses what differs from the signed bytes
+    assert hashlib.sha256(b"an unsigned wheel, installed as root").hexdigest() not in check
+
+
+def test_a_wheel_added_to_the_wheelhouse_after_verification_is_refused(bundle, control_data, wheelhouse):
+    root = Path(bundle["bundle_dir"])
+    verified_once(root, Path(bundle["bundle_trusted_key"]))
+    deps_dir = next((root / "wheels").glob("deps-*"))
+    (deps_dir / "evil-1.0-py3-none-any.whl").write_bytes(b"evil")
+    listed = json.loads((deps_dir / ".manifest.json").read_text())
+    listed["evil-1.0-py3-none-any.whl"] = hashlib.sha256(b"evil").hexdigest()
+    (deps_dir / ".manifest.json").write_text(json.dumps(listed))
+    with pytest.raises(RoleError, match="evil-1.0-py3-none-any.whl is not in the signed manifest"):
+        plan(with_facts(load_case("debian12-nogpu"), **NOTHING_STAGED), SITE_DEPLOY, {**control_data, **bundle})

@@ -24,7 +24,9 @@ def test_the_hospital_bundle_holds_the_gpu_stack_for_debian_12_from_the_vendors_
     assert {"linux-headers-6.1.0-28-amd64", "nvidia-kernel-open-dkms", "cuda-drivers-580", "cuda-toolkit-13-0",
             "docker-ce", "containerd.io", "nvidia-container-toolkit=1.17.8-1", "python3-venv"} <= set(target.packages)
     sources = {source.name: source for source in target.sources}
-    assert sorted(sources) == ["cuda", "docker", "nvidia-container-toolkit"]
+    # NVIDIA's Debian instructions enable contrib, where the driver's dependencies are
+    assert sorted(sources) == ["cuda", "debian-nvidia", "docker", "nvidia-container-toolkit"]
+    assert sources["debian-nvidia"].apt_list.endswith(" http://deb.debian.org/debian bookworm contrib\n")
     assert sources["cuda"].key_url == ("https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/"
                                        "3bf863cc.pub")
     assert "signed-by=/etc/apt/keyrings/deepfleet-docker.asc] https://download.docker.com/linux/debian bookworm stable" \

@@ -52,3 +52,23 @@ def test_nft_accepts_the_ruleset_in_a_private_network_namespace(tmp_path):
         pytest.skip("no permission to create a network namespace here")
     assert result.returncode == 0, result.stderr
     assert "table inet deepfleet" in result.stdout and result.stdout.count("chain input") == 1
+
+
+def test_a_gateway_address_the_role_derived_is_blamed_on_the_gateways_runtime_address_not_on_a_setting():
+    settings = {**SETTINGS, "firewall_runtime_sources": ["gw1.example.internal"], "runtime_sources_derived": True}
+    with pytest.raises(RoleError) as error:
+        firewall_context(settings)
+    assert str(error.value).startswith("the runtime_address of a gateway (firewall_runtime_sources is empty, so the "
+                                       "gateways' addresses are used): 'gw1.example.internal' is not a network")
+    assert "set runtime_address" in str(error.value)
+
+
+def test_connections_per_source_to_the_gateway_are_capped_by_conntrack():
+    text = _render({**SETTINGS, "firewall_gateway_connections_per_source": 300})
+    # nftables wiki ("Connlimits"): a dynamic set and `ct count over N` on new connections
+    for family, kind in (("ip", "ipv4_addr"), ("ip6", "ipv6_addr")):
+        assert (f"tcp dport 8443 ct state new add @gateway_conn_{family} {{ {family} saddr ct count over 300 }} drop"
+                in text)
+        assert f"set gateway_conn_{family} {{\n\t\ttype {kind}\n\t\tsize 65535\n\t\tflags dynamic" in text
+    assert text.index("ct count") < text.index("@gateway_v4 accept")  # counted before the source is accepted
+    assert "ct count" not in _render({**SETTINGS, "firewall_gateway_connections_per_source": 0})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 
 import pytest
 
-from roles.gpu_facts import (GpuContainerTest, NvidiaModuleState, NvidiaPciDevices, NvidiaSmi, gpu_spec,
+from roles.gpu_facts import (CudaProbe, GpuContainerTest, NvidiaModuleState, NvidiaPciDevices, NvidiaSmi, gpu_spec,
                              model_name, pci_scan_command)
 
 A100_SMI = ["0, NVIDIA A100-SXM4-80GB, 81920, 570.133.20, 8.0, 00000000:07:00.0",
@@ -64,10 +66,22 @@ def test_nvidia_smi_without_a_loaded_driver_says_why():
 
 
 def test_module_state_loaded_and_installed_versions():
+    unknown = {"running": None, "default": None, "driver": None, "built": {}}
     assert NvidiaModuleState().process(["loaded=570.133.20", "installed=570.133.20"]) == {
-        "loaded": "570.133.20", "installed": "570.133.20"}
+        "loaded": "570.133.20", "installed": "570.133.20", **unknown}
     assert NvidiaModuleState().process(["loaded=", "installed=570.133.20"]) == {
-        "loaded": None, "installed": "570.133.20"}
+        "loaded": None, "installed": "570.133.20", **unknown}
+
+
+def test_module_state_lists_every_kernel_the_module_was_built_for(tmp_path):
+    output = ["loaded=", "installed=", "running=5.14.0-427.13.1.el9_4.x86_64",
+              "built=5.14.0-503.14.1.el9_5.x86_64 570.133.20", "default=5.14.0-503.14.1.el9_5.x86_64",
+              "driver=570.133.20"]
+    state = NvidiaModuleState().process(output)
+    assert state["built"] == {"5.14.0-503.14.1.el9_5.x86_64": "570.133.20"}
+    assert (state["default"], state["driver"]) == ("5.14.0-503.14.1.el9_5.x86_64", "570.133.20")
+    real = subprocess.run(["sh", "-c", NvidiaModuleState().command()], capture_output=True, text=True, check=True)
+    assert NvidiaModuleState().process(real.stdout.splitlines())["running"] == os.uname().release
 
 
 def test_container_test_counts_gpus_and_keeps_docker_errors():
@@ -97,3 +111,42 @@ def test_gpu_spec_from_nvidia_smi_wins_over_pci_ids():
              {"slot": "b", "device_id": "0x9999", "model": "NVIDIA-0x9999", "memory_gb": None}]
     assert gpu_spec(None, mixed) == "1xRTX4090-24GB+1xNVIDIA-0x9999"
     assert gpu_spec(None, []) is None
+
+
+STUB_LIBCUDA = r"""
+/* A stand-in libcuda.so.1 exporting the driver API calls CudaProbe makes; CUINIT_RESULT picks cuInit's answer. */
+#include <stdlib.h>
+static const char *names[] = {"CUDA_SUCCESS", "CUDA_ERROR_SYSTEM_NOT_READY"};
+int cuInit(unsigned flags) { const char *r = getenv("CUINIT_RESULT"); return r ? atoi(r) : 0; }
+int cuGetErrorName(int code, const char **out) { *out = names[code == 802]; return 0; }
+int cuDeviceGetCount(int *count) { *count = 2; return 0; }
+int cuDeviceGet(int *device, int ordinal) { *device = ordinal; return 0; }
+int cuDevicePrimaryCtxRetain(void **ctx, int device) { *ctx = (void *)1; return 0; }
+int cuDevicePrimaryCtxRelease(int device) { return 0; }
+int cuCtxSetCurrent(void *ctx) { return 0; }
+int cuMemAlloc_v2(unsigned long long *ptr, size_t size) { *ptr = 4096; return 0; }
+int cuMemFree_v2(unsigned long long ptr) { return 0; }
+"""
+
+
+@pytest.mark.parametrize(("cuinit", "expected"), [
+    ("0", {"devices": 2, "ok": [0, 1], "error": None}),
+    ("802", {"devices": 0, "ok": [], "error": "CUDA_ERROR_SYSTEM_NOT_READY (802)"}),  # NVSwitch, no Fabric Manager
+])
+def test_the_cuda_probe_runs_its_driver_api_calls_against_a_stand_in_libcuda(tmp_path, cuinit, expected):
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler for the stand-in libcuda")
+    (tmp_path / "stub.c").write_text(STUB_LIBCUDA)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "libcuda.so.1"), str(tmp_path / "stub.c")],
+                   check=True)
+    output = subprocess.run(["sh", "-c", CudaProbe().command()], capture_output=True, text=True, check=True,
+                            env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path), "CUINIT_RESULT": cuinit}).stdout
+    assert CudaProbe().process(output.splitlines()) == expected
+
+
+def test_the_cuda_probe_without_a_driver_says_so():
+    output = subprocess.run(["sh", "-c", CudaProbe().command()], capture_output=True, text=True, check=True,
+                            env={**os.environ, "LD_LIBRARY_PATH": "/nonexistent"}).stdout
+    if CudaProbe().process(output.splitlines())["devices"]:
+        pytest.skip("this machine has a working libcuda")
+    assert CudaProbe().process(output.splitlines())["error"].startswith("libcuda.so.1 cannot be loaded")

@@ -6,8 +6,9 @@ import pytest
 
 from roles.common import RoleError
 from roles.hostos import host_os
+from roles.nvidia_driver import nvidia_driver
 
-from .factplan import load_case, plan, with_facts
+from .factplan import find, load_case, plan, with_facts
 
 
 def _os(facts):
@@ -40,3 +41,20 @@ def test_an_unsupported_os_is_refused_with_the_supported_list():
 def test_an_unsupported_architecture_is_refused():
     with pytest.raises(RoleError, match="architecture 'ppc64le'"):
         _os(with_facts(load_case("debian12-nogpu"), **{"server.Arch": "ppc64le"}))
+
+
+def test_debian_13_gets_nvidias_debian13_repository_with_its_new_key_and_trixies_driver():
+    ops = plan(load_case("debian13-2xa100-stock"), nvidia_driver)
+    assert any(arg.endswith("/compute/cuda/repos/debian13/x86_64/8793F200.pub")  # NVIDIA's trixie key, which sqv accepts
+               for arg in find(ops, "signing key").shell()[1].split())
+    assert find(ops, "contrib added to /etc/apt/sources.list.d/debian.sources").change == "yes"
+    distro = plan(load_case("debian13-2xa100-stock"), nvidia_driver,
+                  data={"nvidia_driver_source": "distro", "nvidia_driver_branch": "550"})
+    assert "nvidia-driver" in find(distro, ": packages").shell()[-1]
+
+
+@pytest.mark.parametrize(("os_id", "version"), [("ubuntu", "26.04"), ("rocky", "10.1"), ("rhel", "10.1")])
+def test_releases_not_supported_yet_are_refused_naming_the_supported_ones(os_id, version):
+    release = {"$output": ["/etc/os-release", f"ID={os_id}", f'VERSION_ID="{version}"', "---"]}
+    with pytest.raises(RoleError, match=r"support ubuntu 22, ubuntu 24, debian 12, debian 13, rocky 9.*not supported yet"):
+        plan(with_facts(load_case("ubuntu2204-2xa100"), **{"server.LinuxDistribution": release}), nvidia_driver)

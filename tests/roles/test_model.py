@@ -43,3 +43,23 @@ def test_the_release_state_probe_counts_releases_not_the_current_link(tmp_path):
     state = fact.process(output.splitlines())
     assert (state["current"], state["kept"], state["complete"]) == ("ccc", ["aaa", "bbb", "ccc"], {})
     assert state["other_partials"] == [".tiny@ddd.partial"] and state["staged"] == {}
+
+
+def test_a_host_gets_only_the_kek_of_the_release_it_receives_sealed_to_it(control_data, wheelhouse):
+    from deepfleet.modelkeys import load_model_keys, rotate_kek
+    from deepfleet.paths import SITE_DEPLOY
+
+    from .factplan import load_case, plan
+
+    keys = load_model_keys(control_data["model_keys_dir"])
+    old = keys.current_kek_id()
+    new = rotate_kek(keys)  # the release is encrypted under the current KEK; the old one opens nothing here
+    ops = plan(load_case("debian12-nogpu"), SITE_DEPLOY, control_data)
+    pushed = [op for op in ops if "Model key-encryption key" in op.name]
+    assert [op.name.rsplit(" ", 1)[1] for op in pushed] == [new] and old not in " ".join(o.name for o in ops)
+    commands = " ".join(pushed[0].shell())
+    assert f"systemd-creds encrypt --name=model-kek-{new}.key" in commands
+    assert f"/etc/deepfleet/keys/model-kek-{new}.cred" in commands and "/dev/shm/deepfleet-secret-" in commands
+    unit = next(op for op in ops if op.name.endswith("Runtime systemd unit")).uploads()
+    assert "model unseal-keys --keys-dir /etc/deepfleet/keys --to /run/deepfleet-runtime/keys --user deepfleet" \
+        in unit["/etc/systemd/system/deepfleet-runtime.service"]

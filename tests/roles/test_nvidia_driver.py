@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from roles.common import RoleError
-from roles.nvidia_driver import NOUVEAU_BLACKLIST, module_needs_reboot, nvidia_driver
+from roles.nvidia_driver import (APT_PIN, NOUVEAU_BLACKLIST, PERSISTENCED_OVERRIDE, PERSISTENCED_OVERRIDE_PATH,
+                                 module_needs_reboot, nvidia_driver)
 
 from .factplan import changed, expect_plan, find, load_case, plan, with_facts
 
@@ -44,13 +45,13 @@ def test_proprietary_modules_leave_out_the_open_flavour(case, package):
     assert ("nvidia-driver:570-dkms" in proprietary) == case.startswith("rocky")
 
 
-def test_debian_distro_driver_comes_from_non_free_signed_by_the_debian_keyring():
+def test_debian_distro_driver_extends_the_hosts_debian_entry_with_contrib_non_free_and_firmware():
     ops = plan(with_facts(load_case("debian12-nogpu"), **ONE_GPU), nvidia_driver,
                data={"nvidia_driver_source": "distro", "nvidia_driver_branch": "535",
                      "nvidia_driver_open_kernel_modules": False})
-    source = find(ops, "apt source").uploads()["/etc/apt/sources.list.d/deepfleet-debian-non-free.list"]
-    assert ("deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-            "http://deb.debian.org/debian bookworm non-free non-free-firmware\n") in source
+    edit = find(ops, "added to /etc/apt/sources.list")
+    assert edit.uploads()["/etc/apt/sources.list"] == (
+        "deb http://deb.debian.org/debian bookworm main contrib non-free non-free-firmware\n")
     assert not [op for op in ops if op.name.endswith("signing key")]
     install = find(ops, ": packages").shell()[-1]
     assert install.endswith("install linux-headers-6.1.0-25-amd64 nvidia-driver nvidia-smi firmware-misc-nonfree")
@@ -103,8 +104,10 @@ def test_converged_host_plans_no_changes():
                                           "cuda-drivers-570")}
     ops = plan(load_case("ubuntu2204-2xa100"), nvidia_driver)
     source = find(ops, "apt source").uploads()["/etc/apt/sources.list.d/deepfleet-cuda.list"]
+    pin = find(ops, "apt pin").uploads()[APT_PIN]
     sha1 = {f"path={path}": hashlib.sha1(text.encode()).hexdigest() for path, text in (
-        ("/etc/apt/sources.list.d/deepfleet-cuda.list", source),
+        ("/etc/apt/sources.list.d/deepfleet-cuda.list", source), (APT_PIN, pin),
+        (PERSISTENCED_OVERRIDE_PATH, PERSISTENCED_OVERRIDE),
         ("/etc/modprobe.d/deepfleet-blacklist-nouveau.conf", NOUVEAU_BLACKLIST))}
     present = {"user": "root", "group": "root", "mode": 644, "size": 1}
     facts = with_facts(load_case("ubuntu2204-2xa100"), **{
@@ -113,6 +116,7 @@ def test_converged_host_plans_no_changes():
         "files.Directory": {"*": {"user": "root", "group": "root", "mode": 755}},
         "files.Sha1File": sha1,
         "roles.gpu_facts.NvidiaModuleState": {"$output": ["loaded=570.133.20", "installed=570.133.20"]},
+        "roles.driver_reboot.HeldPackages": {"$output": ["nvidia-driver-570-open", "cuda-drivers-570"]},
         "systemd.SystemdStatus": {"*": {"nvidia-persistenced.service": True}},
         "systemd.SystemdEnabled": {"*": {"nvidia-persistenced.service": True}},
     })
@@ -120,5 +124,47 @@ def test_converged_host_plans_no_changes():
         "NVIDIA driver | NVIDIA driver 570 for A100: refresh apt lists (after a repository change, or for "
         "missing packages)",
         "NVIDIA driver | Rebuild the initramfs without nouveau",
+        "NVIDIA driver | Stop: no NVIDIA kernel module for this host's kernel (only if the build produced none)",
+        "NVIDIA driver | Stop: Secure Boot would refuse the unsigned DKMS module (only if its key is not enrolled)",
         "NVIDIA driver | Reboot to load the new NVIDIA kernel module (only if it could not be loaded)",
+        "NVIDIA driver | Reload systemd units for nvidia-persistenced",
+        "NVIDIA driver | nvidia-persistenced (restarted for persistence mode)",
     ]  # conditional steps only: their conditions (a change, a module mismatch) are false on this host
+
+
+def test_rocky_installs_headers_of_the_running_kernel_and_enables_crb():
+    # NVIDIA's role installs kernel-devel/kernel-headers-{{ansible_kernel}}; kernel-devel-matched pulls the
+    # newest kernel instead, and DKMS builds for a kernel that is not running.
+    ops = plan(load_case("rocky9-8xh100"), nvidia_driver)
+    install = find(ops, ": packages").shell()[-1]
+    assert "kernel-devel-5.14.0-427.13.1.el9_4 kernel-headers-5.14.0-427.13.1.el9_4 epel-release" in install
+    assert "kernel-devel-matched" not in install
+    assert find(ops, "CodeReady Builder").shell() == ["dnf config-manager --set-enabled crb"]
+    enabled = with_facts(load_case("rocky9-8xh100"), **{"roles.facts.DnfEnabledRepos": ["baseos", "crb"]})
+    assert find(plan(enabled, nvidia_driver), "CodeReady Builder").change == "no"
+
+
+def test_persistence_mode_is_really_on_with_nvidias_unit_override():
+    # Ubuntu's nvidia-persistenced unit runs --no-persistence-mode; NVIDIA's ansible role (and DeepOps) override
+    # ExecStart with --persistence-mode, then the unit is restarted once.
+    ops = plan(load_case("ubuntu2204-2xa100"), nvidia_driver)
+    override = find(ops, "persistence mode on").uploads()[
+        "/etc/systemd/system/nvidia-persistenced.service.d/deepfleet-persistence-mode.conf"]
+    assert override.endswith(
+        "[Service]\nExecStart=\nExecStart=/usr/bin/nvidia-persistenced --user root --persistence-mode --verbose\n")
+    service = find(ops, "nvidia-persistenced (restarted")
+    assert service.change == "conditional"
+
+
+def test_dev_char_symlinks_keep_containers_gpus_across_daemon_reload():
+    # NVIDIA/nvidia-container-toolkit#48 and the toolkit's troubleshooting guide: with systemd cgroups a
+    # `systemctl daemon-reload` detaches GPUs unless /dev/char links exist; the remedy is this udev rule
+    # in /lib/udev/rules.d/71-nvidia-dev-char.rules plus one `nvidia-ctk system create-dev-char-symlinks --create-all`.
+    from roles.nvidia_container_toolkit import nvidia_container_toolkit
+    ops = plan(load_case("ubuntu2204-2xa100"), nvidia_container_toolkit)
+    rule = find(ops, "udev rule").uploads()["/lib/udev/rules.d/71-nvidia-dev-char.rules"]
+    assert ('ACTION=="add", DEVPATH=="/bus/pci/drivers/nvidia", '
+            'RUN+="/usr/bin/nvidia-ctk system create-dev-char-symlinks --create-all"\n') in rule
+    links = find(ops, "Create the /dev/char links")
+    assert links.shell() == ["nvidia-ctk system create-dev-char-symlinks --create-all"]
+    assert links.change == "conditional"

@@ -39,8 +39,12 @@ def test_cpu_host_builds_a_debian_based_image_and_runs_it_without_gpus(wheelhous
     ops = plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE})
     dockerfile = next(iter(find(ops, "build context: Dockerfile").uploads().values()))
     assert "FROM debian:12-slim AS python" in dockerfile and "NVIDIA_VISIBLE_DEVICES" not in dockerfile
-    assert '[transformers]"' in dockerfile and dockerfile.rstrip().endswith(
-        'CMD ["serve", "--config", "/etc/deepfleet/runtime.yaml"]')
+    assert "--require-hashes --find-links /tmp/wheels/deps -r /tmp/wheels/requirements.txt" in dockerfile
+    assert dockerfile.rstrip().endswith('CMD ["serve", "--config", "/etc/deepfleet/runtime.yaml"]')
+    requirements = next(iter(find(ops, "build context: hashed requirements").uploads().values()))
+    assert requirements.startswith("/tmp/wheels/runtime/deepfleet_runtime-0.1.0-py3-none-any.whl[transformers] "
+                                   "--hash=sha256:")
+    assert all(" --hash=sha256:" in line and "==" in line for line in requirements.splitlines()[1:])
     run = find(ops, "Runtime container deepfleet-runtime").shell()[0]
     assert "--gpus" not in run and '--env DEEPFLEET_RUN_AS="$(id -u deepfleet):$(id -g deepfleet)"' in run
     # The current release's config (docker resolves the `current` link at each start, so a restart
@@ -50,8 +54,10 @@ def test_cpu_host_builds_a_debian_based_image_and_runs_it_without_gpus(wheelhous
         assert f"--volume {mount} " in run
     assert run.endswith(" serve --config /opt/deepfleet/releases/current/runtime.yaml")
     assert [r["extras"] for r in wheelhouse.requests] == [[], ["transformers"]]
-    assert find(ops, "Install deepfleet-runtime (offline, from the wheelhouse)").shell()[1].endswith(
-        "deepfleet_runtime-0.1.0-py3-none-any.whl")  # no engine extras on the host
+    install = find(ops, "Install deepfleet-runtime (offline, from the wheelhouse)")
+    host_requirements = [text for path, text in install.uploads().items() if path.endswith("deepfleet-requirements.txt")]
+    assert host_requirements[0].startswith("/opt/deepfleet/wheelhouse/runtime-")
+    assert host_requirements[0].split()[0].endswith("deepfleet_runtime-0.1.0-py3-none-any.whl")  # no engine extras
     assert find(ops, "Wait until the runtime container is ready").change == "conditional"
 
 
@@ -70,6 +76,7 @@ def test_container_limits_and_hardening():
     assert pairs["--restart"] == "unless-stopped" and pairs["--network"] == "host"
     assert pairs["--shm-size"] == "16g" and pairs["--cap-drop"] == "ALL"
     assert "--read-only" in args and ["--ulimit", "memlock=-1:-1"] == args[args.index("memlock=-1:-1") - 1:][:2]
+    assert ["--ulimit", "core=0:0"] == args[args.index("core=0:0") - 1:][:2]  # no core dump of keys or weights
     assert "/opt/m:/opt/m:ro" in args and args[-4:] == ["/etc/deepfleet/keys", "serve", "--config",
                                                         "/etc/deepfleet/runtime.yaml"]
 

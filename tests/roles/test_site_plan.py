@@ -63,7 +63,8 @@ def test_dual_a100_runtime_is_vllm_in_a_gpu_container_across_both_gpus(dual_a100
     ]
     dockerfile = next(iter(find(dual_a100, "build context: Dockerfile").uploads().values()))
     assert dockerfile.splitlines()[2] == "FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS python"
-    assert "deepfleet_runtime-0.1.0-py3-none-any.whl[vllm]" in dockerfile
+    requirements = next(iter(find(dual_a100, "build context: hashed requirements").uploads().values()))
+    assert "deepfleet_runtime-0.1.0-py3-none-any.whl[vllm] --hash=sha256:" in requirements
     run = find(dual_a100, "Runtime container deepfleet-runtime").shell()[0]
     assert re.search(r" --gpus all --user 0:0 --entrypoint /bin/sh deepfleet-runtime:[0-9a-f]{16} -c ", run)
     assert run.endswith(" serve --config /opt/deepfleet/releases/current/runtime.yaml")
@@ -108,8 +109,9 @@ def test_rtx4090_uses_ubuntus_driver_and_runs_the_runtime_under_systemd(wheelhou
     assert _runtime_yaml(ops)["device"] == "cuda"
 
 
-def test_edge_profile_on_arm64_runs_no_nvidia_role_and_builds_aarch64_wheels(wheelhouse, control_data):
-    ops = plan(load_case("debian12-arm64-edge"), SITE_DEPLOY, data=control_data, inventory=INVENTORIES / "edge.py")
+def test_edge_profile_on_arm64_runs_no_nvidia_role_and_builds_aarch64_wheels(wheelhouse, control_data, gguf_model):
+    ops = plan(load_case("debian12-arm64-edge"), SITE_DEPLOY, data={**control_data, "model_source": str(gguf_model)},
+               inventory=INVENTORIES / "edge.py")
     skipped = {op.name.split(" | ")[0]: op.notes[0] for op in ops if op.name.endswith(": skipped")}
     assert skipped == {
         "NVIDIA driver": "no NVIDIA device on the PCI bus (sysfs vendor 0x10de)",
@@ -134,7 +136,10 @@ def test_rocky9_site_installs_with_dnf_and_runs_the_runtime_on_python_311(wheelh
     data = {**control_data, "runtime_device": "cuda", "nvidia_driver_branch": "580", "cuda_version": "13.0"}
     ops = plan(load_case("rocky9-8xh100"), SITE_DEPLOY, data=data)
     assert _deploys_in_order(changed(ops)) == [
-        "deepfleet base", *GPU_ROLES, "deepfleet model", "deepfleet runtime", "deepfleet gateway"]
+        "deepfleet base", *GPU_ROLES, "deepfleet firewall", "deepfleet model", "deepfleet runtime",
+        "deepfleet gateway"]  # firewall: firewalld runs there by default, the gateway port is opened
+    assert find(ops, "Open deepfleet's ports in firewalld").shell() == [
+        "firewall-cmd --permanent --add-port=8443/tcp", "firewall-cmd --reload"]
     # Rocky 9's python3 is 3.9: the runtime's venv gets AppStream's python3.11, through dnf.
     assert find(ops, "deepfleet base | Base: packages").shell() == ["dnf install -y python3.11"]
     assert re.fullmatch(r"test -x (/opt/deepfleet/venvs/[0-9a-f]{16}-[0-9a-z]{16})/bin/python3\.11 \|\| "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from roles.defaults import DEFAULTS
-from roles.gpu_facts import GpuContainerTest, NvidiaPciDevices, NvidiaSmi
+from roles.gpu_facts import CudaProbe, GpuContainerTest, NvidiaFabric, NvidiaPciDevices, NvidiaPersistence, NvidiaSmi
 from roles.verify import gpu_checks, report, verify
 
 from .factplan import find, load_case, plan, with_facts
@@ -18,10 +18,16 @@ TOOLKIT = {"cuda": {"name": "CUDA SDK", "version": "12.8.1"}}
 DOCKER_INFO = {"Runtimes": {"io.containerd.runc.v2": {}, "nvidia": {"path": "nvidia-container-runtime"}, "runc": {}}}
 
 
+CUDA_OK = ["devices=2", "ok=0", "ok=1"]
+PERSISTENCE = ["7, Enabled", "8, Enabled"]  # the GPU indexes of SMI_LINES
+
+
 def _checks(settings=None, smi=SMI_LINES + ["CUDA Version: 12.8"], container=CONTAINER_LINES, toolkit=TOOLKIT,
-            docker_info=DOCKER_INFO):
+            docker_info=DOCKER_INFO, cuda=CUDA_OK, persistence=PERSISTENCE, switches=(), fabric=()):
     return gpu_checks({**DEFAULTS, **(settings or {})}, PCI, NvidiaSmi().process(smi) if smi is not None else None,
-                      toolkit, docker_info, GpuContainerTest().process(container) if container is not None else None)
+                      toolkit, docker_info, GpuContainerTest().process(container) if container is not None else None,
+                      cuda=CudaProbe().process(cuda), persistence=NvidiaPersistence().process(persistence),
+                      switches=list(switches), fabric=NvidiaFabric().process(list(fabric)))
 
 
 def _failed(checks):
@@ -30,13 +36,14 @@ def _failed(checks):
 
 def test_a_host_that_matches_its_settings_passes_every_check():
     checks = _checks({"verify_gpu_count": 2})
-    assert _failed(checks) == [] and len(checks) == 8
+    assert _failed(checks) == [] and len(checks) == 10
     assert "planner: 2xA100-80GB" in checks[0].detail
 
 
 @pytest.mark.parametrize(("settings", "smi", "failed"), [
     ({"nvidia_driver_branch": "550"}, None, ["driver branch"]),
-    ({"verify_gpu_count": 4}, None, ["GPUs the driver sees", "a CUDA container sees the GPUs"]),
+    ({"verify_gpu_count": 4}, None, ["GPUs the driver sees", "CUDA works on every GPU (a context and an allocation each)",
+                                     "a CUDA container sees the GPUs"]),
     ({"cuda_version": "12.9"}, None, ["CUDA toolkit", "the driver supports that CUDA"]),
     ({}, SMI_LINES[:1] + ["CUDA Version: 12.8"], ["GPUs the driver sees"]),  # one GPU fell off the bus
 ])
@@ -79,3 +86,17 @@ def test_verify_deploy_passes_a_host_without_gpu_and_fails_a_broken_one():
     assert failing.change == "yes"
     assert failing.shell()[0].startswith("echo 'h1: GPU verification") and failing.shell()[0].endswith(">&2 && exit 1")
     assert "FAIL  GPUs the driver sees: 1, expected 2" in failing.shell()[0]
+
+
+def test_an_nvswitch_board_without_fabric_manager_fails_on_cuda_and_fabric_though_nvidia_smi_answers():
+    fabric = ["        State                             : In Progress", "        Status                            : N/A"] * 2
+    checks = _checks(cuda=["error=CUDA_ERROR_SYSTEM_NOT_READY (802)"], switches=["0000:c1:00.0"] * 6, fabric=fabric)
+    assert _failed(checks) == ["NVSwitch fabric (Fabric Manager)",
+                               "CUDA works on every GPU (a context and an allocation each)"]
+    assert "802" in checks[-4].detail and "nvidia-fabricmanager" in checks[-4].detail
+    done = ["        State                             : Completed", "        Status                            : Success"] * 2
+    assert _failed(_checks(switches=["0000:c1:00.0"] * 6, fabric=done)) == []
+
+
+def test_persistence_mode_off_fails_its_check():
+    assert _failed(_checks(persistence=["7, Disabled", "8, Enabled"])) == ["persistence mode"]

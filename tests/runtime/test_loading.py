@@ -101,7 +101,15 @@ def test_a_whole_release_decrypts_into_private_memory_and_is_wiped(store, tiny_m
 def test_a_release_larger_than_the_memory_filesystem_is_refused_before_decrypting(store, runtime_dir, monkeypatch):
     real = os.statvfs
     monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((*real(path)[:4], 0, *real(path)[5:])))
-    with pytest.raises(ModelStoreError, match="GiB free in memory.*give the runtime a larger tmpfs"):
+    with pytest.raises(ModelStoreError, match="GiB free in memory.*give it a tmpfs of its own with the inventory setting runtime_decrypt_tmpfs_size"):
         with decrypted_copy(store.release, store.root / "keys"):
             pass
     assert list(runtime_dir.iterdir()) == []
+
+
+def test_the_decrypted_copy_goes_to_the_units_own_tmpfs_when_it_has_one(store, runtime_dir, monkeypatch):
+    own = runtime_dir / "decrypted"  # as the unit's TemporaryFileSystem (runtime_decrypt_tmpfs_size)
+    own.mkdir()
+    monkeypatch.setenv("DEEPFLEET_DECRYPT_DIR", str(own))
+    with decrypted_copy(store.release, store.root / "keys") as files:
+        assert files.parent == own

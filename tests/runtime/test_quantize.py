@@ -41,7 +41,7 @@ def test_possible_combinations_pick_a_method():
 @pytest.mark.parametrize("engine, path, device, fix", [
     ("vllm", "/models/tiny-q8_0.gguf", "cuda", "only the llamacpp engine"),
     ("llamacpp", "/models/tiny", "cpu", "convert-gguf"),
-    ("vllm", "/models/tiny", "cpu", "needs a CUDA GPU"),
+    ("vllm", "/models/tiny", "mps", "runs on device cuda .* or cpu"),
 ])
 def test_build_engine_refuses_a_model_the_engine_cannot_serve(engine, path, device, fix):
     config = RuntimeConfig(ModelSection("m", Path(path)), engine=engine, device=device)
@@ -92,3 +92,34 @@ def test_bitsandbytes_int8_skips_mla_kv_b_proj_and_still_runs(tiny_model_dir, fp
     assert weight_bytes(model) < weight_bytes(fp32_model[0])
     cosine = torch.nn.functional.cosine_similarity(_logits(model, tokenizer), _logits(*fp32_model), dim=0)
     assert cosine > 0.99
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_bitsandbytes_says_that_it_leaves_the_moe_experts_unquantised(tiny_model_dir, mode, caplog):
+    pytest.importorskip("bitsandbytes", reason="deepfleet-runtime[quantization] installs bitsandbytes")
+    with caplog.at_level("WARNING", logger="deepfleet_runtime.engines.loading"):
+        model, _ = load_model_and_tokenizer(tiny_model_dir, "float32", "cpu", QuantizationPlan(mode, "bitsandbytes"))
+    assert all(p.dtype.is_floating_point for p in _experts(model))  # bitsandbytes cannot reach fused experts
+    assert any("MoE expert weights" in r.message and "unquantised" in r.message and "torchao" in r.message
+               for r in caplog.records), caplog.text
+
+
+def test_torchao_quantises_before_the_weights_move_to_the_device(tiny_model_dir, monkeypatch):
+    """An int8 model that fits the GPU only once quantised must never be there whole in bf16:
+    torchao's quantize_(device=...) moves one module at a time and quantises it there."""
+    from deepfleet_runtime.engines import loading
+
+    calls, original_apply, original_to = [], loading.apply_torchao, torch.nn.Module.to
+
+    def apply(model, mode, device=None):
+        calls.append(("quantise", str(device)))
+        original_apply(model, mode, device)
+
+    def move(self, *args, **kwargs):
+        if self.__class__.__name__.endswith("ForCausalLM"):
+            calls.append(("move", str(args[0] if args else kwargs)))
+        return original_to(self, *args, **kwargs)
+    monkeypatch.setattr(loading, "apply_torchao", apply)
+    monkeypatch.setattr(torch.nn.Module, "to", move)
+    load_model_and_tokenizer(tiny_model_dir, "bfloat16", "cpu", QuantizationPlan("int8", "torchao"))
+    assert calls[0] == ("quantise", "cpu"), calls

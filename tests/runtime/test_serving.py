@@ -104,3 +104,37 @@ def test_wait_ready_stops_at_once_when_the_model_failed_to_load(tmp_path, capsys
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_runtime_admits_only_the_gateways_certificates_not_another_gpu_nodes(tmp_path):
+    """Every GPU node holds a client certificate from the fleet's CA; only gateways (and the
+    node's own readiness check) may use the runtime, else a node bypasses keys and audit."""
+    from deepfleet.pki import ensure_client_cert
+
+    ca, _ = init_ca(tmp_path / "pki")
+    pair, _ = ensure_server_cert(tmp_path / "pki", "gpu2", ["127.0.0.1"])
+
+    async def completion(_):
+        return JSONResponse({"choices": []})
+
+    port = free_port()
+    server = build_server(Starlette(routes=[Route("/v1/completions", completion, methods=["POST"])]), "127.0.0.1",
+                          port, pair.cert, pair.key, client_ca=ca.cert, allowed_clients={"gw1", "gpu2"})
+    thread = _serve_in_thread(server)
+    url = f"https://127.0.0.1:{port}/v1/completions"
+
+    def post_as(name: str) -> httpx.Response:
+        client, _ = ensure_client_cert(tmp_path / "pki", name)
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        context.load_cert_chain(str(client.cert), str(client.key))
+        return httpx.post(url, json={}, verify=context)
+
+    try:
+        assert post_as("gw1").status_code == 200
+        assert post_as("gpu2").status_code == 200  # its own readiness check
+        refused = post_as("gpu3")
+        assert refused.status_code == 403
+        assert "gpu3" in refused.json()["error"]["message"] and "gw1" in refused.json()["error"]["message"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

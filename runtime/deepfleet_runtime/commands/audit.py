@@ -37,6 +37,10 @@ def run_verify(args) -> int:
         return 1
     print(f"OK: {report.records} records (seq {report.first_seq}-{report.last_seq}) in {report.files} "
           f"file(s); last hash {report.last_hash}")
+    if report.open_requests:
+        ids = ", ".join(report.interrupted[:10]) + (", ..." if len(report.open_requests) > 10 else "")
+        print(f"     {len(report.open_requests)} request(s) started without an end record: interrupted (the "
+              f"gateway stopped during them), or still running if it runs: {ids}")
     if report.retention:
         print(f"     older records were removed by retention; the chain starts at record {report.first_seq}")
     if report.checkpoints:

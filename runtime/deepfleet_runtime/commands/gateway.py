@@ -17,8 +17,11 @@ def run(args) -> int:
     from ..gateway.app import Gateway
     from ..gateway.audit import AuditError
     from ..gateway.config import load_gateway_config
-    from ..serving import SideServer, build_server, serve_with_side_servers, tcp_listener, unix_listener
+    from ..gateway.connections import build_gateway_server
+    from ..privatememory import keep_memory_private
+    from ..serving import SideServer, serve_with_side_servers, tcp_listener, unix_listener
 
+    keep_memory_private()  # prompts, completions and the audit signing key never reach a core dump
     config = load_gateway_config(args.config)
     try:
         gateway = Gateway(config)
@@ -30,7 +33,6 @@ def run(args) -> int:
     except (AuditError, OSError) as exc:
         print(f"deepfleet-runtime gateway: {exc}", file=sys.stderr)
         return 2
-    main = build_server(gateway.app, config.listen.host, config.listen.port,
-                        tls_cert=config.tls.cert, tls_key=config.tls.key)
+    main, gateway.connections = build_gateway_server(gateway.app, config)
     serve_with_side_servers(main, side)
     return 0

@@ -1,8 +1,11 @@
-"""`deepfleet-runtime model activate|rollback|verify`: a host's model releases (run as root by deploys).
+"""`deepfleet-runtime model activate|rollback|verify|unseal-keys|retire-keys`: a host's model releases
+and keys (run as root by deploys and by the runtime unit).
 
-    activate  verify a pushed release, switch the host's current release to it, keep the last N
-    rollback  switch back to the previously active release (or --to RELEASE), after verifying it
-    verify    check a release directory: signature, data key, every chunk and hash
+    activate     verify a pushed release, switch the host's current release to it, keep the last N
+    rollback     switch back to the previously active release (or --to RELEASE), after verifying it
+    verify       check a release directory: signature, data key, every chunk and hash
+    unseal-keys  the runtime's private copy of the keys (sealed ones decrypted), for its unit
+    retire-keys  remove the KEKs no kept release is wrapped with
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ def register(commands) -> None:
     _common(rollback)
     rollback.add_argument("--to", default=None, help="a release id kept on this host")
     rollback.set_defaults(func=rollback_command)
+
+    unseal = sub.add_parser("unseal-keys", help="decrypt the host's keys into the runtime's private directory")
+    unseal.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR)
+    unseal.add_argument("--to", type=Path, required=True, help="the private directory (created 0700)")
+    unseal.add_argument("--user", required=True, help="the service user that owns the copy")
+    unseal.set_defaults(func=unseal_command)
+
+    retire = sub.add_parser("retire-keys", help="remove the KEKs no kept release is wrapped with")
+    retire.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR)
+    retire.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    retire.set_defaults(func=retire_command)
 
     verify = sub.add_parser("verify", help="check a release directory in full")
     verify.add_argument("release_dir", type=Path)
@@ -58,9 +72,24 @@ def rollback_command(args) -> int:
     def run():
         releases = ModelReleases(args.models_dir, args.name)
         target = rollback_target(releases, args.to)
-        return activate(releases, target, KeyDirectory(args.keys_dir), args.group, args.keep)
+        return activate(releases, target, KeyDirectory(args.keys_dir), args.group, args.keep, allow_older=True)
 
     return _report(run)
+
+
+def unseal_command(args) -> int:
+    import pwd
+
+    from ..modelstore.sealedkeys import unseal_into
+
+    account = pwd.getpwnam(args.user)
+    return _report(lambda: {"keys": unseal_into(args.keys_dir, args.to, account.pw_uid, account.pw_gid)})
+
+
+def retire_command(args) -> int:
+    from ..modelstore.sealedkeys import retire_unused
+
+    return _report(lambda: {"retired": retire_unused(args.keys_dir, args.models_dir)})
 
 
 def verify_command(args) -> int:

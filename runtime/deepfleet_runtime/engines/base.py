@@ -18,6 +18,14 @@ class ModelLoadError(RuntimeError):
     """The model cannot be loaded; the message names the path and the cause."""
 
 
+class RequestFailed(RuntimeError):
+    """The engine failed on this request (and only on it); the others keep being served."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve now: shutting down, or its device failed (the service restarts)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
@@ -27,6 +35,23 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # keep generating past the end-of-sequence token (benchmarks)
+    presence_penalty: float = 0.0  # OpenAI's: minus this for every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times how often it was generated
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one
+    logprobs: int | None = None  # None: none; k: each token's logprob and its k most likely rivals
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model, with its most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,7 @@ class TokenEvent:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     completion_tokens: int = 0  # total generated so far
+    logprobs: list[TokenLogprob] | None = None  # per token of token_ids, when the request asked
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,8 @@ class Engine(Protocol):
     """An inference engine: load once, then stream tokens for many requests."""
 
     model_name: str
+    parameters: frozenset[str]  # the schema's OPTIONAL_PARAMETERS this engine implements
+    context_tokens: int | None  # the model's context window (prompt + output); None when unknown
 
     def load(self) -> None:
         """Load weights and tokenizer and warm up; blocks until the engine can serve."""
@@ -71,7 +99,7 @@ class Engine(Protocol):
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
-        """Token ids of <think> and </think> when the tokenizer has them as single tokens."""
+        """Token ids of <think> and </think> when they are special tokens (decode to nothing), else None."""
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Prompt token ids for chat messages, rendered with the model's chat template."""

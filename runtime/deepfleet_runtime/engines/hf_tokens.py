@@ -20,8 +20,10 @@ def text_prompt_ids(tokenizer, text: str) -> list[int]:
 
 
 def think_token_ids(tokenizer) -> tuple[int, int] | None:
-    """Ids of <think> and </think> when the vocabulary has them as single tokens."""
+    """Ids of <think> and </think> when they are special tokens that decode to nothing (then the
+    reasoning split must find them by id); None when their text survives decoding, as in R1."""
     vocab = tokenizer.get_vocab()
-    if "<think>" in vocab and "</think>" in vocab:
-        return vocab["<think>"], vocab["</think>"]
-    return None
+    if "<think>" not in vocab or "</think>" not in vocab:
+        return None
+    ids = vocab["<think>"], vocab["</think>"]
+    return ids if tokenizer.decode([ids[1]], skip_special_tokens=True) == "" else None

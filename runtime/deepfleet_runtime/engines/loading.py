@@ -51,16 +51,33 @@ def load_model_and_tokenizer(model_dir: Path, dtype: str = "float32", device: st
     except ImportError as exc:
         raise ModelLoadError(f"quantization {quantization.method} needs a package that is not installed "
                              f"({exc}); install deepfleet-runtime[quantization]") from exc
-    if quantization.method != "bitsandbytes" or not device.startswith("cuda"):
-        model = model.to(torch.device(device))
-    if quantization.method == "torchao":
+    if quantization.method == "torchao":  # quantised module by module on the device, then moved whole
         try:
             with torch.no_grad():
-                apply_torchao(model, quantization.mode)
+                apply_torchao(model, quantization.mode, torch.device(device))
         except ImportError as exc:
             raise ModelLoadError(f"quantization torchao needs torchao ({exc}); install "
                                  "deepfleet-runtime[quantization]") from exc
+    if quantization.method != "bitsandbytes" or not device.startswith("cuda"):
+        model = model.to(torch.device(device))
+    if quantization.method == "bitsandbytes":
+        _warn_unquantised_experts(model)
     return model.eval(), tokenizer
+
+
+def _warn_unquantised_experts(model) -> None:
+    """bitsandbytes quantises nn.Linear only: fused 3-D MoE expert weights keep their dtype. Say so,
+    with their share of the weights (about 97% in a real DeepSeek-V3)."""
+    experts = [p for name, p in model.named_parameters()
+               if ".experts." in name and p.dim() == 3 and p.dtype.is_floating_point]
+    if not experts:
+        return
+    expert_bytes = sum(p.numel() * p.element_size() for p in experts)
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    log.warning("bitsandbytes left the MoE expert weights unquantised (%d tensors, %.0f%% of the weight "
+                "bytes, in %s); quantise them with quantization.method: torchao (int8), or serve a "
+                "pre-quantised checkpoint with the vllm engine", len(experts), 100 * expert_bytes / total,
+                experts[0].dtype)
 
 
 def _load_plain(model_dir: Path, kwargs: dict):

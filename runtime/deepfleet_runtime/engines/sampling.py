@@ -1,10 +1,11 @@
-"""Next-token choice from logits: greedy, temperature, top-k and top-p, with per-request seeds."""
+"""Next-token choice from logits: greedy, temperature, top-k, top-p and min-p with per-request seeds;
+OpenAI's presence/frequency penalties; the chosen token's logprob and its top rivals."""
 
 from __future__ import annotations
 
 import torch
 
-from .base import SamplingParams
+from .base import SamplingParams, TokenLogprob
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
@@ -27,6 +28,8 @@ def sample_next_token(
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
+    if params.min_p > 0:
+        probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
     if params.top_p < 1.0:
         sorted_probs, sorted_ids = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
@@ -35,3 +38,25 @@ def sample_next_token(
         sorted_probs = sorted_probs.masked_fill(cut, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, sorted_ids, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """OpenAI's penalties on one row: logits - counts x frequency - (counts > 0) x presence, where
+    counts says how often each token was generated so far in this request."""
+    logits = logits.float()
+    if params.frequency_penalty:
+        logits = logits - params.frequency_penalty * counts
+    if params.presence_penalty:
+        logits = logits - params.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def token_logprob(logits: torch.Tensor, token: int, alternatives: int, decode) -> TokenLogprob:
+    """The chosen token's log-probability under the model's distribution (one row of raw logits)
+    and its `alternatives` most likely tokens; `decode` turns one token id into its text."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = ()
+    if alternatives:
+        values, ids = torch.topk(logprobs, alternatives)
+        top = tuple((decode(i), v) for i, v in zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(decode(token), float(logprobs[token]), top)

@@ -14,8 +14,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from .base import EngineStats, GenerationRequest, TokenEvent
+from .base import EngineStats, EngineUnavailable, GenerationRequest, TokenEvent
 from .detokenize import IncrementalDecoder
+
+
+SHUTTING_DOWN = "the server is shutting down; retry (a gateway sends it to another replica)"
 
 
 class CapacityError(ValueError):
@@ -32,6 +35,7 @@ class Sequence:
     queue: asyncio.Queue
     eos_ids: frozenset[int]
     generator: object = None  # the engine's per-request RNG, when the request has a seed
+    counts: object = None  # the engine's per-token counts of generated tokens, for penalties
     produced: int = 0
     finished: bool = False
     cancelled: bool = False
@@ -46,21 +50,23 @@ class Sequence:
         """KV slots this sequence may need at most (prompt + every token it may generate)."""
         return len(self.request.prompt_token_ids) + self.request.sampling.max_tokens
 
-    def accept(self, token: int) -> TokenEvent:
-        """Apply one generated token; the event says whether (and why) the sequence finished."""
+    def accept(self, token: int, logprob=None) -> TokenEvent:
+        """Apply one generated token (with its TokenLogprob when the request asked for logprobs);
+        the event says whether (and why) the sequence finished."""
         params = self.request.sampling
         self.produced += 1
+        logprobs = None if logprob is None else [logprob]
         if token in self.eos_ids and not params.ignore_eos:
             self.finished = True
-            return TokenEvent(self.decoder.flush(), [token], "stop", self.produced)
+            return TokenEvent(self.decoder.flush(), [token], "stop", self.produced, logprobs)
         delta, stopped = self.decoder.push(token)
         if stopped:
             self.finished = True
-            return TokenEvent(delta, [token], "stop", self.produced)
+            return TokenEvent(delta, [token], "stop", self.produced, logprobs)
         if self.produced >= params.max_tokens:
             self.finished = True
-            return TokenEvent(delta + self.decoder.flush(), [token], "length", self.produced)
-        return TokenEvent(delta, [token], None, self.produced)
+            return TokenEvent(delta + self.decoder.flush(), [token], "length", self.produced, logprobs)
+        return TokenEvent(delta, [token], None, self.produced, logprobs)
 
     def cancelled_event(self) -> TokenEvent:
         self.finished = True
@@ -82,6 +88,7 @@ class BatchScheduler:
         self._cancel_ids: set[str] = set()
         self._wake = threading.Condition()
         self._closed = False
+        self._closed_reason = SHUTTING_DOWN
 
     def check_fits(self, request: GenerationRequest) -> None:
         """Raise CapacityError when the request alone exceeds the KV cache."""
@@ -95,6 +102,8 @@ class BatchScheduler:
     async def stream(self, request: GenerationRequest, tokenizer, eos_ids: frozenset[int]
                      ) -> AsyncIterator[TokenEvent]:
         """Submit `request` and yield its events; leaving early (client gone) cancels it."""
+        if self._closed:
+            raise EngineUnavailable(self._closed_reason)
         self.check_fits(request)
         sequence = Sequence(request, IncrementalDecoder(tokenizer, request.sampling.stop),
                             asyncio.get_running_loop(), asyncio.Queue(), eos_ids)
@@ -122,10 +131,20 @@ class BatchScheduler:
             self._cancel_ids.add(request_id)
             self._wake.notify()
 
-    def close(self) -> None:
+    def close(self, reason: str = "") -> None:
+        """Stop taking requests (new ones get EngineUnavailable with `reason`); the worker stops."""
         with self._wake:
             self._closed = True
+            self._closed_reason = reason or self._closed_reason
             self._wake.notify_all()
+
+    def fail_all(self, error: BaseException) -> None:
+        """End every running and queued stream with `error` (after the worker stopped)."""
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        running, self.running = self.running, []
+        self.kv_used_tokens = 0
+        self.publish([(sequence, error) for sequence in running + waiting])
 
     @property
     def closed(self) -> bool:
@@ -221,8 +240,11 @@ class ScheduledEngine:
             self._scheduler.cancel(request_id)
 
     def close(self) -> None:
+        """Stop serving; every stream still open ends with EngineUnavailable."""
         if self._scheduler:
             self._scheduler.close()
         if self._worker:
             self._worker.join(timeout=30)
+        if self._scheduler:
+            self._scheduler.fail_all(EngineUnavailable(SHUTTING_DOWN))
         self._ready.clear()

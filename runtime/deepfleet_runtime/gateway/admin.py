@@ -6,28 +6,33 @@
                                           flight (or after N seconds: "idle": false)
     POST /upstreams/{name}/undrain        take requests again
     POST /upstreams/{name}/probe          one greedy completion on that replica, drained or not
-                                          (body {"model", "prompt", "max_tokens"}): a smoke test
+                                          (body {"model", "prompt", "max_tokens"}): a smoke test,
+                                          audited like any completion (record type "probe")
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
+import uuid
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .audit import AuditError, AuditLog, utc_now_iso
 from .upstreams import UpstreamPool
 
 log = logging.getLogger(__name__)
 
 
-def create_admin_app(pool: UpstreamPool) -> Starlette:
-    """The admin ASGI app for `pool` (served on a unix socket only: whoever can open it may drain)."""
+def create_admin_app(pool: UpstreamPool, audit: AuditLog, content: str = "full") -> Starlette:
+    """The admin ASGI app for `pool` (served on a unix socket only: whoever can open it may drain);
+    probes are written to `audit` with prompt and completion (`content` "full") or their SHA-256."""
 
     def replica_or_404(request: Request):
         replica = pool.replicas.get(request.path_params["name"])
@@ -79,7 +84,14 @@ def create_admin_app(pool: UpstreamPool) -> Starlette:
             max_tokens = int(body.get("max_tokens", 8))
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'send {"model": NAME, "prompt": TEXT, "max_tokens": N}'}, 400)
+        started = time.monotonic()
         result = await pool.probe(replica, model, prompt, max_tokens)
+        try:
+            await audit.append(_probe_record(replica.name, model, prompt, result, content, started))
+        except AuditError as exc:
+            log.error("probe of replica %s not audited: %s", replica.name, exc)
+            return JSONResponse({"error": "the audit log cannot be written, so the probe's answer is "
+                                          "withheld; see the gateway's log"}, 503)
         if not result["ok"]:
             log.warning("probe of replica %s failed: %s", replica.name, result.get("error"))
         return JSONResponse(result, 200 if result["ok"] else 502)
@@ -91,3 +103,26 @@ def create_admin_app(pool: UpstreamPool) -> Starlette:
         Route("/upstreams/{name}/undrain", undrain, methods=["POST"]),
         Route("/upstreams/{name}/probe", probe, methods=["POST"]),
     ])
+
+
+def _probe_record(replica: str, model: str, prompt: str, result: dict, content: str, started: float) -> dict:
+    """The audit record of one probe: what was asked of which replica, and what came back."""
+    messages = [{"role": "user", "content": prompt}]
+    record = {"type": "probe", "time": utc_now_iso(), "request_id": uuid.uuid4().hex, "key_id": None,
+              "client": "admin socket", "route": "admin probe", "model": model, "replica": replica,
+              "release": result.get("release")}
+    if content == "full":
+        record["prompt"], record["completion"] = messages, result.get("content")
+    else:
+        record["prompt_sha256"] = _sha256_json(messages)
+        record["completion_sha256"] = _sha256_json(result["content"]) if "content" in result else None
+    record.update({"completion_tokens": result.get("completion_tokens"), "status": result.get("status"),
+                   "error": result.get("error"), "latency_ms": round((time.monotonic() - started) * 1000, 1)})
+    return record
+
+
+def _sha256_json(value) -> str:
+    """As the request records hash content: a string's UTF-8 bytes, else compact sorted JSON."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True,
+                                                            separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,6 +20,7 @@ from .auth import KeyStore
 from .config import GatewayConfig
 from .limits import AdmissionQueue, KeyLimiter
 from .metrics import GatewayMetrics, Live
+from .observability import add_observability_metrics
 from .proxy import ApiEndpoint
 from .upstreams import UpstreamPool
 
@@ -30,6 +32,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig):
         self.config = config
+        self.connections = None  # the public server's ConnectionTable (gateway/connections.py), once built
         signer = Ed25519Signer(config.audit.checkpoint_key) if config.audit.checkpoint_key else None
         self.audit = AuditLog(config.audit, signer)
         self.pool = UpstreamPool(config)
@@ -37,8 +40,12 @@ class Gateway:
                                     config.limits.queue_timeout_s)
         self.metrics = GatewayMetrics()
         self._add_live_metrics()
+        add_observability_metrics(self.metrics, config, self.audit)
         endpoint = ApiEndpoint(config, KeyStore(config.api_keys_file), KeyLimiter(config.limits), self.queue,
                                self.pool, self.audit, self.metrics)
+        self.metrics.add(Live("deepfleet_gateway_unauthenticated_throttled_total", "Requests without a valid key "
+                              "refused with 429 (no audit record) over the per-address limit.", (),
+                              lambda: {(): endpoint.addresses.throttled}, kind="counter"))
         routes = Starlette(
             routes=[Route("/health", self._health), Route("/ready", self._ready),
                     *(Route(path, endpoint, methods=methods) for path, methods in API_ROUTES.items())],
@@ -47,7 +54,7 @@ class Gateway:
         )
         routes.router.redirect_slashes = False  # exactly the allowlisted paths; "/v1/models/" is 404
         self.app = _FastPath(endpoint, routes)
-        self.admin_app = create_admin_app(self.pool)
+        self.admin_app = create_admin_app(self.pool, self.audit, config.audit.content)
         self.metrics_app = Starlette(routes=[Route("/metrics", self._metrics)])
 
     @contextlib.asynccontextmanager
@@ -83,6 +90,9 @@ class Gateway:
             ("healthy", "1 if the replica passes health checks.", "healthy"),
             ("draining", "1 if the replica is drained.", "draining"),
             ("outstanding", "Requests in flight on the replica.", "outstanding"),
+            ("served_total", "Requests the replica answered (below 500).", "served"),
+            ("failed_total", "Attempts the replica answered with 5xx or lost.", "failed"),
+            ("answer_seconds_total", "Time to the first byte of its answers, summed.", "answer_seconds"),
         ):
             self.metrics.add(Live(f"deepfleet_gateway_upstream_{name}", help_text, ("replica",),
                                   lambda field=field: {(r.name,): float(getattr(r, field)) for r in replicas()}))
@@ -92,6 +102,20 @@ class Gateway:
                               lambda: {(): self.audit.records_written}, kind="counter"))
         self.metrics.add(Live("deepfleet_gateway_audit_fsyncs_total", "fdatasync calls (one per batch).", (),
                               lambda: {(): self.audit.fsyncs}, kind="counter"))
+        self.metrics.add(Live("deepfleet_gateway_audit_writable", "0 while the audit log cannot be written "
+                              "(requests are refused with 503).", (), lambda: {(): float(self.audit.writable)}))
+        self.metrics.add(Live("deepfleet_gateway_audit_write_failures_total", "Audit batches that failed and "
+                              "were cut back.", (), lambda: {(): self.audit.write_failures}, kind="counter"))
+        table = lambda: self.connections  # noqa: E731 - set once the server is built
+        for name, help_text, read, kind in (
+            ("connections", "Client connections open (TLS handshakes included).", lambda t: t.total, "gauge"),
+            ("connections_refused_total", "Connections closed at accept (per-address or total limit).",
+             lambda t: t.refused, "counter"),
+            ("connections_evicted_total", "Idle connections closed to make room for new ones.",
+             lambda t: t.evicted, "counter"),
+        ):
+            self.metrics.add(Live(f"deepfleet_gateway_{name}", help_text, (),
+                                  lambda read=read: {(): read(table())} if table() else {}, kind=kind))
 
 
 class _FastPath:
@@ -102,10 +126,23 @@ class _FastPath:
         self.endpoint, self.routes = endpoint, routes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] in API_ROUTES.get(scope["path"], ()):
-            await self.endpoint(scope, receive, send)
-        else:
+        methods = API_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if methods is None:
             await self.routes(scope, receive, send)
+        elif scope["method"] in methods:
+            await self.endpoint(scope, receive, send)
+        else:  # Starlette would answer HEAD on a GET route by running it: never forward that
+            await _method_not_allowed(scope, send, methods)
+
+
+async def _method_not_allowed(scope, send, methods: list[str]) -> None:
+    allowed = ", ".join(methods)
+    body = json.dumps(error_body(f"{scope['method']} is not allowed on {scope['path']}; use {allowed}",
+                                 code="method_not_allowed")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"allow", allowed.encode())]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,43 +67,68 @@ class VerifyReport:
     checkpoints: int = 0
     signed_through: int | None = None  # last seq covered by a verified checkpoint signature
     retention: list[dict] = field(default_factory=list)
+    # request_id -> seq of a "started" record with no end record (yet): the gateway stopped during
+    # the request (crash, kill -9, power loss), or, in a live log, the request is still running
+    open_requests: dict[str, int] = field(default_factory=dict)
+    ended: int = 0  # end records that followed a "started" record
+
+    @property
+    def interrupted(self) -> list[str]:
+        return list(self.open_requests)
 
 
 def verify_chain(directory: Path, public_key=None) -> VerifyReport:
     """Check every record of the chain in `directory`; raise ChainBroken at the first fault.
 
     With an Ed25519 `public_key` (cryptography object), checkpoint signatures are checked too.
+    A request's "started" record without its end record is reported (`interrupted`), not a fault.
     """
     report = VerifyReport()
     files = chain_files(directory)
     if not files:
         raise ChainBroken(f"no audit files (audit-<seq>.jsonl) in {directory}")
-    expected_seq, prev = None, None
     for first_seq, path in files:
-        report.files += 1
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                where = f"{path.name} line {number}"
-                seq, record_prev, digest, record = parse_line(raw, where)
-                if expected_seq is None:
-                    expected_seq, prev = seq, record_prev
-                    report.first_seq, report.first_prev = seq, record_prev
-                if number == 1 and seq != first_seq:
-                    raise ChainBroken(f"{where}: file name says it starts at record {first_seq}, "
-                                      f"but its first record is {seq}")
-                if seq != expected_seq:
-                    what = "missing or reordered" if seq > expected_seq else "repeated or reordered"
-                    raise ChainBroken(f"{where}: expected record {expected_seq}, found {seq} "
-                                      f"(records {what})")
-                if record_prev != prev:
-                    raise ChainBroken(f"{where}: record {seq} does not follow record {seq - 1} "
-                                      "(its prev is not that record's hash: edited, removed or reordered)")
-                _check_record(record, public_key, report, where)
-                prev, expected_seq = digest, seq + 1
-                report.records += 1
-                report.last_seq, report.last_hash = seq, digest
+        _verify_file(path, first_seq, report, public_key)
     _check_start(report, files[0][1].name)
     return report
+
+
+def verify_tail(files: list[tuple[int, Path]]) -> tuple[int, str]:
+    """(seq, hash) of the chain's last record, after checking the whole last file and that it
+    follows the file before it: what a writer checks before it continues the chain."""
+    report = VerifyReport()
+    if len(files) > 1:
+        path = files[-2][1]
+        seq, _, digest, _ = parse_line(_last_line(path), f"{path.name} (last record)")
+        report.last_seq, report.last_hash, report.first_seq = seq, digest, 0
+    _verify_file(files[-1][1], files[-1][0], report, None)
+    return report.last_seq, report.last_hash
+
+
+def _verify_file(path: Path, first_seq: int, report: VerifyReport, public_key) -> None:
+    report.files += 1
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path.name} line {number}"
+            seq, record_prev, digest, record = parse_line(raw, where)
+            if report.first_seq is None:
+                report.first_seq, report.first_prev = seq, record_prev
+                expected_seq, prev = seq, record_prev
+            else:
+                expected_seq, prev = report.last_seq + 1, report.last_hash
+            if number == 1 and seq != first_seq:
+                raise ChainBroken(f"{where}: file name says it starts at record {first_seq}, "
+                                  f"but its first record is {seq}")
+            if seq != expected_seq:
+                what = "missing or reordered" if seq > expected_seq else "repeated or reordered"
+                raise ChainBroken(f"{where}: expected record {expected_seq}, found {seq} "
+                                  f"(records {what})")
+            if record_prev != prev:
+                raise ChainBroken(f"{where}: record {seq} does not follow record {seq - 1} "
+                                  "(its prev is not that record's hash: edited, removed or reordered)")
+            _check_record(record, public_key, report, where)
+            report.records += 1
+            report.last_seq, report.last_hash = seq, digest
 
 
 def parse_line(raw: bytes, where: str) -> tuple[int, str, str, dict]:
@@ -128,7 +154,12 @@ def parse_line(raw: bytes, where: str) -> tuple[int, str, str, dict]:
 def _check_record(record: dict, public_key, report: VerifyReport, where: str) -> None:
     """Type-specific checks; a checkpoint vouches for the record right before it."""
     kind = record.get("type")
-    if kind == "retention":
+    if kind == "started":
+        report.open_requests[record.get("request_id")] = record["seq"]
+    elif kind == "request":
+        if report.open_requests.pop(record.get("request_id"), None) is not None:
+            report.ended += 1
+    elif kind == "retention":
         report.retention.append(record)
     elif kind == "checkpoint":
         report.checkpoints += 1
@@ -157,3 +188,18 @@ def _check_start(report: VerifyReport, first_file: str) -> None:
             return
     raise ChainBroken(f"{first_file}: the chain starts at record {report.first_seq}; records "
                       f"0-{report.first_seq - 1} are missing and no retention record accounts for them")
+
+
+def _last_line(path: Path) -> bytes:
+    """The last line of a non-empty file that ends with a newline."""
+    with open(path, "rb") as handle:
+        end, tail = handle.seek(0, os.SEEK_END) - 1, b""
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            tail = handle.read(end - start) + tail
+            newline = tail.rfind(b"\n")
+            if newline >= 0:
+                return tail[newline + 1:] + b"\n"
+            end = start
+        return tail + b"\n"

@@ -72,6 +72,19 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class ConnectionsSection:
+    """Limits on client connections to the public port (gateway/connections.py)."""
+
+    max_connections: int = 8192  # open at once, all clients; also capped by the process's file limit
+    max_per_client: int = 256  # open at once from one client address; more are closed at once
+    handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is closed
+    header_timeout_s: float = 10.0  # a request's headers (the first one's: from the handshake) by then, else 408
+    idle_timeout_s: float = 15.0  # a keep-alive connection without a new request is closed after this
+    max_header_bytes: int = 32 << 10  # request line + headers; larger get 431
+    max_unauthenticated_per_minute: int = 60  # per client address: 401s beyond it get 429, unrecorded
+
+
+@dataclass(frozen=True)
 class AuditSection:
     dir: Path
     content: Literal["full", "sha256"] = "full"  # prompts and completions, or only their SHA-256
@@ -98,6 +111,7 @@ class GatewayConfig:
     upstream_tls: UpstreamTlsSection | None = None
     routing: RoutingSection = field(default_factory=RoutingSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    connections: ConnectionsSection = field(default_factory=ConnectionsSection)
     metrics: MetricsSection | None = field(default_factory=MetricsSection)
     admin_socket: Path | None = None  # unix socket for drain/undrain (docs/gateway.md)
 

@@ -177,3 +177,40 @@ class AdmissionQueue:
                 turn.set_result(None)  # the slot passes over; in_flight stays the same
                 return
         self.in_flight -= 1
+
+
+class AddressLimiter:
+    """Requests without a valid key, per client address: `per_minute` of them get their 401 (and
+    an audit record); beyond that they get 429 without a record, counted in `throttled` and in
+    the next record for that address (`throttled_before`). 0 = unlimited."""
+
+    MAX_ADDRESSES = 65536  # beyond this many tracked addresses, the ones with a full bucket are forgotten
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._buckets: dict[str, TokenBucket] = {}
+        self._suppressed: dict[str, int] = {}
+        self.throttled = 0
+
+    def admit(self, address: str) -> tuple[bool, float, int]:
+        """(allowed, retry_after_s, refusals not recorded since this address's last record)."""
+        if not self.per_minute:
+            return True, 0.0, 0
+        now = time.monotonic()
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self.MAX_ADDRESSES:
+                self._forget_idle(now)
+            bucket = self._buckets[address] = TokenBucket(self.per_minute, now)
+        wait = bucket.wait_for(1, now)
+        if wait:
+            self.throttled += 1
+            self._suppressed[address] = self._suppressed.get(address, 0) + 1
+            return False, wait, 0
+        bucket.take(1, now)
+        return True, 0.0, self._suppressed.pop(address, 0)
+
+    def _forget_idle(self, now: float) -> None:
+        for address in [a for a, b in self._buckets.items() if b.wait_for(b.capacity, now) == 0]:
+            del self._buckets[address]
+            self._suppressed.pop(address, None)

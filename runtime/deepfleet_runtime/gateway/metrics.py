@@ -15,6 +15,12 @@ def _labels(names: tuple[str, ...], values: tuple) -> str:
     return "{" + ",".join(f'{n}="{v}"' for n, v in zip(names, quoted)) + "}"
 
 
+def _number(value: float) -> str:
+    """Every digit (the text format takes Go floats; `:g` would round 1234567 to 1.23457e+06)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
 class Counter:
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()):
         self.name, self.help, self.labels = name, help_text, labels
@@ -26,7 +32,7 @@ class Counter:
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}\n# TYPE {self.name} counter\n"
         for key, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(self.labels, key)} {value:g}\n"
+            yield f"{self.name}{_labels(self.labels, key)} {_number(value)}\n"
 
 
 class Histogram:
@@ -63,7 +69,7 @@ class Live:
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
         for key, value in sorted(self.read().items()):
-            yield f"{self.name}{_labels(self.labels, key)} {value:g}\n"
+            yield f"{self.name}{_labels(self.labels, key)} {_number(value)}\n"
 
 
 class GatewayMetrics:
@@ -75,7 +81,9 @@ class GatewayMetrics:
         self.latency = Histogram("deepfleet_gateway_request_seconds", "Time from request to the end of "
                                  "the response.", ("route",))
         self.tokens = Counter("deepfleet_gateway_tokens_total", "Tokens used, by key and kind.", ("key", "kind"))
-        self.families: list = [self.requests, self.latency, self.tokens]
+        self.queue_wait = Histogram("deepfleet_gateway_queue_seconds", "Time a request waited for a slot "
+                                    "(gateway_max_in_flight).")
+        self.families: list = [self.requests, self.latency, self.tokens, self.queue_wait]
 
     def add(self, family) -> None:
         self.families.append(family)

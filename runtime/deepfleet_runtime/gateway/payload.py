@@ -2,8 +2,8 @@
 
 The runtime validates requests fully; the gateway checks the fields it relies on (so that a bad
 body is refused before it costs a reservation or an upstream call) and refuses what would harm
-the layers behind it: bodies that are not JSON objects, text that is not valid Unicode,
-max_tokens beyond the runtime's limit.
+the layers behind it: bodies that are not JSON objects or nest too deeply, text that is not valid
+Unicode, max_tokens beyond the runtime's limit.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..schema import TOO_DEEP, too_deeply_nested
 from .config import LimitsSection
 
 SAMPLING_FIELDS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "seed",
@@ -46,8 +47,12 @@ def inspect_body(body: bytes, chat: bool, limits: LimitsSection) -> Inspected:
         payload = json.loads(body)
     except ValueError as exc:  # includes bodies that are not valid UTF-8
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(TOO_DEEP) from None
     if not isinstance(payload, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(payload).__name__}")
+    if too_deeply_nested(payload):
+        raise BadRequest(TOO_DEEP)
     _require_unicode(payload)
     model = payload.get("model")
     if not isinstance(model, str) or not model:

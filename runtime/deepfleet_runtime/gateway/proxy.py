@@ -1,31 +1,38 @@
-"""The gateway's API endpoint (an ASGI app): key -> body checks -> limits -> queue -> replica ->
-relay -> audit record, durable before the response completes.
+"""The gateway's API endpoint (an ASGI app): key -> body checks -> limits -> queue -> durable
+"started" record -> replica -> relay -> end record.
 
-Order of refusals: 401 (key), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
-(the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer). Every
-request that reaches an API route gets one audit record, refused ones included. A client that
-goes away cancels the upstream request (its record says 499).
+Order of refusals: 401 (key; 429 unrecorded beyond connections.max_unauthenticated_per_minute
+from one address), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
+(the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer).
+
+Audit: a request that is forwarded gets a durable "started" record (key, model, prompt, time)
+before its first byte goes upstream, and its end record (status, completion, usage) on success,
+failure, client disconnect (499) or shutdown. The end record is queued, not awaited: it shares the
+next batch's fdatasync (durable within audit.DEFER_S), a crash before that leaves the request
+"interrupted", and while the log cannot be written responses are withheld (503). A request refused
+before its "started" record gets one record, with its body's SHA-256 and size only, durable before
+the refusal is sent. A client that goes away cancels the upstream request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import json
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..schema import error_body
 from .audit import AuditError, AuditLog, utc_now_iso
 from .auth import KeyRecord, KeyStore
 from .config import GatewayConfig
-from .limits import AdmissionQueue, KeyLimiter, QueueFull, Refusal
+from .limits import AddressLimiter, AdmissionQueue, KeyLimiter, QueueFull, Refusal
 from .metrics import GatewayMetrics
 from .payload import BadRequest, Inspected, inspect_body
+from .records import end_record, start_record
 from .upstream_http import UpstreamError
 from .upstreams import Forwarded, UpstreamPool, UpstreamUnavailable
 
@@ -33,6 +40,9 @@ log = logging.getLogger(__name__)
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
+
+
+AUDIT_DOWN = "the gateway cannot write its audit log at the moment"
 
 
 class ClientGone(Exception):
@@ -55,14 +65,19 @@ class Exchange:
     error: str | None = None
     completion: list[str] = field(default_factory=list)
     usage: dict | None = None
+    started_record: bool = False  # its "started" record is durable: the end record follows it
     recorded: bool = False
+    body: bytes = b""  # as received; a refused request's record keeps only its hash and size
+    throttled_before: int = 0  # requests from this address refused (429) without a record since its last one
 
     def used_tokens(self) -> int:
         """Tokens to charge the key: the upstream's usage, else an estimate of what was produced."""
         if self.usage:
             return int(self.usage.get("prompt_tokens", 0)) + int(self.usage.get("completion_tokens", 0))
-        if self.forwarded is None or self.inspected is None:
-            return 0
+        if self.inspected is None or not self.started_record:
+            return 0  # refused before anything went upstream
+        if self.forwarded is None:  # no replica answered (0), or the client left while one worked: worst case
+            return self.inspected.prompt_estimate + self.inspected.max_tokens if self.status == 499 else 0
         return self.inspected.prompt_estimate + len(self.completion)
 
 
@@ -73,6 +88,7 @@ class ApiEndpoint:
                  pool: UpstreamPool, audit: AuditLog, metrics: GatewayMetrics):
         self.config, self.keys, self.limiter, self.queue = config, keys, limiter, queue
         self.pool, self.audit, self.metrics = pool, audit, metrics
+        self.addresses = AddressLimiter(config.connections.max_unauthenticated_per_minute)
 
     async def __call__(self, scope, receive, send) -> None:
         client = scope.get("client")
@@ -90,13 +106,21 @@ class ApiEndpoint:
     async def _serve(self, ex: Exchange, scope, receive, send) -> None:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         ex.key = self.keys.identify(_bearer_token(headers.get("authorization", "")))
-        if ex.key is None:
+        if ex.key is None:  # before any body is read
+            allowed, retry_after, ex.throttled_before = self.addresses.admit(ex.client or "")
+            if not allowed:
+                ex.status = 429
+                return await _send_json(send, 429, error_body(
+                    "too many requests without a valid API key from this address; pass a valid key as "
+                    "'Authorization: Bearer <key>'", "rate_limit_error", code="rate_limit_exceeded"),
+                    ex.request_id, [(b"retry-after", str(max(1, math.ceil(retry_after))).encode())])
             return await self._refuse(ex, send, 401, "Incorrect or missing API key. Pass it as "
                                       "'Authorization: Bearer <key>'.", code="invalid_api_key")
         body = b""
         if scope["method"] == "POST":
             try:
                 body = await _read_body(receive, headers, self.config.limits.max_body_bytes)
+                ex.body = body
                 ex.inspected = inspect_body(body, ex.route == "/v1/chat/completions", self.config.limits)
             except ClientGone:
                 ex.status, ex.error = 499, "the client closed the connection while sending"
@@ -120,7 +144,9 @@ class ApiEndpoint:
                                       type_="rate_limit_error", retry_after=reservation.retry_after_s)
         try:
             try:
+                waited = time.monotonic()
                 await self.queue.acquire()
+                self.metrics.queue_wait.observe(time.monotonic() - waited)
             except QueueFull as exc:
                 return await self._refuse(ex, send, 503, f"{exc}; retry with backoff", type_="server_error",
                                           code="overloaded", retry_after=1)
@@ -133,35 +159,49 @@ class ApiEndpoint:
 
     async def _relay_watching_client(self, ex: Exchange, method: str, body: bytes, receive, send) -> None:
         """Relay the exchange; if the client disconnects first, cancel it (and the upstream request)."""
-        work = asyncio.ensure_future(self._relay(ex, method, body, send))
-        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        task, state = asyncio.current_task(), {"relaying": True, "gone": False}
+        watch = asyncio.ensure_future(_cancel_on_disconnect(receive, task, state))
         try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            await self._relay(ex, method, body, send)
         except asyncio.CancelledError:
-            work.cancel()
-            raise
-        finally:
-            watch.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            if not state["gone"]:  # the server's graceful shutdown ran out: record, then go
+                if ex.started_record and not ex.recorded:
+                    ex.status, ex.error = 503, "the gateway shut down during the request; the answer was cut off"
+                    ex.recorded = True
+                    with contextlib.suppress(AuditError):
+                        self.audit.submit(self._audit_record(ex), wait=False)  # written before the log closes
+                raise
+            task.uncancel()
             if not ex.recorded:
                 ex.status, ex.error = 499, "the client closed the connection; the upstream request was cancelled"
                 await self._record(ex)
-            return
-        work.result()
+        finally:
+            state["relaying"] = False
+            watch.cancel()
 
     async def _relay(self, ex: Exchange, method: str, body: bytes, send) -> None:
         inspected = ex.inspected
         streaming = bool(inspected and inspected.stream)
         upstream_headers = {"content-type": "application/json", "x-request-id": ex.request_id}
+        if inspected:
+            ex.started_record = True  # from here on an end record follows it (a cancel included)
+            try:
+                await self.audit.append(self._start_record(ex))
+            except AuditError as exc:
+                ex.started_record, ex.recorded = False, True  # nothing can be recorded: nothing goes upstream
+                ex.status, ex.error = 503, str(exc)
+                log.error("request %s not forwarded: %s", ex.request_id, exc)
+                return await _send_json(send, 503, error_body(f"{AUDIT_DOWN}; the request was not forwarded, "
+                                                              "retry later", "server_error", code="audit_unavailable"),
+                                        ex.request_id, [(b"retry-after", b"5")])
         try:
             ex.forwarded = await self.pool.forward(method, ex.route, upstream_headers,
                                                    inspected.upstream_body if inspected else body,
                                                    buffered=not streaming)
         except UpstreamUnavailable as exc:
-            return await self._refuse(ex, send, exc.status, f"the model service is unavailable: {exc}; retry "
-                                      "with backoff", type_="server_error", code="upstream_unavailable",
+            what = "did not answer in time" if exc.status == 504 else "is unavailable"
+            return await self._refuse(ex, send, exc.status, f"the model service {what}; retry with backoff",
+                                      type_="server_error", code="upstream_unavailable", detail=str(exc),
                                       retry_after=max(1, math.ceil(self.config.routing.health_interval_s)))
         try:
             response = ex.forwarded.response
@@ -177,9 +217,11 @@ class ApiEndpoint:
         try:
             content = await response.read()
         except UpstreamError as exc:  # a streamed request's error answer broke off
-            return await self._refuse(ex, send, 502, f"the model service broke off its answer: {exc}",
-                                      type_="server_error")
+            return await self._refuse(ex, send, 502, "the model service broke off its answer; retry with backoff",
+                                      type_="server_error", detail=str(exc))
         ex.status = response.status_code
+        if ex.status == 200 and ex.route == "/v1/models" and ex.key.models is not None:
+            content = _only_models(content, ex.key.models)
         if ex.status == 200 and ex.inspected:
             _read_completion(ex, content)
         elif ex.status >= 400:
@@ -187,7 +229,8 @@ class ApiEndpoint:
         try:
             await self._record(ex)
         except AuditError as exc:
-            return await _send_json(send, 503, error_body(f"{exc}; the response was withheld",
+            log.error("response %s withheld: %s", ex.request_id, exc)
+            return await _send_json(send, 503, error_body(f"{AUDIT_DOWN}; the response was withheld",
                                                           "server_error"), ex.request_id)
         headers = [(b"content-type", response.headers.get("content-type", "application/json").encode()),
                    (b"content-length", str(len(content)).encode()), (b"x-request-id", ex.request_id.encode())]
@@ -195,7 +238,7 @@ class ApiEndpoint:
         await send({"type": "http.response.body", "body": content})
 
     async def _relay_stream(self, ex: Exchange, send) -> None:
-        """Pass SSE events on as they come; hold back `[DONE]` until the audit record is durable."""
+        """Pass SSE events on as they come; hold back `[DONE]` until the end record is queued."""
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         events, done = _SseSplitter(), None
@@ -214,58 +257,56 @@ class ApiEndpoint:
         ex.status = 200 if done else 502
         if not done and not ex.error:
             ex.error = "the upstream stream ended without [DONE]"
+        told = "the model service broke off the stream; retry with backoff"
         try:
             await self._record(ex)
         except AuditError as exc:
-            done, ex.error = None, f"{exc}; the end of the response was withheld"
+            log.error("end of stream %s withheld: %s", ex.request_id, exc)
+            done, told = None, f"{AUDIT_DOWN}; the end of the response was withheld"
         if done is None:
-            failure = json.dumps(error_body(ex.error, "server_error"))
+            failure = json.dumps(error_body(told, "server_error"))
             await send({"type": "http.response.body", "body": f"data: {failure}\n\n".encode(), "more_body": False})
         else:
             await send({"type": "http.response.body", "body": done, "more_body": False})
 
     async def _refuse(self, ex: Exchange, send, status: int, message: str, param: str | None = None,
                       code: str | None = None, type_: str = "invalid_request_error",
-                      retry_after: float | None = None) -> None:
-        ex.status, ex.error = status, message
+                      retry_after: float | None = None, detail: str | None = None) -> None:
+        """Answer `message` (what the client may know); the record gets `detail` too (addresses, errors)."""
+        ex.status, ex.error = status, f"{message} ({detail})" if detail else message
         try:
             await self._record(ex)
         except AuditError as exc:
-            status, message, retry_after, type_ = 503, str(exc), 1, "server_error"
+            log.error("request %s refused: %s", ex.request_id, exc)
+            status, message, retry_after, type_ = 503, AUDIT_DOWN, 1, "server_error"
         extra = [(b"retry-after", str(max(1, math.ceil(retry_after))).encode())] if retry_after else []
         await _send_json(send, status, error_body(message, type_, param, code), ex.request_id, extra)
 
     async def _record(self, ex: Exchange) -> None:
-        """Write the exchange's audit record and wait until it is durable."""
+        """Write the exchange's audit record: wait until it is durable, unless its "started" record
+        already is (then queue it for the next batch; AuditError while the log cannot be written)."""
         ex.recorded = True
-        await self.audit.append(self._audit_record(ex))
+        if not ex.started_record:
+            return await self.audit.append(self._audit_record(ex))
+        if not self.audit.writable:  # queued (and kept until written), but the log fails now: fail closed
+            self.audit.submit(self._audit_record(ex), wait=False)
+            raise AuditError("the audit log cannot be written at the moment")
+        asyncio.get_running_loop().call_soon(self._queue_end, ex)  # built after the response went out
+
+    def _queue_end(self, ex: Exchange) -> None:
+        try:
+            self.audit.submit(self._audit_record(ex), wait=False)
+        except AuditError as exc:  # closed: only after the server stopped, so not expected
+            log.error("end record of %s not written: %s; it verifies as interrupted", ex.request_id, exc)
+
+    def _content_policy(self, ex: Exchange) -> str:
+        return (ex.key.audit_content if ex.key else None) or self.config.audit.content
+
+    def _start_record(self, ex: Exchange) -> dict:
+        return start_record(ex, self._content_policy(ex))
 
     def _audit_record(self, ex: Exchange) -> dict:
-        inspected, forwarded, key = ex.inspected, ex.forwarded, ex.key
-        replica = forwarded.replica if forwarded else None
-        record: dict[str, Any] = {
-            "type": "request", "time": ex.time, "request_id": ex.request_id,
-            "key_id": key.key_id if key else None, "client": ex.client, "route": ex.route,
-            "model": inspected.model if inspected else None,
-            "replica": replica.name if replica else None,
-            "release": replica.release if replica else None,
-            "quantization": replica.quantization if replica else None,
-            "attempts": forwarded.attempts if forwarded else 0,
-            "params": inspected.params if inspected else {},
-        }
-        if inspected:
-            policy = (key.audit_content if key else None) or self.config.audit.content
-            completion = "".join(ex.completion) if forwarded else None
-            if policy == "full":
-                record["prompt"], record["completion"] = inspected.prompt, completion
-            else:
-                record["prompt_sha256"] = _sha256_json(inspected.prompt)
-                record["completion_sha256"] = _sha256_json(completion) if completion is not None else None
-        usage = ex.usage or {}
-        record.update({"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-                       "status": ex.status, "error": ex.error,
-                       "latency_ms": round((time.monotonic() - ex.started) * 1000, 1)})
-        return record
+        return end_record(ex, self._content_policy(ex))
 
 
 class _TooLarge(Exception):
@@ -290,9 +331,13 @@ async def _read_body(receive, headers: dict, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def _wait_for_disconnect(receive) -> None:
+async def _cancel_on_disconnect(receive, task: asyncio.Task, state: dict) -> None:
+    """Cancel `task` if the client disconnects while it still relays."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    if state["relaying"]:
+        state["gone"] = True
+        task.cancel()
 
 
 async def _send_json(send, status: int, payload: dict, request_id: str, extra_headers=()) -> None:
@@ -338,18 +383,21 @@ def _stream_event(ex: Exchange, data: str) -> bool:
     return True
 
 
+def _only_models(content: bytes, allowed) -> bytes:
+    """The upstream's model list, less the models the key may not use."""
+    try:
+        listing = json.loads(content)
+        listing["data"] = [m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed]
+    except (ValueError, KeyError, TypeError):
+        return json.dumps({"object": "list", "data": []}).encode()
+    return json.dumps(listing).encode()
+
+
 def _upstream_error_message(content: bytes) -> str:
     try:
         return str(json.loads(content)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return content[:200].decode("utf-8", "replace")
-
-
-def _sha256_json(value) -> str:
-    """SHA-256 of a string's UTF-8 bytes, or of compact sorted JSON for anything else (chat messages)."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True,
-                                                            separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class _SseSplitter:

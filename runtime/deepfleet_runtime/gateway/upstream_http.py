@@ -54,10 +54,11 @@ class _Connection:
 class UpstreamResponse:
     """Status and headers of an answer; its body is read with `read` or `iter_raw`, then `aclose`."""
 
-    def __init__(self, pool: "HttpPool", conn: _Connection, status: int, headers: dict[str, str], timeout_s: float):
+    def __init__(self, pool: "HttpPool", conn: _Connection, status: int, headers: dict[str, str], timeout_s: float,
+                 bodiless: bool = False):
         self.status_code, self.headers = status, headers
         self._pool, self._conn, self._timeout_s = pool, conn, timeout_s
-        self._done = False
+        self._done = bodiless  # an answer to HEAD, or 1xx/204/304: no body, whatever the headers say
         self._reusable = headers.get("connection", "").lower() != "close"
         self.content = b""
 
@@ -69,6 +70,8 @@ class UpstreamResponse:
 
     async def iter_raw(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (chunked encoding removed)."""
+        if self._done:
+            return
         reader, length = self._conn.reader, self.headers.get("content-length")
         try:
             if self.headers.get("transfer-encoding", "").lower() == "chunked":
@@ -139,7 +142,8 @@ class HttpPool:
                 async with asyncio.timeout(timeout_s):
                     await conn.writer.drain()
                     status, response_headers = _parse_head(await conn.reader.readuntil(b"\r\n\r\n"))
-                return UpstreamResponse(self, conn, status, response_headers, timeout_s)
+                bodiless = method == "HEAD" or status in (204, 304) or 100 <= status < 200
+                return UpstreamResponse(self, conn, status, response_headers, timeout_s, bodiless)
             except TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(f"no answer within {timeout_s:.0f}s") from None

@@ -1,10 +1,13 @@
 """Runtime replicas behind the gateway: active health checks, least-outstanding-requests choice,
 retries on another replica with exponential backoff and jitter, drain/undrain.
 
-A request is retried (on a replica it has not tried yet) when the upstream could not be reached,
-dropped the connection before answering, or answered 5xx — always before the client got a byte.
-For a non-streamed request the whole upstream answer is read before the client sees anything, so
-a replica dying mid-generation is retried too; a stream that breaks after its first byte cannot be.
+A request is retried (on a replica it has not tried yet) when the upstream could not be reached
+or answered 5xx — always before the client got a byte. A replica that dropped the connection
+after the request was sent may have been crashed by that very request: it is taken out of
+service until a health check passes, and the request is tried on one other replica, never more,
+so one poisonous request cannot take down the fleet. For a non-streamed request the whole
+upstream answer is read before the client sees anything, so a replica dying mid-generation is
+retried too; a stream that breaks after its first byte cannot be.
 """
 
 from __future__ import annotations
@@ -48,11 +51,14 @@ class Replica:
     good_checks: int = 0
     last_error: str = ""
     served: int = 0
+    failed: int = 0  # attempts it answered with 5xx or lost (a rollout's bake gate compares replicas)
+    answer_seconds: float = 0.0  # time to the first byte of the answers it served, summed
 
     def state(self) -> dict:
         """What the admin socket and metrics show."""
         return {"name": self.name, "url": self.url, "healthy": self.healthy, "draining": self.draining,
-                "outstanding": self.outstanding, "served": self.served, "release": self.release,
+                "outstanding": self.outstanding, "served": self.served, "failed": self.failed,
+                "answer_seconds": round(self.answer_seconds, 6), "release": self.release,
                 "quantization": self.quantization, "last_error": self.last_error}
 
 
@@ -108,6 +114,7 @@ class UpstreamPool:
         """
         tried: set[str] = set()
         errors: list[str] = []
+        dropped = False  # a replica dropped the request once: one more try, no more
         for attempt in range(1, self.routing.max_attempts + 1):
             replica = self.choose(exclude=tried)
             if replica is None and attempt == 1:
@@ -118,21 +125,32 @@ class UpstreamPool:
                 self.retries += 1
                 await asyncio.sleep(self._backoff(attempt - 1))
             tried.add(replica.name)
+            started = asyncio.get_running_loop().time()
             try:
                 forwarded = await self._attempt(replica, attempt, method, path, headers, body, buffered)
             except _RETRYABLE as exc:
+                replica.failed += 1
                 errors.append(f"{replica.name}: {exc}")
-                if isinstance(exc, UpstreamConnectError):
+                if isinstance(exc, (UpstreamConnectError, UpstreamDisconnected)):
                     self._mark_down(replica, str(exc))
+                if isinstance(exc, UpstreamDisconnected):
+                    if dropped:
+                        break
+                    dropped = True
                 continue
             except UpstreamTimeout as exc:
+                replica.failed += 1
                 raise UpstreamUnavailable(f"{replica.name}: {exc}", status=504) from None
             status = forwarded.response.status_code
+            if status >= 500:
+                replica.failed += 1
             if status >= 500 and attempt < self.routing.max_attempts and self.choose(exclude=tried):
                 errors.append(f"{replica.name}: HTTP {status}")
                 await forwarded.aclose()
                 continue
-            replica.served += 1
+            if status < 500:
+                replica.served += 1
+                replica.answer_seconds += asyncio.get_running_loop().time() - started
             return forwarded
         detail = "; ".join(errors) or "no healthy replica is in service"
         raise UpstreamUnavailable(f"no replica could answer ({detail})")

@@ -2,6 +2,7 @@
 
 A key directory (/etc/deepfleet/keys on hosts, root 0400; a private copy for the runtime) holds:
     model-kek-<id>.key   a fleet key-encryption key: 32 random bytes, base64, one line
+    model-kek-<id>.cred  or the same sealed with systemd-creds (hosts in systemd mode: sealedkeys.py)
     model-verify.pub     the Ed25519 public key that release manifests must be signed with (PEM)
 
 Each release has its own random 32-byte data key, stored only wrapped by a KEK in the release's
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import ModelStoreError
+from .sealedkeys import sealed_file_name, unseal
 
 KEY_SIZE = 32
 VERIFY_KEY_FILE = "model-verify.pub"
@@ -83,9 +85,12 @@ class KeyDirectory:
         try:
             text = path.read_text()
         except FileNotFoundError:
-            raise ModelStoreError(f"the data key is wrapped with key-encryption key {key_id}, which is not "
-                                  f"in {self.path}; deploy the fleet's model keys to this host "
-                                  "(the model role pushes every key of the control machine's keyring)") from None
+            sealed = self.path / sealed_file_name(key_id)
+            if not sealed.exists():
+                raise ModelStoreError(f"the data key is wrapped with key-encryption key {key_id}, which is not "
+                                      f"in {self.path}; deploy the fleet's model keys to this host (the model "
+                                      "role pushes the key of the release it deploys)") from None
+            text = unseal(sealed, key_id)
         except PermissionError:
             raise ModelStoreError(f"cannot read {path}: permission denied (keys are root 0400; the runtime "
                                   "gets a private copy when systemd starts it)") from None

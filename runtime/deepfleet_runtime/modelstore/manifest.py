@@ -49,6 +49,9 @@ class Manifest:
     data_key_check: str
     signing_key_id: str
     files: tuple[FileEntry, ...]
+    # The model's release counter, set by the signer (1, 2, ...; 0 in releases made before it): a
+    # host refuses a release numbered below the highest it has served, unless rolled back to it.
+    sequence: int = 0
 
     @property
     def release_name(self) -> str:
@@ -97,6 +100,8 @@ class Manifest:
             raise ModelStoreError(f"{where}: model name {self.name!r} or release {self.release!r} is not a plain name")
         if not self.files:
             raise ModelStoreError(f"{where} lists no files")
+        if not isinstance(self.sequence, int) or isinstance(self.sequence, bool) or self.sequence < 0:
+            raise ModelStoreError(f"{where}: sequence {self.sequence!r} is not a release number")
         for entry in self.files:
             check_relative_path(entry.path if isinstance(entry.path, str) else "", where)
             if not (_HEX64.match(entry.sha256) and _HEX64.match(entry.encrypted_sha256)

@@ -23,8 +23,10 @@ MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 
 
 def default_parent() -> Path:
-    """systemd's private RuntimeDirectory when the service has one, else /dev/shm."""
-    return Path(os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or "/dev/shm")
+    """$DEEPFLEET_DECRYPT_DIR (the unit's own tmpfs, sized by runtime_decrypt_tmpfs_size) when set, else
+    systemd's private RuntimeDirectory when the service has one, else /dev/shm."""
+    return Path(os.environ.get("DEEPFLEET_DECRYPT_DIR") or os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+                or "/dev/shm")
 
 
 def filesystem_type(path: Path) -> str:
@@ -71,8 +73,8 @@ def decrypted_copy(release_dir: Path, keys_dir: Path | None, parent: Path | None
         if needed > room.f_bavail * room.f_frsize:
             raise ModelStoreError(f"{directory.parent} has {room.f_bavail * room.f_frsize / 2**30:.1f} GiB free in "
                                   f"memory, and the decrypted {release.manifest.release_name} needs "
-                                  f"{needed / 2**30:.1f} GiB: give the runtime a larger tmpfs (e.g. a size= option "
-                                  "for /run, or RUNTIME_DIRECTORY on a tmpfs mount of its own)")
+                                  f"{needed / 2**30:.1f} GiB: give it a tmpfs of its own with the inventory setting "
+                                  "runtime_decrypt_tmpfs_size (e.g. \"200G\"; the host needs that much RAM)")
         for entry in release.manifest.files:
             target = directory / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,9 @@ def model_files(source: Path) -> list[str]:
 def write_release(source: Path, out_dir: Path, name: str, kek: bytes,
                   signing_key: ed25519.Ed25519PrivateKey, quantization: str,
                   chunk_size: int = DEFAULT_CHUNK_SIZE,
-                  progress: Callable[[int], None] | None = None) -> Manifest:
-    """Encrypt every file of `source` under a fresh data key into the release directory `out_dir`."""
+                  progress: Callable[[int], None] | None = None, sequence: int = 0) -> Manifest:
+    """Encrypt every file of `source` under a fresh data key into the release directory `out_dir`,
+    numbered `sequence` (the model's release counter, signed with the rest)."""
     source, out_dir = Path(source), Path(out_dir)
     if out_dir.exists():
         raise ModelStoreError(f"{out_dir} already exists; choose another --out or remove it")
@@ -62,7 +63,7 @@ def write_release(source: Path, out_dir: Path, name: str, kek: bytes,
                                      digests.encrypted_sha256))
         release = content_release_id(name, quantization, [(e.path, e.size, e.sha256) for e in entries])
         manifest = Manifest(name, release, quantization, chunk_size, key_check(data_key),
-                            signing_key_id(signing_key.public_key()), tuple(entries))
+                            signing_key_id(signing_key.public_key()), tuple(entries), sequence)
         manifest_bytes = manifest.to_bytes()
         write_atomic(staging / MANIFEST_FILE, manifest_bytes)
         write_atomic(staging / SIGNATURE_FILE, sign_manifest(manifest_bytes, signing_key))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepfleet_runtime.config import SchedulerSection
-from deepfleet_runtime.engines.base import GenerationRequest, SamplingParams
+from deepfleet_runtime.engines.base import GenerationRequest, RequestFailed, SamplingParams
 from deepfleet_runtime.engines.scheduler import CapacityError
 from deepfleet_runtime.engines.transformers_engine import TransformersEngine
 
@@ -149,7 +149,7 @@ def test_a_tokenizer_without_a_chat_template_gets_deepseeks(engine):
 
 def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(engine):
     vocabulary = engine.model.config.vocab_size
-    with pytest.raises(IndexError):  # a token id outside the vocabulary breaks the prefill
+    with pytest.raises(RequestFailed, match="index out of range"):  # a token id outside the vocabulary
         _run(engine, [("bad", [0, vocabulary + 5], SamplingParams(4, temperature=0))])
     ids = engine.encode_text("still serving")
     assert len(_run(engine, [("good", ids, SamplingParams(4, temperature=0, ignore_eos=True))])[0][0]) == 4

@@ -4,6 +4,7 @@ runtime servers, configured through the same gateway.yaml loader the service use
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from deepfleet.apikeys import create_key, host_key_file, load_keyring
 from deepfleet.pki import ensure_server_cert, init_ca
 from deepfleet_runtime.gateway.app import Gateway
 from deepfleet_runtime.gateway.config import load_gateway_config
-from deepfleet_runtime.serving import SideServer, build_server, serve_with_side_servers, tcp_listener, unix_listener
+from deepfleet_runtime.gateway.connections import build_gateway_server
+from deepfleet_runtime.serving import SideServer, serve_with_side_servers, tcp_listener, unix_listener
 from tests.conftest import free_port
 
 RUNTIME_COMMAND = str(Path(sys.executable).parent / "deepfleet-runtime")
@@ -98,6 +100,25 @@ class GatewaySite:
         staged.replace(self.keys_file)
 
 
+def audit_records(site: GatewaySite, timeout_s: float = 5.0) -> list[dict]:
+    """The records on disk once every "started" one has its end record (an end record is written
+    with the next batch, or within audit.DEFER_S): for reading them with no request in flight."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = [json.loads(line) for path in sorted(site.audit_dir.glob("audit-*.jsonl"))
+                       for line in path.read_text().splitlines()]
+        except ValueError:  # a batch being written: read again
+            records = None
+        if records is not None:
+            started = {r["request_id"] for r in records if r.get("type") == "started"}
+            if started <= {r.get("request_id") for r in records if r.get("type") == "request"}:
+                return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"end records missing after {timeout_s} s")
+        time.sleep(0.01)
+
+
 def write_gateway(root: Path, pki: Pki, upstreams: list[dict], keys: dict[str, dict], **sections) -> GatewaySite:
     """Keys and gateway.yaml for a gateway in `root`; `sections` override parts of the config."""
     root.mkdir(parents=True, exist_ok=True)
@@ -128,7 +149,7 @@ def running_gateway(site: GatewaySite):
     `deepfleet-runtime gateway` command runs it: TLS listener, metrics listener, admin socket."""
     config = load_gateway_config(site.config_path)
     site.gateway = Gateway(config)
-    main = build_server(site.gateway.app, config.listen.host, config.listen.port, config.tls.cert, config.tls.key)
+    main, site.gateway.connections = build_gateway_server(site.gateway.app, config)
     side = [SideServer(site.gateway.metrics_app, tcp_listener(config.metrics.host, config.metrics.port)),
             SideServer(site.gateway.admin_app, unix_listener(config.admin_socket))]
     thread = threading.Thread(target=serve_with_side_servers, args=(main, side), daemon=True)

@@ -13,16 +13,22 @@ import httpx
 import openai
 import pytest
 
+from .conftest import audit_records
+
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def _records(site) -> list[dict]:
-    return [json.loads(line) for path in sorted(site.audit_dir.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()]
+    return audit_records(site)
 
 
 def _record(site, request_id: str) -> dict:
-    return next(r for r in _records(site) if r.get("request_id") == request_id)
+    """A request's fields from its "started" and end records together."""
+    merged = {}
+    for record in _records(site):
+        if record.get("request_id") == request_id:
+            merged.update(record)
+    return merged
 
 
 def test_chat_through_the_gateway_streamed_and_not(gateway):
@@ -84,6 +90,16 @@ def test_a_key_limited_to_other_models_is_refused(gateway):
         client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
     with gateway.openai("tiny-only") as client:
         assert client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices
+
+
+@pytest.mark.parametrize("depth", [100_000, 900])
+def test_deeply_nested_json_is_a_400_through_the_gateway(gateway, depth):
+    body = b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + (
+        b"[" * depth + b"]" * depth + b"}")
+    with gateway.http() as client:
+        response = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
 
 
 def test_unknown_routes_are_404(gateway):
@@ -148,7 +164,8 @@ def test_client_disconnect_cancels_the_upstream_request(gateway):
             next(response.iter_raw())
     # The connection is gone; the gateway notices, cancels the upstream request and records it.
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(r.get("request_id") == request_id for r in _records(gateway)):
+    while time.monotonic() < deadline and not any(r.get("request_id") == request_id and r["type"] == "request"
+                                                  for r in _records(gateway)):  # its end record
         time.sleep(0.05)
     record = _record(gateway, request_id)
     assert record["status"] == 499

@@ -25,6 +25,8 @@ from deepfleet_runtime.gateway.audit import AuditError, AuditLog, Ed25519Signer
 from deepfleet_runtime.gateway.auditchain import GENESIS, chain_files, verify_chain
 from deepfleet_runtime.gateway.config import AuditSection
 
+from .conftest import audit_records
+
 
 def verify(directory, capsys, *extra) -> tuple[int, str]:
     code = runtime_cli(["audit", "verify", str(directory), *extra])
@@ -54,6 +56,7 @@ def traffic_log(gateway, tmp_path, capsys):
             answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"q{i}"}],
                                                     max_tokens=2, stream=bool(i % 2))
             list(answer) if i % 2 else answer  # a stream is acknowledged once read to its end
+    audit_records(gateway)  # the last end record is written within audit.DEFER_S
     copy = tmp_path / "audit"
     shutil.copytree(gateway.audit_dir, copy)
     return copy

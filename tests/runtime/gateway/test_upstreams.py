@@ -25,7 +25,7 @@ from deepfleet_runtime.serving import build_server
 from tests.conftest import ServerThread, free_port
 from tests.runtime.conftest import LIMITS
 
-from .conftest import RUNTIME_COMMAND, runtime_process, running_gateway, write_gateway
+from .conftest import RUNTIME_COMMAND, audit_records, runtime_process, running_gateway, write_gateway
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 
@@ -90,7 +90,12 @@ def test_connect_failures_and_5xx_are_retried_on_another_replica(tmp_path, gatew
             assert statuses == [200] * 12
             assert pool.replicas["good"].served == 12 and pool.retries > 0
             assert not pool.replicas["nothing-listens"].healthy  # a connect failure takes it out
-            records = [json.loads(line) for line in next(site.audit_dir.glob("*.jsonl")).read_text().splitlines()]
+            # counted per replica, for a rollout's bake gate (admin status and metrics)
+            failing_state, good_state = pool.replicas["failing"].state(), pool.replicas["good"].state()
+            assert failing_state["failed"] > 0 and failing_state["served"] == 0
+            assert pool.replicas["nothing-listens"].state()["failed"] > 0
+            assert good_state["failed"] == 0 and good_state["answer_seconds"] > 0
+            records = [r for r in audit_records(site) if r["type"] == "request"]  # end records carry the attempts
             assert max(r["attempts"] for r in records) > 1 and {r["replica"] for r in records} == {"good"}
 
 
@@ -246,3 +251,17 @@ def test_replica_on_another_host_is_reached_with_mutual_tls(tmp_path, gateway_pk
         with running_gateway(site), site.openai() as client:
             answer = client.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=4)
         assert answer.choices[0].message.content
+
+
+def test_a_probes_completion_is_audited_like_any_other(two_replicas):
+    """A probe sends a prompt to a replica and gets an answer back around every API key: whoever
+    can reach the admin socket must not be able to use the model unrecorded."""
+    code, answer = _admin(two_replicas, "probe", "r1", "--model", "tiny", "--prompt", "probe me", "--max-tokens", "3")
+    assert code == 0
+    records = [json.loads(line) for path in sorted(two_replicas.audit_dir.glob("audit-*.jsonl"))
+               for line in path.read_text().splitlines()]
+    probes = [r for r in records if r.get("type") == "probe"]
+    assert probes and probes[-1]["replica"] == "r1" and probes[-1]["model"] == "tiny"
+    assert probes[-1]["prompt"] == [{"role": "user", "content": "probe me"}]
+    assert probes[-1]["completion"] == answer["content"] and probes[-1]["status"] == 200
+    assert probes[-1]["completion_tokens"] == 3 and probes[-1]["client"] == "admin socket"
