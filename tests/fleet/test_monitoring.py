@@ -83,6 +83,18 @@ def _status(site) -> dict:
     return json.loads(line)
 
 
+def _wait_for_the_gateway(site) -> None:
+    def healthy():
+        try:
+            return _chat(site) < 600
+        except httpx.TransportError:
+            return False
+    try:
+        _wait("the gateway", healthy, timeout=60)
+    except AssertionError:
+        raise AssertionError(site.on_host("journalctl -u deepfleet-gateway -n 30 --no-pager", check=False)) from None
+
+
 def _chat(site) -> int:
     with httpx.Client(verify=ssl.create_default_context(cafile=str(site.ca_cert)), timeout=30) as client:
         return client.post(f"{site.base_url}/chat/completions", json=CHAT,
@@ -156,13 +168,17 @@ def _alerts(prometheus) -> dict[str, str]:
 def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit_disk(site, prometheus):
     original_cert = site.on_host(f"cat {SERVER_CERT}")
     try:
-        # the certificate file the gateway presents, replaced by one that expires in 10 days
+        # the audit directory's filesystem full: a 256 KiB tmpfs over it, then filled. The gateway has a
+        # mount namespace of its own (ProtectSystem=strict) and a test host's mounts do not propagate, so
+        # it is restarted onto the tmpfs, which it then shares with the host
+        _on_host(site, f"owner=$(stat -c %u:%g {AUDIT_DIR}) && "
+                       f"mount -t tmpfs -o size=256k,mode=0750 deepfleet-test-full {AUDIT_DIR} && "
+                       f"chown $owner {AUDIT_DIR} && systemctl restart deepfleet-gateway")
+        _wait_for_the_gateway(site)
+        # the certificate file the gateway presents (read at each scrape), replaced by one that expires in 10 days
         subprocess.run(["docker", "exec", "-i", site.host.container, "sh", "-c", f"cat > {SERVER_CERT}"],
                        input=_short_lived_cert(), check=True)
-        # the audit directory's filesystem full: a 256 KiB tmpfs over it (the mount reaches the
-        # gateway's own mount namespace, which ProtectSystem=strict gives it), filled
-        _on_host(site, f"mount -t tmpfs -o size=256k deepfleet-test-full {AUDIT_DIR} && "
-                       f"(dd if=/dev/zero of={AUDIT_DIR}/fill bs=4k 2>/dev/null; true)")
+        _on_host(site, f"dd if=/dev/zero of={AUDIT_DIR}/fill bs=4k 2>/dev/null; true")
         site.on_host("systemctl stop deepfleet-runtime")
         statuses = []
         for _ in range(10):  # spread over several scrapes, so rate() sees the 5xx counter grow
@@ -197,7 +213,7 @@ def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit
         assert not stopped["healthy"] and not stopped["runtime"]["ready"]
         assert "not answering" in stopped["runtime"]["why_not"]
     finally:
-        site.on_host(f"umount {AUDIT_DIR}", check=False)
+        site.on_host(f"umount {AUDIT_DIR} && systemctl restart deepfleet-gateway", check=False)
         subprocess.run(["docker", "exec", "-i", site.host.container, "sh", "-c", f"cat > {SERVER_CERT}"],
                        input=original_cert.encode(), check=True)
         site.on_host("systemctl start deepfleet-runtime")

@@ -388,23 +388,26 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _long_stream(served):
-    assert _wait(lambda: served.engine.ready, 600), "the engine is not ready"  # an earlier test's restart
+def _frozen_stream(served) -> tuple[list[int], object]:
+    """A long stream whose response has begun (200 and its headers sent) while vLLM's engine core
+    is stopped (SIGSTOP): no token can be generated until the test ends it, so no machine is fast
+    enough to finish the stream before the fault lands (a race the first version of these tests
+    lost on a fast CI machine). The engine's worker pids and the stream's iterator."""
+    engine = served.engine
+    assert _wait(lambda: engine.ready, 600), "the engine is not ready"  # an earlier test's restart
+    workers = _descendants(engine.supervisor.pid)
+    assert workers, "vLLM's engine core runs in a child process"
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
     stream = served.sdk().completions.create(model=MODEL, prompt="Go on", max_tokens=256, temperature=0,
                                              stream=True, extra_body={"ignore_eos": True})
-    chunks = iter(stream)
-    next(chunks)  # the answer has started
-    return chunks
+    assert stream.response.status_code == 200  # the answer has started: its status is sent
+    return workers, iter(stream)
 
 
 def test_kill_9_drops_readiness_ends_streams_with_an_error_and_restarts_the_child(served):
     engine, restarts = served.engine, served.engine.supervisor.restarts
-    workers = _descendants(engine.supervisor.pid)
-    chunks = _long_stream(served)
-    # generation frozen at once (a fast machine would otherwise finish all 256 tokens before the kill
-    # lands, and the stream would rightly end well), then the server process killed
-    for pid in workers:
-        os.kill(pid, signal.SIGSTOP)
+    _, chunks = _frozen_stream(served)
     os.kill(engine.supervisor.pid, signal.SIGKILL)
     with pytest.raises(openai.APIError, match="restart"):  # an error event, not a hang or a silent cut
         for _ in chunks:
@@ -419,11 +422,7 @@ def test_kill_9_drops_readiness_ends_streams_with_an_error_and_restarts_the_chil
 
 def test_a_hung_engine_is_caught_by_a_probe_that_generates_and_restarted(served):
     engine = served.engine
-    workers = _descendants(engine.supervisor.pid)
-    assert workers, "vLLM's engine core runs in a child process"
-    chunks = _long_stream(served)
-    for pid in workers:
-        os.kill(pid, signal.SIGSTOP)
+    _, chunks = _frozen_stream(served)
     assert httpx.get(f"{engine.openai_base_url}/health", timeout=10).status_code == 200  # /health cannot tell
     with pytest.raises(openai.APIError, match="restart"):  # the stream ends once the probe kills the child
         for _ in chunks:
