@@ -132,7 +132,7 @@ def limits_store():
     else:
         installed = apt.packages(name="Limits store package", packages=[package.package], update=True,
                                  cache_time=3600, extra_install_args="--no-install-recommends")
-    files.directory(name="Limits store config directory", path=CONFIG_DIR, user="root", group=package.user,
+    files.directory(name="Limits store directory (config, TLS, password)", path=CONFIG_DIR, user="root", group=package.user,
                     mode="0750")
     files.directory(name="Limits store data directory", path=settings["gateway_limits_store_dir"],
                     user=package.user, group=package.user, mode="0750")
@@ -149,7 +149,7 @@ def limits_store():
                     user="root", group=package.user, mode="0640"),
         secret_file(name="Limits store password", src=str(requirepass), dest=f"{CONFIG_DIR}/password.conf",
                     user="root", group=package.user, mode="0640"),
-        files.template(name="Limits store config", src=template("limits-store.conf.j2"),
+        files.template(name="Limits store config file", src=template("limits-store.conf.j2"),
                        dest=f"{CONFIG_DIR}/store.conf", user="root", group=package.user, mode="0640",
                        **store_config(settings, runtime_address(host))),
     ]
