@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from .config import LimitsStoreSection
 
 log = logging.getLogger(__name__)
+MAX_CONNECTIONS = 64  # to the store, per gateway process
 
 
 class StoreDown(Exception):
@@ -42,7 +43,10 @@ class LimitsStore:
         if section.url.startswith("rediss://"):
             options.update(ssl_ca_certs=str(section.ca) if section.ca else None,
                            ssl_min_version=ssl.TLSVersion.TLSv1_3)
-        self.client = aioredis.from_url(section.url, **options)
+        # More requests at once than connections wait (up to timeout_s) for one, rather than failing
+        pool = aioredis.BlockingConnectionPool.from_url(section.url, max_connections=MAX_CONNECTIONS,
+                                                        timeout=section.timeout_s, **options)
+        self.client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
         self.up = True  # until a call fails (start() asks once)
         self.error: str | None = None
         self.down_since: float | None = None

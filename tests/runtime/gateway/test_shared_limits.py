@@ -148,3 +148,18 @@ def test_a_wrong_password_is_an_unreachable_store_not_an_open_one(redis, tmp_pat
     answers, state = asyncio.run(scenario())
     assert state["store"] == "unreachable" and "password" in state["error"].lower()
     assert [isinstance(a, Refusal) for a in answers] == [False, True, True]  # 1 of 2: this gateway's share
+
+
+def test_more_requests_at_once_than_connections_wait_for_one_and_the_store_stays_up(redis):
+    key = KeyRecord("k", "x", rpm=10_000, tpm=0, concurrency=0)
+
+    async def scenario():
+        (limiter,) = await _gateways(redis, count=1)
+        answers = await asyncio.gather(*(limiter.admit(key, 1) for _ in range(400)))
+        up, failures = limiter.store.up, limiter.store.failures
+        await _close([limiter])
+        return answers, up, failures
+
+    answers, up, failures = asyncio.run(scenario())
+    assert (up, failures) == (True, 0)
+    assert all(isinstance(a, SharedReservation) for a in answers)
