@@ -15,7 +15,6 @@ it instead (Type=notify: a restart returns once it serves).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
