@@ -43,9 +43,11 @@ class LimitsStore:
         if section.url.startswith("rediss://"):
             options.update(ssl_ca_certs=str(section.ca) if section.ca else None,
                            ssl_min_version=ssl.TLSVersion.TLSv1_3)
-        # More requests at once than connections wait (up to timeout_s) for one, rather than failing
-        pool = aioredis.BlockingConnectionPool.from_url(section.url, max_connections=MAX_CONNECTIONS,
+        # More uses at once than connections wait their turn (`_turns`): a busy gateway is not a dead
+        # store; timeout_s counts only once a command is on its way. Two more for probes.
+        pool = aioredis.BlockingConnectionPool.from_url(section.url, max_connections=MAX_CONNECTIONS + 2,
                                                         timeout=section.timeout_s, **options)
+        self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
         self.client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
         self.up = True  # until a call fails (start() asks once)
         self.error: str | None = None
@@ -72,11 +74,14 @@ class LimitsStore:
         """`await use(client)`; StoreDown (and the store marked down) when the store fails."""
         if not self.up:
             raise StoreDown(self.error)
-        try:
-            return await use(self.client)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            self.mark_down(exc)
-            raise StoreDown(self.error) from None
+        async with self._turns:
+            if not self.up:  # it went down while this one waited
+                raise StoreDown(self.error)
+            try:
+                return await use(self.client)
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                self.mark_down(exc)
+                raise StoreDown(self.error) from None
 
     def mark_down(self, exc: BaseException) -> None:
         """Stop using the store and start probing it."""

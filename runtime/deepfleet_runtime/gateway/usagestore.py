@@ -11,7 +11,8 @@ kept where budgets (budgets.py) read them. Three kinds, one interface (`usage`, 
   skipped when the journal is read. A write that fails (disk full) is logged and counted in memory.
 - `StoreCounts` (a fleet): hashes in the shared store (HINCRBY, expiring a month after the window),
   so every gateway sees the others' usage. While the store does not answer, charges are kept here
-  and handed over when it answers again; reads use the last values seen plus those charges.
+  and handed over when it answers again; reads use the last values seen plus those charges times
+  the number of gateways, so each gateway spends at most its share of what was left.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class StoreCounts(MemoryCounts):
         return self.store.key("usage", key_id, window)
 
     async def usage(self, key_id: str, windows: list[str]) -> list[tuple[int, int]]:
+        """The store's counts; while it does not answer, the last counts seen plus this gateway's
+        charges since, times the number of gateways (each may spend its share of what is left)."""
         if self.store.up:
             try:
                 async def read(client):
@@ -168,7 +171,8 @@ class StoreCounts(MemoryCounts):
             except StoreDown:
                 pass
         pending = await super().usage(key_id, windows)
-        return [(seen[0] + extra[0], seen[1] + extra[1]) for seen, extra in
+        share = 1 if self.store.up else self.store.section.gateways
+        return [(seen[0] + extra[0] * share, seen[1] + extra[1] * share) for seen, extra in
                 zip((self._seen.get((key_id, w), (0, 0)) for w in windows), pending)]
 
     def add(self, key_id: str, windows: list[str], tokens: int, requests: int) -> None:

@@ -163,3 +163,35 @@ def test_more_requests_at_once_than_connections_wait_for_one_and_the_store_stays
     answers, up, failures = asyncio.run(scenario())
     assert (up, failures) == (True, 0)
     assert all(isinstance(a, SharedReservation) for a in answers)
+
+
+def test_budget_counts_while_the_store_is_down_spend_only_this_gateways_share_then_are_handed_over(redis):
+    from deepfleet_runtime.gateway.budgets import Budgets
+
+    key = KeyRecord("k", "x", rpm=0, tpm=0, concurrency=0, tokens_per_day=100)
+
+    async def scenario():
+        store = LimitsStore(_section(redis))
+        await store.start()
+        budgets = Budgets.for_gateway(store, None)
+        budgets.charge(key, 40)
+        await asyncio.sleep(0.1)
+        assert await budgets.check(key) is None  # 40 of 100, seen in the store
+        redis.stop()
+        budgets.charge(key, 20)  # its write fails: counted here
+        await asyncio.sleep(0.2)
+        assert not store.up and await budgets.check(key) is None  # 40 + 20 x 2 gateways = 80
+        budgets.charge(key, 10)
+        exhausted = await budgets.check(key)  # 40 + 30 x 2 = 100: this gateway's half of the 60 left is spent
+        assert exhausted is not None and "tokens today" in exhausted.reason
+        redis.start()
+        for _ in range(50):
+            if store.up:
+                break
+            await asyncio.sleep(0.1)
+        assert store.up
+        (day_tokens, _), = await budgets.counts.usage("k", [budgets.now().strftime("day:%Y-%m-%d")])
+        await store.aclose()
+        return day_tokens
+
+    assert asyncio.run(scenario()) == 70  # the charges made meanwhile were handed to the store
