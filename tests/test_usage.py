@@ -89,3 +89,5 @@ def test_bad_input_names_the_fix(tmp_path, capsys):
         audit_dirs(tmp_path)
     assert main(["keys", "usage", str(tmp_path), "--since", "last week"]) == 2
     assert "--since must be" in capsys.readouterr().err
+    assert main(["keys", "usage", str(tmp_path / "missing.py")]) == 2
+    assert "neither an inventory nor a directory" in capsys.readouterr().err

@@ -211,7 +211,11 @@ def usage_command(args) -> int:
         if args.source.is_dir():
             directories = audit_dirs(args.source)
         else:
+            if not args.source.is_file():
+                raise UsageError(f"{args.source} is neither an inventory nor a directory of audit logs")
             fleet = _fleet(args.source)
+            if not fleet.gateways:
+                raise UsageError(f"{args.source} has no gateway, so no audit log to read")
             into = state_dir() / "audit"
             if not args.no_pull and not pull_fleet(fleet, into):
                 print("deepfleet: an audit log did not verify (see above); usage is computed from verified logs only",
