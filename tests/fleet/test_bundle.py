@@ -36,7 +36,10 @@ pytestmark = pytest.mark.fleet
 REMOVED = ("python3-venv", "python3.11-venv", "python3-pip-whl", "python3-setuptools-whl")
 TREES = ("/opt/deepfleet", "/etc/deepfleet")
 # The files that differ between two hosts installed from one bundle (docs/air-gapped.md lists them).
-HOST_SPECIFIC = ("/etc/deepfleet/gateway.yaml", "/etc/deepfleet/tls/server.crt", "/etc/deepfleet/tls/server.key")
+# each host's own: its name in the gateway config, its TLS certificate and key, and its audit log's
+# checkpoint signing key (one per host, so a record signed on one host cannot pass as another's)
+HOST_SPECIFIC = ("/etc/deepfleet/gateway.yaml", "/etc/deepfleet/tls/server.crt", "/etc/deepfleet/tls/server.key",
+                 "/etc/deepfleet/tls/audit-signing.key")
 
 
 @dataclass

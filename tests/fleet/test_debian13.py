@@ -63,7 +63,7 @@ def trixie_host(tmp_path_factory):
         _stand_ins(root / "repo", root / "stand-ins", key)
         with RepoServer(root / "repo") as server:
             fleet.start(1, image, name_prefix="t")
-            host = PlatformHost(fleet, root / "inventory.json", server.url, root / "repo")
+            host = PlatformHost(fleet, root / "inventory.json", server.url, root / "repo", key.fingerprint)
             (root / "debian-archive-keyring.pgp").write_bytes(key.public_binary())
             (root / "debian.sources").write_text(STOCK_TRIXIE.format(mirror=server.url))
             for name, target in (("debian-archive-keyring.pgp", "/usr/share/keyrings/"),

@@ -189,7 +189,8 @@ def test_gpu_facts_of_a_host_without_gpu(platform_host):
     assert answers == {
         "roles.gpu_facts.NvidiaPciDevices": [],
         "roles.gpu_facts.NvidiaSmi": None,
-        "roles.gpu_facts.NvidiaModuleState": {"loaded": None, "installed": None},
+        "roles.gpu_facts.NvidiaModuleState": {"loaded": None, "installed": None, "built": {}, "driver": None,
+                                              "running": platform_host.sh("uname -r").strip(), "default": None},
         "server.Arch": platform_host.sh("uname -m").strip(),
     }
 

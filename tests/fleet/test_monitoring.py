@@ -24,13 +24,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from roles.defaults import DEFAULTS
+from roles.gateway import audit_dir
 from tests.conftest import free_port
 from tests.monitoring.dashboards import grafana_query, panel_queries
 
 pytestmark = pytest.mark.fleet
 
 RUNTIME = "/opt/deepfleet/venv/bin/deepfleet-runtime"
-AUDIT_DIR = "/var/lib/deepfleet/audit"
+AUDIT_DIR = audit_dir(DEFAULTS)  # where the gateway role puts the audit log by default
 SERVER_CERT = "/etc/deepfleet/tls/server.crt"
 CHAT = {"model": "tiny-deepseek-v3", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 VARIABLES = {"instance": ".*", "key": ".*"}

@@ -44,7 +44,7 @@ from deepfleet.demo import MODEL_NAME
 from deepfleet.modelkeys import create_model_keys
 from deepfleet.modelpack import ensure_release
 from deepfleet.paths import PROJECT_ROOT, cache_dir
-from deepfleet.pki import ensure_server_cert, init_ca
+from deepfleet.pki import ensure_audit_signing_key, ensure_server_cert, init_ca
 from deepfleet.wheelhouse import TargetPlatform, build_wheelhouse, recorded_hashes
 from deepfleet_runtime.modelstore.release import MANIFEST_FILE
 from roles.common import template
@@ -113,7 +113,10 @@ def docker_runtime(tmp_path_factory, tiny_model_dir):
     state.chmod(0o777)  # the container's uid writes its HF cache here
     settings = {**DEFAULTS, "model_name": MODEL_NAME, "runtime_port": free_port(), "gateway_port": free_port(),
                 "gateway_listen_address": "127.0.0.1", "deepfleet_config_dir": str(etc),
-                "deepfleet_state_dir": str(state), "runtime_container_memlock": f"{MEMLOCK}:{MEMLOCK}"}
+                "deepfleet_state_dir": str(state), "runtime_container_memlock": f"{MEMLOCK}:{MEMLOCK}",
+                # the gateway runs on this machine, not in a host: its state, socket and port are the test's own
+                "gateway_state_dir": str(root / "gateway-state"), "gateway_metrics_port": free_port(),
+                "gateway_admin_socket": str(root / "gateway-admin.sock")}
     model_keys, _ = create_model_keys(root / "model-keys")
     _host_keys(model_keys, etc / "keys")
     release = _push_and_activate(tiny_model_dir, model_keys, models, etc / "keys", root / "cache")
@@ -138,7 +141,7 @@ def docker_runtime(tmp_path_factory, tiny_model_dir):
     (context / "wheels" / "requirements.txt").write_text(image_requirements(settings, wheelhouse, hashes))
 
     name = f"deepfleet-{run_id}-runtime"
-    gateway = None
+    gateway, gateway_log = None, root / "gateway.log"
     try:
         built = subprocess.run(build_command(tag, str(context)), capture_output=True, text=True)
         _docker(*PRUNE_BUILD_STAGES[1:])
@@ -152,6 +155,7 @@ def docker_runtime(tmp_path_factory, tiny_model_dir):
         pair, _ = ensure_server_cert(root / "pki", "docker-mode", ["localhost", "127.0.0.1"])
         shutil.copyfile(pair.cert, etc / "tls" / "server.crt")
         shutil.copyfile(pair.key, etc / "tls" / "server.key")
+        shutil.copyfile(ensure_audit_signing_key(root / "pki", "docker-mode").key, etc / "tls" / "audit-signing.key")
         key = create_key(root / "keys.json", "docker-mode")
         (etc / "api_keys.json").write_text(host_key_file(load_keyring(root / "keys.json")))
         gateway_yaml = etc / "gateway.yaml"
@@ -159,10 +163,10 @@ def docker_runtime(tmp_path_factory, tiny_model_dir):
         _wait(f"http://127.0.0.1:{settings['runtime_port']}/ready", verify=False,
               logs=lambda: _docker("logs", "--tail", "30", name, check=False).stderr)
         gateway = subprocess.Popen([str(Path(sys.executable).parent / "deepfleet-runtime"), "gateway", "--config",
-                                    str(gateway_yaml)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    str(gateway_yaml)], stdout=subprocess.DEVNULL, stderr=gateway_log.open("wb"))
         ca = ssl.create_default_context(cafile=str(root / "pki" / "ca.crt"))
         base_url = f"https://127.0.0.1:{settings['gateway_port']}"
-        _wait(f"{base_url}/health", verify=ca)
+        _wait(f"{base_url}/health", verify=ca, logs=lambda: gateway_log.read_text(errors="replace")[-3000:])
         yield {"name": name, "tag": tag, "base": base, "config": config_path, "ca": ca, "key": key,
                "url": f"{base_url}/v1", "runtime_port": settings["runtime_port"], "release": release,
                "keys": model_keys, "host_keys": etc / "keys", "models": models, "state": state, "root": root,
@@ -217,7 +221,8 @@ def test_container_runs_with_the_roles_limits_and_hardening(docker_runtime):
     assert hostconfig["SecurityOpt"] == ["no-new-privileges"]
     assert hostconfig["ShmSize"] == 16 * 1024**3
     assert {u["Name"]: (u["Soft"], u["Hard"]) for u in hostconfig["Ulimits"]} == {
-        "memlock": (MEMLOCK, MEMLOCK), "stack": (67108864, 67108864)}
+        "memlock": (MEMLOCK, MEMLOCK), "stack": (67108864, 67108864),
+        "core": (0, 0)}  # no core dump can carry the keys or the decrypted weights to a disk
     mounts = {m["Destination"]: m["RW"] for m in info["Mounts"]}
     assert mounts[str(docker_runtime["config"])] is False and mounts[str(docker_runtime["models"])] is False
     # The engine itself: the service account, no capabilities left (root only copied the keys).

@@ -389,6 +389,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _long_stream(served):
+    assert _wait(lambda: served.engine.ready, 600), "the engine is not ready"  # an earlier test's restart
     stream = served.sdk().completions.create(model=MODEL, prompt="Go on", max_tokens=256, temperature=0,
                                              stream=True, extra_body={"ignore_eos": True})
     chunks = iter(stream)
@@ -398,7 +399,12 @@ def _long_stream(served):
 
 def test_kill_9_drops_readiness_ends_streams_with_an_error_and_restarts_the_child(served):
     engine, restarts = served.engine, served.engine.supervisor.restarts
+    workers = _descendants(engine.supervisor.pid)
     chunks = _long_stream(served)
+    # generation frozen at once (a fast machine would otherwise finish all 256 tokens before the kill
+    # lands, and the stream would rightly end well), then the server process killed
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
     os.kill(engine.supervisor.pid, signal.SIGKILL)
     with pytest.raises(openai.APIError, match="restart"):  # an error event, not a hang or a silent cut
         for _ in chunks:
@@ -413,9 +419,9 @@ def test_kill_9_drops_readiness_ends_streams_with_an_error_and_restarts_the_chil
 
 def test_a_hung_engine_is_caught_by_a_probe_that_generates_and_restarted(served):
     engine = served.engine
-    chunks = _long_stream(served)
     workers = _descendants(engine.supervisor.pid)
     assert workers, "vLLM's engine core runs in a child process"
+    chunks = _long_stream(served)
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     assert httpx.get(f"{engine.openai_base_url}/health", timeout=10).status_code == 200  # /health cannot tell
