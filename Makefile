@@ -40,10 +40,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	  -e 'runtime[transformers,quantization,llamacpp]' -e '.[test]'
 	touch $@
 
-# The test hosts are containers built with debootstrap: they need a Docker engine and debootstrap.
+# The test hosts are containers built with debootstrap: they need a Docker engine and debootstrap;
+# the gateway's limits store is tested against a real redis-server the tests start themselves.
 host-tools:
 	@missing=""; command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "==> installing$$missing"; apt-get update -qq && \

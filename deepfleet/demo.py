@@ -28,7 +28,8 @@ from .paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir, state_dir
 
 MODEL_NAME = "tiny-deepseek-v3"
 KEY_NAME = "demo"
-PORT_SETTINGS = ("runtime_port", "gateway_port", "gateway_metrics_port")  # hosts share this network
+PORT_SETTINGS = ("runtime_port", "gateway_port", "gateway_metrics_port",  # hosts share this network
+                 "gateway_limits_store_port")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,19 @@ def ensure_audit_signing_key(pki_dir: Path, host_name: str) -> CertPair:
     write_atomic(pair.cert, key.public_key().public_bytes(serialization.Encoding.PEM,
                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
     return pair
+
+
+def ensure_limits_store_password(pki_dir: Path) -> tuple[Path, Path]:
+    """The password of the fleet's limits store (roles/limits_store.py): (the password file the
+    gateways read, the store's `requirepass` line), both 0600 in <pki>/limits-store/; created once."""
+    directory = Path(pki_dir) / "limits-store"
+    password, config = directory / "password", directory / "requirepass.conf"
+    if not (password.exists() and config.exists()):
+        secret = secrets.token_urlsafe(32)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(password, secret + "\n", mode=0o600)
+        write_atomic(config, f"requirepass {secret}\n", mode=0o600)
+    return password, config
 
 
 _ALWAYS_PERMITTED = ("localhost", "127.0.0.1")  # roles/tls.py puts these in every server certificate

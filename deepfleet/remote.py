@@ -39,12 +39,13 @@ def ssh_argv(data: Mapping, name: str) -> list[str] | None:
 
 
 def run_remote(ssh: list[str], argv: list[str], sudo: bool = True, timeout: float = 120.0,
-               check: bool = True) -> subprocess.CompletedProcess:
-    """Run `argv` on the host behind `ssh` (as root with `sudo`); with `check`, RemoteError unless it
-    exits 0."""
+               check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run `argv` on the host behind `ssh` (as root with `sudo`), with `stdin` as its input; with
+    `check`, RemoteError unless it exits 0."""
     remote = shlex.join(["sudo", "-n", *argv] if sudo else argv)
     try:
-        result = subprocess.run([*ssh, remote], capture_output=True, text=True, timeout=timeout,
+        result = subprocess.run([*ssh, remote], capture_output=True, text=True, timeout=timeout, input=stdin,
+                                stdin=subprocess.DEVNULL if stdin is None else None,
                                 start_new_session=True)  # a Ctrl-C reaches deepfleet, not its commands
     except subprocess.TimeoutExpired:
         raise RemoteError(f"{ssh[-1]}: `{shlex.join(argv)}` did not finish within {timeout:.0f} s") from None

@@ -228,6 +228,22 @@ SETTINGS = {
     "gateway_audit_retention_days": S(0, "0 = keep every file"),
     "gateway_audit_signing": S(True, "Ed25519-signed checkpoints; the public key stays in gateway_pki_dir"),
     "gateway_audit_checkpoint_every": S(1000, "records between two signed checkpoints"),
+    # Limits and budgets shared by a fleet's gateways (roles/limits_store.py; docs/gateway.md, "Quotas
+    # across a fleet"): Valkey/Redis from the OS's packages on one gateway, TLS + a password.
+    "gateway_limits_store": S("auto",
+        "auto: a store shared by the gateways when the inventory has more than one, else each gateway's own "
+        "buckets | embedded: always each gateway's own (a key gets its limits once per gateway) | shared: the "
+        "store even for one gateway", choices=("auto", "embedded", "shared")),
+    "gateway_limits_store_host": S(None, "the gateway that runs the store (default: the first of the gateways)",
+                                   type="str|null"),
+    "gateway_limits_store_port": S(6380, "the store's TLS port on that host (gateways on other hosts reach it)"),
+    "gateway_limits_store_maxmemory_mb": S(256,
+        "the store's memory; at the limit it refuses writes (never evicts a budget) and gateways fall back on "
+        "their share"),
+    "gateway_limits_store_timeout_s": S(0.5,
+        "a store command slower than this counts as the store being down (the gateway serves its share)",
+        type="float"),
+    "gateway_limits_store_dir": S("/var/lib/deepfleet-limits-store", "the store's data (append-only file)"),
 
     # --- firewall (nftables): only SSH and the gateway port, from the networks listed ------------
     "firewall_enabled": S(False, "opt in; when on, both source lists below must be set"),

@@ -23,6 +23,7 @@ from .common import RoleError, template
 from .defaults import DEFAULTS
 from .firewalld import firewalld_open, served_ports
 from .hostos import host_os
+from .limits_store import runs_store
 from .monitoring import monitoring_hosts, node_exporter_is_remote, prometheus_is_remote
 from .ray import cluster_members, ray_ports
 from .topology import gateway_hosts, holds_model, runtime_address, runtime_needs_tls
@@ -37,6 +38,8 @@ def firewall_context(settings: Mapping) -> dict:
         admitted.append(("ray", "{ " + ", ".join(settings["ray_ports"]) + " }", "ray_sources"))
     if settings.get("node_exporter_sources"):  # scraped by Prometheus on other hosts (roles/monitoring.py)
         admitted.append(("node_exporter", settings["monitoring_node_exporter_port"], "node_exporter_sources"))
+    if settings.get("limits_store_sources"):  # the fleet's limits store, from the other gateways only
+        admitted.append(("limits_store", settings["gateway_limits_store_port"], "limits_store_sources"))
     if settings.get("monitoring_prometheus_sources"):
         admitted.append(("prometheus", settings["monitoring_prometheus_port"], "monitoring_prometheus_sources"))
     sets, rules = [], []
@@ -67,7 +70,7 @@ def firewall_context(settings: Mapping) -> dict:
 def fleet_sources(settings: dict) -> dict:
     """`settings` plus what the fleet's topology admits: the runtime port from the gateways on other
     hosts (unless firewall_runtime_sources lists them), the node exporter port from the monitoring
-    hosts (roles/monitoring.py) and, on a Ray node, Ray's ports from the other nodes of its cluster."""
+    hosts (roles/monitoring.py), the limits store's port from the other gateways (roles/limits_store.py) and, on a Ray node, Ray's ports from the other nodes of its cluster."""
     if runtime_needs_tls(host) and not settings["firewall_runtime_sources"]:
         settings["firewall_runtime_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
                                                 if gateway.name != host.name]
@@ -75,6 +78,9 @@ def fleet_sources(settings: dict) -> dict:
     if settings["monitoring_enabled"] and node_exporter_is_remote(host):
         settings["node_exporter_sources"] = [runtime_address(monitor) for monitor in monitoring_hosts(host.inventory)
                                              if monitor.name != host.name]
+    if runs_store(host):
+        settings["limits_store_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
+                                            if gateway.name != host.name]
     if settings["ray_head"] and holds_model(host):
         peers = [member for member in cluster_members(host) if member.name != host.name]
         settings["ray_sources"] = [runtime_address(peer) for peer in peers]

@@ -42,6 +42,8 @@ def served_ports(settings: dict) -> list[str]:
         ports.append(str(settings["monitoring_node_exporter_port"]))
     if settings.get("prometheus_remote"):  # Prometheus off loopback, for Grafana & co.
         ports.append(str(settings["monitoring_prometheus_port"]))
+    if settings.get("limits_store_sources"):  # the fleet's limits store, for the other gateways
+        ports.append(str(settings["gateway_limits_store_port"]))
     return [f"{port}/tcp" for port in ports]
 
 

@@ -1,6 +1,8 @@
 """The gateway role: certificates from the internal CA, API key hashes and limits, audit directory,
 the TLS 1.3 gateway service in front of the fleet's runtime replicas (roles/topology.py: every
-gpu node's runtime, over mutual TLS when it is on another host; or gateway_upstreams)."""
+gpu node's runtime, over mutual TLS when it is on another host; or gateway_upstreams). With more
+than one gateway, their limits and budgets live in a shared store (roles/limits_store.py, run
+from here on the gateway that hosts it) whose password every gateway gets."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
 from deepfleet.apikeys import active_records, host_key_file, load_keyring
-from deepfleet.pki import ensure_audit_signing_key
+from deepfleet.pki import ensure_audit_signing_key, ensure_limits_store_password
 
 from .common import RoleError, control_path, template, venv_dir
+from .limits_store import gateway_store_section, limits_store
 from .defaults import DEFAULTS
 from .runtime import unit_context
 from .service import converge_service
@@ -44,8 +47,9 @@ CONNECTION_SETTINGS = {"max_connections": "max_connections", "max_per_client": "
                        "max_unauthenticated_per_minute": "max_unauthenticated_per_minute"}
 
 
-def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
-    """Variables for templates/gateway.yaml.j2 from role settings."""
+def gateway_yaml_context(settings: Mapping, host_name: str, limits_store: dict | None = None) -> dict:
+    """Variables for templates/gateway.yaml.j2 from role settings (`limits_store`: the shared
+    store's section, limits_store.gateway_store_section)."""
     tls = f"{settings['deepfleet_config_dir']}/tls"
     replicas = upstreams(settings, host_name)
     mutual_tls = any(r["url"].startswith("https://") for r in replicas)
@@ -77,6 +81,8 @@ def gateway_yaml_context(settings: Mapping, host_name: str) -> dict:
         "metrics_port": settings["gateway_metrics_port"],
         "admin_socket": settings["gateway_admin_socket"],
         "routing": settings.get("gateway_routing") or {},
+        "limits_store": limits_store,
+        "state_dir": settings["gateway_state_dir"],
     }
 
 
@@ -105,8 +111,15 @@ def gateway():
     _service_account(data)
     # Replicas report their release and quantisation on /ready; the config needs no model label,
     # so a new model release does not restart the gateway.
-    context = gateway_yaml_context(settings, host.name)
+    limits_store()  # on the gateway that hosts the fleet's store, else nothing
+    store_password = f"{data.deepfleet_config_dir}/limits-store.password"
+    store = gateway_store_section(host, store_password, tls_paths()["ca.crt"])
+    context = gateway_yaml_context(settings, host.name, store)
     inputs = host_certificates(settings, client=bool(context["upstream_tls"]))
+    if store:
+        password, _ = ensure_limits_store_password(control_path(data.gateway_pki_dir, "gateway_pki_dir"))
+        inputs.append(secret_file(name="Limits store password", src=str(password), dest=store_password,
+                                  user="root", group=group, mode="0640"))
     if context["audit_checkpoint_key"]:
         pki_dir = control_path(data.gateway_pki_dir, "gateway_pki_dir")
         signing = ensure_audit_signing_key(pki_dir, host.name)

@@ -112,7 +112,8 @@ WORKFLOW_SETTINGS = ("deepfleet_home", "deepfleet_config_dir", "gateway_admin_so
                      "runtime_port", "runtime_ready_timeout_s", "rollout_drain_timeout_s", "rollout_healthy_timeout_s",
                      "rollout_smoke_prompt", "rollout_smoke_max_tokens", "rollout_bake_max_error_percent",
                      "rollout_bake_latency_factor", "rollout_bake_min_requests", "gateway_state_dir",
-                     "gateway_audit_dir", "gateway_pki_dir", "gateway_audit_signing")
+                     "gateway_audit_dir", "gateway_pki_dir", "gateway_audit_signing", "gateway_group",
+                     "gateway_api_keyring")
 
 
 def describe(host: Host) -> dict:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import stat
 
 import pytest
 
-from deepfleet.apikeys import KeyringError, create_key, host_key_file, load_keyring, revoke_key
+from deepfleet.apikeys import (KeyringError, create_key, hash_api_key, host_key_file, load_keyring, parse_expiry,
+                              revoke_key, rotate_key)
 from deepfleet_runtime.gateway.auth import KeyStore
 
 
@@ -103,3 +105,40 @@ def test_keys_cli_creates_lists_and_revokes_without_printing_hashes(tmp_path, ca
     listing = capsys.readouterr().out
     assert "clinic-a" in listing and "m1,m2" in listing and "revoked" in listing and " 60 " in listing
     assert key not in listing and load_keyring(tmp_path / "keys.json")[0]["sha256"] not in listing
+
+
+def test_expires_takes_a_duration_or_a_time_and_reaches_the_host_file(tmp_path):
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    assert parse_expiry("90d", now) == "2026-04-01T00:00:00Z"
+    assert parse_expiry("2027-01-01T00:00:00+01:00", now) == "2026-12-31T23:00:00Z"
+    for bad, message in (("90x", "duration"), ("0d", "duration"), ("2025-01-01T00:00:00Z", "in the past"),
+                         ("2030-01-01T00:00:00", "time zone")):
+        with pytest.raises(KeyringError, match=message):
+            parse_expiry(bad, now)
+    keyring = tmp_path / "keys.json"
+    create_key(keyring, "a", expires="30d", tokens_per_day=1000, tokens_per_month=20000, requests_per_day=50)
+    entry = json.loads(host_key_file(load_keyring(keyring)))["keys"][0]
+    expires = datetime.datetime.fromisoformat(entry["expires"].replace("Z", "+00:00"))
+    assert abs((expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds() - 30 * 86400) < 60
+    assert (entry["tokens_per_day"], entry["tokens_per_month"], entry["requests_per_day"]) == (1000, 20000, 50)
+
+
+def test_rotate_gives_a_new_secret_and_keeps_the_old_one_for_the_grace_only(tmp_path):
+    keyring = tmp_path / "keys.json"
+    old = create_key(keyring, "a", rpm=5, expires="90d")
+    new, record = rotate_key(keyring, "a", grace="1h")
+    assert new != old and new.startswith("dfk-") and new not in keyring.read_text()
+    entries = json.loads(host_key_file(load_keyring(keyring)))["keys"]
+    assert [e["sha256"] for e in entries] == sorted([hash_api_key(old), hash_api_key(new)],
+                                                    key=lambda h: h != hash_api_key(old))
+    old_entry, new_entry = entries
+    grace_end = datetime.datetime.fromisoformat(old_entry["expires"].replace("Z", "+00:00"))
+    assert abs((grace_end - datetime.datetime.now(datetime.timezone.utc)).total_seconds() - 3600) < 60
+    assert old_entry["rpm"] == new_entry["rpm"] == 5 and new_entry["id"] == old_entry["id"] == "a"
+    assert new_entry["expires"] > old_entry["expires"]  # the new secret gets the old one's lifetime again
+    revoke_key(keyring, "a")
+    assert json.loads(host_key_file(load_keyring(keyring))) == {"keys": []}  # every secret of it
+    with pytest.raises(KeyringError, match="revoked"):
+        rotate_key(keyring, "a")
+    with pytest.raises(KeyringError, match="--grace"):
+        create_key(keyring, "b") and rotate_key(keyring, "b", grace="soon")

@@ -25,9 +25,8 @@ def register(commands) -> None:
 
 
 def run_pull(args) -> int:
-    from roles.common import RoleError, control_path
+    from roles.common import RoleError
 
-    from ..auditpull import gateway_source, public_key_of, pull
     from ..fleet import FleetError, describe_fleet
     from ..paths import state_dir
 
@@ -38,14 +37,24 @@ def run_pull(args) -> int:
         print(f"deepfleet: {exc}", file=sys.stderr)
         return 2
     into = args.into or state_dir() / "audit"
+    try:
+        return 0 if pull_fleet(fleet, into) else 1
+    except RoleError as exc:
+        print(f"deepfleet: {exc}", file=sys.stderr)
+        return 2
+
+
+def pull_fleet(fleet, into: Path) -> bool:
+    """Pull and verify every gateway's audit log of `fleet` into `into/<gateway>/`, printing one line
+    per gateway (and per finding); True when every one verifies. RoleError for a bad gateway_pki_dir."""
+    from roles.common import control_path
+
+    from ..auditpull import gateway_source, public_key_of, pull
+
     failed = False
     for gateway in fleet.gateways:
         settings = gateway.settings
-        try:  # "<state>/pki" and relative paths resolved as the deploy resolves them
-            pki_dir = control_path(settings["gateway_pki_dir"], "gateway_pki_dir")
-        except RoleError as exc:
-            print(f"deepfleet: {exc}", file=sys.stderr)
-            return 2
+        pki_dir = control_path(settings["gateway_pki_dir"], "gateway_pki_dir")  # as the deploy resolves it
         key = public_key_of(pki_dir, gateway.name)
         if key is None and settings.get("gateway_audit_signing"):
             print(f"{gateway.name}: no audit signing public key in {pki_dir}; checkpoints "
@@ -64,4 +73,4 @@ def run_pull(args) -> int:
             failed = True
             for finding in report.findings:
                 print(f"{gateway.name}: FOUND: {finding}")
-    return 1 if failed else 0
+    return not failed

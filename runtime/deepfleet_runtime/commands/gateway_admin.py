@@ -1,9 +1,10 @@
-"""`deepfleet-runtime gateway-admin status|drain|undrain|probe`: the gateway's admin socket, from a shell.
+"""`deepfleet-runtime gateway-admin status|drain|undrain|probe|keys`: the gateway's admin socket, from a shell.
 
 Rolling updates drain a replica with `gateway-admin drain NAME --wait 60` (exit 0 once nothing is
 in flight on it, 1 if requests were still running at the deadline), update it, check it with
 `gateway-admin probe NAME --model M` (one completion through this gateway to that replica, while
 it is still drained; exit 0 when it answered tokens, 1 when not), then `undrain`.
+`gateway-admin keys --reload` reads the API key file now and prints the SHA-256 of what is in force.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def register(commands) -> None:
     probe.add_argument("--model", required=True)
     probe.add_argument("--prompt", default="Hello")
     probe.add_argument("--max-tokens", type=int, default=8)
+    keys = sub.add_parser("keys", help="the API key file in force (its SHA-256)")
+    keys.add_argument("--reload", action="store_true", help="read the key file now, even if it looks unchanged")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +47,8 @@ def run(args) -> int:
                 response = client.get("/upstreams")
             elif args.admin_command == "drain":
                 response = client.post(f"/upstreams/{args.name}/drain", params={"wait_s": args.wait})
+            elif args.admin_command == "keys":
+                response = client.post("/keys/reload") if args.reload else client.get("/keys")
             elif args.admin_command == "probe":
                 response = client.post(f"/upstreams/{args.name}/probe", json={
                     "model": args.model, "prompt": args.prompt, "max_tokens": args.max_tokens})

@@ -8,6 +8,9 @@
     POST /upstreams/{name}/probe          one greedy completion on that replica, drained or not
                                           (body {"model", "prompt", "max_tokens"}): a smoke test,
                                           audited like any completion (record type "probe")
+    GET  /keys                            the API key file in force: path, SHA-256, entries
+    POST /keys/reload                     read the key file now, then the same (`deepfleet keys
+                                          revoke` confirms each gateway reads what it pushed)
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .audit import AuditError, AuditLog, utc_now_iso
+from .auth import KeyStore
 from .upstreams import UpstreamPool
 
 log = logging.getLogger(__name__)
 
 
-def create_admin_app(pool: UpstreamPool, audit: AuditLog, content: str = "full") -> Starlette:
+def create_admin_app(pool: UpstreamPool, audit: AuditLog, content: str = "full",
+                     keys: KeyStore | None = None) -> Starlette:
     """The admin ASGI app for `pool` (served on a unix socket only: whoever can open it may drain);
-    probes are written to `audit` with prompt and completion (`content` "full") or their SHA-256."""
+    probes are written to `audit` with prompt and completion (`content` "full") or their SHA-256;
+    `keys` is the API key file whose state /keys shows."""
 
     def replica_or_404(request: Request):
         replica = pool.replicas.get(request.path_params["name"])
@@ -96,7 +102,14 @@ def create_admin_app(pool: UpstreamPool, audit: AuditLog, content: str = "full")
             log.warning("probe of replica %s failed: %s", replica.name, result.get("error"))
         return JSONResponse(result, 200 if result["ok"] else 502)
 
+    async def key_file(request: Request) -> JSONResponse:
+        if keys is None:
+            return JSONResponse({"error": "this gateway has no key file"}, 404)
+        return JSONResponse(keys.state(reload=request.method == "POST"))
+
     return Starlette(routes=[
+        Route("/keys", key_file),
+        Route("/keys/reload", key_file, methods=["POST"]),
         Route("/upstreams", upstreams),
         Route("/upstreams/{name}", upstream),
         Route("/upstreams/{name}/drain", drain, methods=["POST"]),

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
+from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,11 +20,14 @@ from ..schema import error_body
 from .admin import create_admin_app
 from .audit import AuditLog, Ed25519Signer
 from .auth import KeyStore
+from .budgets import Budgets
 from .config import GatewayConfig
 from .limits import AdmissionQueue, KeyLimiter
 from .metrics import GatewayMetrics, Live
 from .observability import add_observability_metrics
 from .proxy import ApiEndpoint
+from .sharedlimits import SharedLimiter
+from .store import LimitsStore
 from .upstreams import UpstreamPool
 
 API_ROUTES = {"/v1/chat/completions": ["POST"], "/v1/completions": ["POST"], "/v1/models": ["GET"]}
@@ -30,7 +36,8 @@ API_ROUTES = {"/v1/chat/completions": ["POST"], "/v1/completions": ["POST"], "/v
 class Gateway:
     """One gateway process's state and its three ASGI apps: `app`, `admin_app`, `metrics_app`."""
 
-    def __init__(self, config: GatewayConfig):
+    def __init__(self, config: GatewayConfig, clock: Callable[[], float] = time.time):
+        """`clock`: UTC epoch seconds, for budgets' windows and keys' expiry (tests move it)."""
         self.config = config
         self.connections = None  # the public server's ConnectionTable (gateway/connections.py), once built
         signer = Ed25519Signer(config.audit.checkpoint_key) if config.audit.checkpoint_key else None
@@ -41,8 +48,17 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self._add_live_metrics()
         add_observability_metrics(self.metrics, config, self.audit)
-        endpoint = ApiEndpoint(config, KeyStore(config.api_keys_file), KeyLimiter(config.limits), self.queue,
-                               self.pool, self.audit, self.metrics)
+        self.store = LimitsStore(config.limits_store) if config.limits_store else None
+        if self.store is None and config.state_dir is None:
+            logging.getLogger(__name__).warning("no state_dir in the gateway config: budgets are counted in "
+                                                "memory only and start again at 0 after a restart")
+        self.budgets = Budgets.for_gateway(self.store, config.state_dir / "budgets" if config.state_dir else None,
+                                           clock)
+        self.limiter = SharedLimiter(self.store, config.limits) if self.store else KeyLimiter(config.limits)
+        self.keys = KeyStore(config.api_keys_file)
+        self._add_store_metrics()
+        endpoint = ApiEndpoint(config, self.keys, self.limiter, self.queue, self.pool, self.audit, self.metrics,
+                               self.budgets)
         self.metrics.add(Live("deepfleet_gateway_unauthenticated_throttled_total", "Requests without a valid key "
                               "refused with 429 (no audit record) over the per-address limit.", (),
                               lambda: {(): endpoint.addresses.throttled}, kind="counter"))
@@ -54,17 +70,22 @@ class Gateway:
         )
         routes.router.redirect_slashes = False  # exactly the allowlisted paths; "/v1/models/" is 404
         self.app = _FastPath(endpoint, routes)
-        self.admin_app = create_admin_app(self.pool, self.audit, config.audit.content)
+        self.admin_app = create_admin_app(self.pool, self.audit, config.audit.content, self.keys)
         self.metrics_app = Starlette(routes=[Route("/metrics", self._metrics)])
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _: Starlette):
         await self.pool.start()
+        if self.store:
+            await self.store.start()
         try:
             yield
         finally:
             await self.pool.aclose()
+            if self.store:
+                await self.store.aclose()
             await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
+            self.budgets.close()
 
     async def _health(self, _: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -74,10 +95,27 @@ class Gateway:
         serving = sum(1 for r in replicas if r.healthy and not r.draining)
         body = {"status": "ready" if serving else "not ready", "replicas_serving": serving,
                 "replicas": len(replicas)}
+        if self.store:  # an unreachable store does not make the gateway unready: it serves within its share
+            body["limits"] = self.store.state()
         return JSONResponse(body, 200 if serving else 503)
 
     async def _metrics(self, _: Request) -> PlainTextResponse:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def _add_store_metrics(self) -> None:
+        if self.store is None:
+            return
+        store, limiter = self.store, self.limiter
+        for name, help_text, read, kind in (
+            ("limits_store_up", "1 while the shared limits store answers; 0: limits are local (1/gateways of "
+             "each).", lambda: float(store.up), "gauge"),
+            ("limits_store_failures_total", "Times the shared limits store stopped answering.",
+             lambda: store.failures, "counter"),
+            ("limits_local_admitted_total", "Requests admitted by this gateway's share of the limits while the "
+             "store did not answer.", lambda: limiter.local_admitted, "counter"),
+        ):
+            self.metrics.add(Live(f"deepfleet_gateway_{name}", help_text, (), lambda read=read: {(): read()},
+                                  kind=kind))
 
     def _add_live_metrics(self) -> None:
         replicas = self.pool.replicas.values

@@ -102,6 +102,35 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class LimitsStoreSection:
+    """The store the gateways of a fleet share their limits and budgets in (Valkey/Redis; gateway/store.py).
+    Without this section a gateway keeps its buckets in memory and its budgets in state_dir."""
+
+    url: str  # rediss://HOST:PORT/0 (TLS) or redis://127.0.0.1:PORT/0 (loopback only)
+    password_file: Path | None = None  # the store's password (requirepass), readable by the gateway only
+    ca: Path | None = None  # the CA that signed the store's certificate (rediss://)
+    gateways: int = 1  # gateways sharing it: while it is unreachable each admits 1/gateways of every limit
+    timeout_s: float = 0.5  # per store command; slower counts as unreachable
+    retry_s: float = 1.0  # while unreachable, how often to try it again
+    lease_s: float = 30.0  # a concurrency slot is held this long unless renewed (a gateway that dies frees them)
+    prefix: str = "deepfleet:"  # of every key the gateways write
+
+    def __post_init__(self):
+        if not self.url.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"limits_store: url {self.url!r} must start with rediss:// (TLS) or redis:// (loopback)")
+        if self.url.startswith("redis://") and not _is_loopback(_url_host(self.url)):
+            raise ConfigError(f"limits_store: {self.url} is not on loopback; use rediss:// (TLS) for a store on "
+                              "another host")
+        if self.gateways < 1 or self.timeout_s <= 0 or self.retry_s <= 0 or self.lease_s <= 0:
+            raise ConfigError("limits_store: gateways must be >= 1 and timeout_s, retry_s, lease_s > 0")
+
+
+def _url_host(url: str) -> str:
+    netloc = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    return netloc[1:].split("]", 1)[0] if netloc.startswith("[") else netloc.rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     tls: TlsSection
     api_keys_file: Path  # JSON of key ids, SHA-256 hashes and limits, never the keys themselves
@@ -114,6 +143,8 @@ class GatewayConfig:
     connections: ConnectionsSection = field(default_factory=ConnectionsSection)
     metrics: MetricsSection | None = field(default_factory=MetricsSection)
     admin_socket: Path | None = None  # unix socket for drain/undrain (docs/gateway.md)
+    limits_store: LimitsStoreSection | None = None  # shared limits and budgets (a fleet); None: this gateway's own
+    state_dir: Path | None = None  # budgets' usage journal without a store (<state_dir>/budgets/); None: in memory
 
     def __post_init__(self):
         if not self.upstreams:

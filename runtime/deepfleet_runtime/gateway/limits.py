@@ -89,42 +89,66 @@ class _KeyState:
         self.active = 0
 
 
-class KeyLimiter:
-    """Token buckets and concurrency counts for every key, sized from the key or the defaults."""
+def key_limits(key: KeyRecord, defaults: LimitsSection) -> tuple[int, int, int]:
+    """(requests/min, tokens/min, concurrency) of `key`: its own, else the gateway's defaults; 0 = unlimited."""
+    pick = lambda own, default: default if own is None else own  # noqa: E731
+    return (pick(key.rpm, defaults.default_rpm), pick(key.tpm, defaults.default_tpm),
+            pick(key.concurrency, defaults.default_concurrency))
 
-    def __init__(self, defaults: LimitsSection):
-        self._defaults = defaults
+
+def too_many_in_flight(active: int, concurrency: int) -> Refusal:
+    return Refusal(f"this key already has {active} requests in flight (its limit is {concurrency}); wait for "
+                   "one to finish", 1.0)
+
+
+def too_large(tokens: int, tpm: int) -> Refusal:
+    return Refusal(f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), more than the "
+                   f"key's limit of {tpm} tokens per minute; lower max_tokens or shorten the prompt", None)
+
+
+def rate_limited(which: str, limit: int, wait_s: float) -> Refusal:
+    return Refusal(f"rate limit of {limit} {which} per minute reached for this key", wait_s)
+
+
+class KeyLimiter:
+    """Token buckets and concurrency counts for every key, sized from the key or the defaults.
+
+    With `fraction` < 1 (a fleet's gateway while the shared store is unreachable, sharedlimits.py)
+    every limit is that share of the key's, at least 1, never unlimited; a request that fits the
+    key's whole limit but not the share still runs once the share's bucket is full, and the bucket
+    goes negative, so the rate over time stays within the share.
+    """
+
+    def __init__(self, defaults: LimitsSection, fraction: float = 1.0):
+        self._defaults, self.fraction = defaults, fraction
         self._keys: dict[str, _KeyState] = {}
 
-    def _limits(self, key: KeyRecord) -> tuple[int, int, int]:
-        d = self._defaults
-        pick = lambda own, default: default if own is None else own  # noqa: E731
-        return (pick(key.rpm, d.default_rpm), pick(key.tpm, d.default_tpm),
-                pick(key.concurrency, d.default_concurrency))
+    def _share(self, limit: int) -> int:
+        return limit if not limit or self.fraction >= 1 else max(1, int(limit * self.fraction))
+
+    async def admit(self, key: KeyRecord, tokens: int) -> "Reservation | Refusal":
+        """`reserve`, as the proxy awaits it (the shared limiter's answer comes from the store)."""
+        return self.reserve(key, tokens)
 
     def reserve(self, key: KeyRecord, tokens: int) -> Reservation | Refusal:
         """Reserve one request and `tokens` tokens for `key`, or say why not."""
         now = time.monotonic()
-        rpm, tpm, concurrency = self._limits(key)
+        full_rpm, full_tpm, full_concurrency = key_limits(key, self._defaults)
+        rpm, tpm, concurrency = self._share(full_rpm), self._share(full_tpm), self._share(full_concurrency)
         state = self._keys.get(key.key_id)
         if state is None:
             state = self._keys[key.key_id] = _KeyState(rpm, tpm, now)
         state.requests.resize(rpm, now)
         state.tokens.resize(tpm, now)
         if concurrency and state.active >= concurrency:
-            return Refusal(f"this key already has {state.active} requests in flight (its limit is "
-                           f"{concurrency}); wait for one to finish", 1.0)
-        token_wait = state.tokens.wait_for(tokens, now)
-        if token_wait == math.inf:
-            return Refusal(f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), "
-                           f"more than the key's limit of {tpm} tokens per minute; lower max_tokens "
-                           "or shorten the prompt", None)
+            return too_many_in_flight(state.active, concurrency)
+        if full_tpm and tokens > full_tpm:
+            return too_large(tokens, full_tpm)
+        token_wait = state.tokens.wait_for(min(tokens, tpm) if tpm else tokens, now)
         request_wait = state.requests.wait_for(1, now)
         if request_wait or token_wait:
             which = "requests" if request_wait >= token_wait else "tokens"
-            limit = rpm if which == "requests" else tpm
-            return Refusal(f"rate limit of {limit} {which} per minute reached for this key",
-                           max(request_wait, token_wait))
+            return rate_limited(which, rpm if which == "requests" else tpm, max(request_wait, token_wait))
         state.requests.take(1, now)
         state.tokens.take(tokens, now)
         state.active += 1

@@ -2,8 +2,11 @@
 "started" record -> replica -> relay -> end record.
 
 Order of refusals: 401 (key; 429 unrecorded beyond connections.max_unauthenticated_per_minute
-from one address), 413/400 (body), 403 (model not allowed for the key), 429 + Retry-After
-(the key's limits), 503 + Retry-After (gateway at capacity, or no replica can answer).
+from one address; `key_expired` past the key's expiry), 413/400 (body), 403 (model not allowed
+for the key), 429 `insufficient_quota` + Retry-After to the window's end (the key's budget,
+budgets.py), 429 + Retry-After (the key's rate limits: limits.py, or sharedlimits.py in a fleet),
+503 + Retry-After (gateway at capacity, or no replica can answer). A request's real usage is
+charged to the key's budget when it ends.
 
 Audit: a request that is forwarded gets a durable "started" record (key, model, prompt, time)
 before its first byte goes upstream, and its end record (status, completion, usage) on success,
@@ -27,9 +30,10 @@ from dataclasses import dataclass, field
 
 from ..schema import error_body
 from .audit import AuditError, AuditLog, utc_now_iso
-from .auth import KeyRecord, KeyStore
+from .auth import KeyRecord, KeyStore, iso_utc
+from .budgets import Budgets
 from .config import GatewayConfig
-from .limits import AddressLimiter, AdmissionQueue, KeyLimiter, QueueFull, Refusal
+from .limits import AddressLimiter, AdmissionQueue, QueueFull, Refusal
 from .metrics import GatewayMetrics
 from .payload import BadRequest, Inspected, inspect_body
 from .records import end_record, start_record
@@ -69,6 +73,7 @@ class Exchange:
     recorded: bool = False
     body: bytes = b""  # as received; a refused request's record keeps only its hash and size
     throttled_before: int = 0  # requests from this address refused (429) without a record since its last one
+    code: str | None = None  # why the gateway refused it (its error code), for the record and `keys usage`
 
     def used_tokens(self) -> int:
         """Tokens to charge the key: the upstream's usage, else an estimate of what was produced."""
@@ -84,9 +89,10 @@ class Exchange:
 class ApiEndpoint:
     """The ASGI app behind /v1/chat/completions, /v1/completions and /v1/models."""
 
-    def __init__(self, config: GatewayConfig, keys: KeyStore, limiter: KeyLimiter, queue: AdmissionQueue,
-                 pool: UpstreamPool, audit: AuditLog, metrics: GatewayMetrics):
-        self.config, self.keys, self.limiter, self.queue = config, keys, limiter, queue
+    def __init__(self, config: GatewayConfig, keys: KeyStore, limiter, queue: AdmissionQueue,
+                 pool: UpstreamPool, audit: AuditLog, metrics: GatewayMetrics, budgets: Budgets):
+        """`limiter`: limits.KeyLimiter (one gateway) or sharedlimits.SharedLimiter (a fleet's store)."""
+        self.config, self.keys, self.limiter, self.queue, self.budgets = config, keys, limiter, queue, budgets
         self.pool, self.audit, self.metrics = pool, audit, metrics
         self.addresses = AddressLimiter(config.connections.max_unauthenticated_per_minute)
 
@@ -116,6 +122,9 @@ class ApiEndpoint:
                     ex.request_id, [(b"retry-after", str(max(1, math.ceil(retry_after))).encode())])
             return await self._refuse(ex, send, 401, "Incorrect or missing API key. Pass it as "
                                       "'Authorization: Bearer <key>'.", code="invalid_api_key")
+        if ex.key.expired(self.budgets.now()):
+            return await self._refuse(ex, send, 401, f"this API key expired at {iso_utc(ex.key.expires)}; ask "
+                                      "its owner for a new one", code="key_expired")
         body = b""
         if scope["method"] == "POST":
             try:
@@ -135,8 +144,12 @@ class ApiEndpoint:
                 return await self._refuse(ex, send, 403, f"this API key may not use model "
                                           f"'{ex.inspected.model}'; it may use: {', '.join(allowed) or 'none'}",
                                           param="model", code="model_not_allowed")
+            exhausted = await self.budgets.check(ex.key)
+            if exhausted is not None:
+                return await self._refuse(ex, send, 429, exhausted.reason, code="insufficient_quota",
+                                          type_="insufficient_quota", retry_after=exhausted.retry_after_s)
         tokens = ex.inspected.prompt_estimate + ex.inspected.max_tokens if ex.inspected else 0
-        reservation = self.limiter.reserve(ex.key, tokens)
+        reservation = await self.limiter.admit(ex.key, tokens)
         if isinstance(reservation, Refusal):
             if reservation.retry_after_s is None:
                 return await self._refuse(ex, send, 400, reservation.reason, param="max_tokens")
@@ -155,7 +168,10 @@ class ApiEndpoint:
             finally:
                 self.queue.release()
         finally:
-            reservation.settle(ex.used_tokens())
+            used = ex.used_tokens()
+            reservation.settle(used)
+            if ex.started_record and (ex.forwarded is not None or ex.status == 499):  # a replica worked on it
+                self.budgets.charge(ex.key, used)
 
     async def _relay_watching_client(self, ex: Exchange, method: str, body: bytes, receive, send) -> None:
         """Relay the exchange; if the client disconnects first, cancel it (and the upstream request)."""
@@ -273,7 +289,7 @@ class ApiEndpoint:
                       code: str | None = None, type_: str = "invalid_request_error",
                       retry_after: float | None = None, detail: str | None = None) -> None:
         """Answer `message` (what the client may know); the record gets `detail` too (addresses, errors)."""
-        ex.status, ex.error = status, f"{message} ({detail})" if detail else message
+        ex.status, ex.error, ex.code = status, f"{message} ({detail})" if detail else message, code
         try:
             await self._record(ex)
         except AuditError as exc:

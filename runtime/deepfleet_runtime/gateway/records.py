@@ -50,7 +50,7 @@ def end_record(ex, policy: str) -> dict:
         record["throttled_before"] = ex.throttled_before
     usage = ex.usage or {}
     record.update({"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-                   "status": ex.status, "error": ex.error,
+                   "status": ex.status, "error": ex.error, **({"code": ex.code} if ex.code else {}),
                    "latency_ms": round((time.monotonic() - ex.started) * 1000, 1)})
     return record
 
