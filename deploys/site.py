@@ -6,9 +6,9 @@
 First each host's data is checked: a key with a role's prefix that is no setting (a typo) stops
 the deploy, naming the closest setting (roles/settings.py). Then, in order: the site's own CAs
 (roles/trust.py), its proxy (roles/proxy.py) and NTP servers (roles/timesync.py), before any
-repository is used; journald's limits (roles/logs.py); the host platform
+repository is used; the host platform
 (base, then NVIDIA driver, CUDA, Docker, NVIDIA container toolkit: roles/platform.py; the GPU
-roles skip themselves, saying why, where they do not apply), the model, the runtime, the
+roles skip themselves, saying why, where they do not apply), journald's limits (roles/logs.py), the model, the runtime, the
 gateway, the audit records forwarded to the SIEM (roles/siem.py; opt in), monitoring
 (Prometheus, node exporters; opt in). Every setting the roles read is in roles/defaults.py.
 """
@@ -30,8 +30,8 @@ check_settings()
 site_trust()  # the site's CAs first: its mirrors, proxy and registry present certificates they sign
 site_proxy()
 timesync()
-journald_limits()
 host_platform()
+journald_limits()
 firewall()  # closed before anything serves (off unless firewall_enabled)
 model()
 runtime()

@@ -122,9 +122,9 @@ class DnfEnabledRepos(FactBase):
         return sorted(line.strip() for line in output if line.strip())
 
 
-_CLOCK_PROBE = ("if command -v chronyc >/dev/null 2>&1; then echo source=chrony; chronyc -c tracking 2>&1; "
-                "elif command -v timedatectl >/dev/null 2>&1; then echo source=timesyncd; timedatectl timesync-status 2>&1; "
-                "else echo source=none; fi")
+_CLOCK_PROBE = ("if command -v chronyc >/dev/null 2>&1; then echo source=chrony; chronyc -c tracking 2>&1 || true; "
+                "elif command -v timedatectl >/dev/null 2>&1; then echo source=timesyncd; "
+                "timedatectl timesync-status 2>&1 || true; else echo source=none; fi")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
 
 
@@ -156,6 +156,7 @@ class ClockOffset(FactBase):
                 if offset.endswith(unit):
                     value = float(offset[: -len(unit)]) * scale
                     break
-            return {"source": source, "offset_s": value,
-                    "detail": f"systemd-timesyncd: server {(found.get('Server') or '?').strip()}"}
+            detail = (f"systemd-timesyncd: server {found['Server'].strip()}" if "Server" in found
+                      else "systemd-timesyncd: " + " ".join(rest)[-200:])
+            return {"source": source, "offset_s": value, "detail": detail}
         return {"source": None, "offset_s": None, "detail": "neither chrony nor systemd-timesyncd is installed"}

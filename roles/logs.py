@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import files, systemd
 
 from .defaults import DEFAULTS
@@ -43,7 +44,9 @@ def journald_limits():
     if text:
         changed = files.put(name="journald: limits", src=io.StringIO(text), dest=JOURNALD_DROPIN, user="root",
                             group="root", mode="0644")
-    else:
+    elif host.get_fact(File, path=JOURNALD_DROPIN):
         changed = files.file(name="journald: its own defaults", path=JOURNALD_DROPIN, present=False)
+    else:
+        return
     systemd.service(name="journald: restart for its new limits", service="systemd-journald.service",
                     restarted=True, _if=changed.did_change)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File, FindInFile
 from pyinfra.operations import files, server
 
 from .defaults import DEFAULTS
@@ -91,7 +92,7 @@ def build_args(settings: Mapping) -> list[str]:
 
 @deploy("Site proxy", data_defaults=DEFAULTS)
 def site_proxy():
-    """apt/dnf and dockerd through the site's proxy (or nothing of deepfleet's left when none is set)."""
+    """apt/dnf and dockerd through the site's proxy; without one, only files deepfleet wrote earlier go."""
     settings = {key: host.data.get(key) for key in DEFAULTS}
     os = host_os()
     if os.family == "debian":
@@ -99,19 +100,21 @@ def site_proxy():
         if text:
             files.put(name="apt through the proxy", src=io.StringIO(text), dest=APT_PROXY_CONF, user="root",
                       group="root", mode="0644")
-        else:
+        elif host.get_fact(File, path=APT_PROXY_CONF):
             files.file(name="apt: no proxy", path=APT_PROXY_CONF, present=False)
     else:
         url = dnf_proxy(settings)
-        files.line(name="dnf through the proxy" if url else "dnf: no proxy", path=DNF_CONF, line=r"^proxy=.*$",
-                   replace=f"proxy={url}" if url else "", present=bool(url))
+        if url:
+            files.line(name="dnf through the proxy", path=DNF_CONF, line=r"^proxy=.*$", replace=f"proxy={url}")
+        elif host.get_fact(FindInFile, path=DNF_CONF, pattern=r"^proxy=.*$"):
+            files.line(name="dnf: no proxy", path=DNF_CONF, line=r"^proxy=.*$", present=False)
     dropin = docker_proxy_dropin(settings)
-    if docker_wanted(settings, has_nvidia_gpu())[0] or not dropin:
-        if dropin:
-            changed = files.put(name="dockerd through the proxy", src=io.StringIO(dropin), dest=DOCKER_DROPIN,
-                                user="root", group="root", mode="0644")
-        else:
-            changed = files.file(name="dockerd: no proxy", path=DOCKER_DROPIN, present=False)
-        server.shell(name="dockerd: reload its unit, restart it if it runs",
-                     commands=["systemctl daemon-reload", "systemctl try-restart docker.service"],
-                     _if=changed.did_change)
+    if dropin and docker_wanted(settings, has_nvidia_gpu())[0]:
+        changed = files.put(name="dockerd through the proxy", src=io.StringIO(dropin), dest=DOCKER_DROPIN,
+                            user="root", group="root", mode="0644")
+    elif not dropin and host.get_fact(File, path=DOCKER_DROPIN):
+        changed = files.file(name="dockerd: no proxy", path=DOCKER_DROPIN, present=False)
+    else:
+        return
+    server.shell(name="dockerd: reload its unit, restart it if it runs",
+                 commands=["systemctl daemon-reload", "systemctl try-restart docker.service"], _if=changed.did_change)
