@@ -119,7 +119,8 @@ def bundle_spec(hosts: list[tuple[str, Mapping]]) -> BundleSpec:
         if not resolver:
             raise RoleError(f"host {name}: bundle_resolver_images names no image for {os.id}-{os.version}")
         target = OsTarget(os.id, os.version, os.family, os.machine, os.deb_arch, resolver, tuple(packages),
-                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os), r.key_fingerprints) for r in repos))
+                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os) if os.family == "debian" else r.dnf_repo(),
+                                          r.key_fingerprints) for r in repos))
         known = targets.get(target.key)
         if known:
             if known.resolver_image != resolver:
