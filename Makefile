@@ -41,9 +41,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 # The test hosts are containers built with debootstrap: they need a Docker engine and debootstrap.
+# createrepo_c, dnf and rpmbuild: the bundle's dnf repository for Rocky/RHEL hosts, made and installed
+# from in tests (tests/bundle/test_rpms.py).
 host-tools:
 	@missing=""; command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v createrepo_c >/dev/null || missing="$$missing createrepo-c"; \
+	command -v dnf >/dev/null || missing="$$missing dnf"; \
+	command -v rpmbuild >/dev/null || missing="$$missing rpm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "==> installing$$missing"; apt-get update -qq && \
