@@ -29,9 +29,10 @@ from deepfleet_runtime.gateway.config import AuditSection
 from roles.common import RoleError, template
 from roles.defaults import DEFAULTS
 from roles.siem import rsyslog_context, siem_forwarding
+from tests.hospitalca import TestCA
 
 from .factplan import find, load_case, plan
-from .syslogcollector import SyslogCollector, TestCA
+from .syslogcollector import SyslogCollector
 
 PACKAGES = ("rsyslog", "rsyslog-gnutls", "libestr0", "libfastjson4")
 MULTIARCH = f"/usr/lib/{os.uname().machine}-linux-gnu"

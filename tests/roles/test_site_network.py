@@ -24,9 +24,9 @@ from roles.proxy import apt_proxy_conf, build_args, docker_proxy_dropin, site_pr
 from roles.timesync import chrony_context, timesync
 from roles.trust import site_trust
 from roles.verify import clock_check
+from tests.hospitalca import TestCA
 
 from .factplan import changed, find, load_case, plan, with_facts
-from .syslogcollector import TestCA
 
 PROXY = {"proxy_http": "http://proxy.hospital.test:3128", "proxy_https": "http://proxy.hospital.test:3128",
          "proxy_no_proxy": ["localhost", "127.0.0.1", "::1", "mirror.hospital.test", ".hospital.test", "10.0.0.0/8"]}
