@@ -59,7 +59,10 @@ UPGRADE = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq 
 
 
 def _target_key(os: HostOS) -> str:
-    return f"{os.id}-{os.version}-{os.deb_arch}"
+    """The bundle's name of the host's OS: "debian-12-amd64"; RHEL-family hosts by major version, as
+    `bundle_host_os` names them ("rocky-9-amd64" for Rocky 9.4: one repository serves every 9.x)."""
+    version = os.major if os.family == "rhel" else os.version
+    return f"{os.id}-{version}-{os.deb_arch}"
 
 
 @deploy("Air-gapped bundle: package source", data_defaults=DEFAULTS)

@@ -30,6 +30,11 @@ RSYSLOG_CONF = "/etc/rsyslog.d/30-deepfleet-audit.conf"
 MAX_MESSAGE_SIZE = "2m"  # gateway_max_body_bytes (1 MiB) of prompt plus the record's own fields
 
 
+def rsyslog_packages(settings: Mapping) -> list[str]:
+    """The OS packages the forwarding needs (the same names on Debian, Ubuntu and RHEL 9)."""
+    return ["rsyslog", "rsyslog-gnutls"] if settings["siem_syslog_tls"] else ["rsyslog"]
+
+
 def siem_target(settings: Mapping) -> tuple[str, int]:
     """(host, port) of `siem_syslog_target`; RoleError naming the setting when it is no host:port."""
     target = str(settings["siem_syslog_target"])
@@ -65,7 +70,7 @@ def siem_forwarding():
         return
     context = rsyslog_context(settings)
     os = host_os()
-    install_packages("rsyslog", ["rsyslog", "rsyslog-gnutls"] if context["tls"] else ["rsyslog"], os)
+    install_packages("rsyslog", rsyslog_packages(settings), os)
     changes = []
     if context["tls"]:
         changes.append(files.put(name="SIEM collector's CA", src=str(control_path(settings["siem_syslog_ca"],

@@ -24,6 +24,9 @@ from .hostos import HostOS, host_os
 from .packages import install_packages
 
 
+CHRONY_PACKAGES = ["chrony"]
+
+
 @dataclass(frozen=True)
 class ChronyLayout:
     """Where one OS family keeps chrony's files, and its service's name."""
@@ -58,7 +61,7 @@ def timesync():
         return
     os = host_os()
     layout = chrony_layout(os)
-    install_packages("Time sync", ["chrony"], os)
+    install_packages("Time sync", CHRONY_PACKAGES, os)
     config = files.template(name="chrony: the site's NTP servers", src=template("chrony.conf.j2"),
                             dest=layout.config, user="root", group="root", mode="0644",
                             **chrony_context(settings, os))

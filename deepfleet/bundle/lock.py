@@ -4,7 +4,7 @@
      "os": {"debian-12-amd64": {"packages": [...asked for...], "resolver_image": "debian@sha256:...",
                                 "resolver_image_id": "sha256:...",
                                 "debs": [{"file", "url", "size", "sha256"}, ...]},
-            "rocky-9.4-amd64": {... the same, with "rpms" (rpms.py) in place of "debs"}},
+            "rocky-9-amd64": {... the same, with "rpms" (rpms.py) in place of "debs"}},
      "wheelhouses": {"cp311-x86_64-glibc2.36-transformers": {"python", "machine", "glibc", "extras",
                      "deps": {wheel: sha256}, "runtime": {"file", "sha256", "source_digest"}}},
      "images": {"debian:12-slim": {"id": "sha256:...", "file": "images/....tar", "sha256"}},

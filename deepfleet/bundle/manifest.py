@@ -67,7 +67,7 @@ class VerifiedBundle:
         return self._part("os", target, "packages for", f"apt/{target}")
 
     def rpm_repo(self, target: str) -> str:
-        """The dnf repository of one RHEL-family target ("rocky-9.4-amd64"), relative to the root."""
+        """The dnf repository of one RHEL-family target ("rocky-9-amd64"), relative to the root."""
         return self._part("os", target, "packages for", f"rpm/{target}")
 
     def wheel_entry(self, target: str) -> dict:

@@ -63,7 +63,7 @@ def _dnf_install(repo: Path, key: Path, root: Path) -> subprocess.CompletedProce
 
 
 def test_dnf_installs_offline_from_the_signed_repository(probe_rpm, signer, tmp_path):
-    repo = tmp_path / "rpm" / "rocky-9.4-amd64"
+    repo = tmp_path / "rpm" / "rocky-9-amd64"
     write_dnf_repo(repo, {probe_rpm.name: probe_rpm}, signer, LOCK_TIME, copy_file)
     assert (repo / "repodata" / "repomd.xml.asc").read_text().startswith("-----BEGIN PGP SIGNATURE-----")
     assert not list((repo / "repodata").glob("*.sqlite*"))  # no databases: the bytes follow from the RPMs
