@@ -67,7 +67,7 @@ def test_what_the_build_must_be_told_is_asked_for_by_name(settings, message):
 def test_time_sync_and_siem_forwarding_bring_their_packages_into_the_bundle():
     spec = bundle_spec(_hosts(siem_syslog_target="siem.hospital.internal:6514"))
     (target,) = spec.os_targets
-    assert {"chrony", "rsyslog", "rsyslog-gnutls"} <= set(target.packages)  # ntp_servers is in its group data
+    assert {"chrony", "rsyslog", "rsyslog-gnutls", "logrotate"} <= set(target.packages)  # ntp_servers is in its group data
     plain = {**DEFAULTS, "bundle_host_os": "debian-12"}
     assert "chrony" not in bundle_spec([("h1", plain)]).os_targets[0].packages
 

@@ -10,7 +10,6 @@ restart (no record twice, none lost), a disk-assisted queue while the collector 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import subprocess
@@ -24,15 +23,15 @@ from pyinfra.api.util import get_template
 from deepfleet.filelock import exclusive_lock
 from deepfleet.paths import cache_dir
 from deepfleet_runtime.gateway.audit import AuditLog
-from deepfleet_runtime.gateway.auditchain import GENESIS, HASH_MARK, chain_files
+from deepfleet_runtime.gateway.auditchain import chain_files
 from deepfleet_runtime.gateway.config import AuditSection
 from roles.common import RoleError, template
 from roles.defaults import DEFAULTS
 from roles.siem import rsyslog_context, siem_forwarding
 from tests.hospitalca import TestCA
+from tests.syslogcollector import SyslogCollector, check_forwarded
 
-from .factplan import find, load_case, plan
-from .syslogcollector import SyslogCollector
+from .factplan import changed, find, load_case, plan, with_facts
 
 PACKAGES = ("rsyslog", "rsyslog-gnutls", "libestr0", "libfastjson4")
 MULTIARCH = f"/usr/lib/{os.uname().machine}-linux-gnu"
@@ -111,29 +110,6 @@ def _rendered(tmp_path: Path, audit: Path, port: int, ca: Path, **settings) -> P
     return path
 
 
-def _check_forwarded(messages, lines: list[bytes]) -> None:
-    """Every record arrived, each message carrying the record whole with its own seq/prev/hash (the MSG
-    hashes to that hash): the SIEM verifies the chain and sees any gap. Delivery is at least once (TCP
-    has no application acknowledgement: a record in flight at a restart is sent again) and files are
-    read side by side, so the SIEM orders by seq and drops a repeated (host, seq, hash)."""
-    by_seq = {}
-    for message in messages:
-        fields = message.sd["deepfleetAudit@32473"]
-        line = message.msg.encode()
-        assert fields["hash"] == hashlib.sha256(line[:line.rindex(HASH_MARK)]).hexdigest()
-        assert int(fields["seq"]) == int(line[len(b'{"seq":'):line.index(b",")])
-        assert fields["prev"] == line[line.index(b'"prev":"') + 8:][:64].decode()
-        assert fields["file"].startswith("audit-") and (message.app, message.msgid) == ("deepfleet-gateway", "audit")
-        assert message.pri == 10 * 8 + 6  # authpriv.info
-        assert by_seq.setdefault(int(fields["seq"]), line) == line  # a repeat is the same record
-    assert [by_seq[seq] for seq in sorted(by_seq)] == lines
-    prev = GENESIS
-    for seq in sorted(by_seq):  # the chain, rebuilt from what the SIEM received
-        assert by_seq[seq][by_seq[seq].index(b'"prev":"') + 8:][:64].decode() == prev
-        prev = hashlib.sha256(by_seq[seq][:by_seq[seq].rindex(HASH_MARK)]).hexdigest()
-    assert len(messages) <= len(lines) + 3, f"{len(messages)} messages for {len(lines)} records"
-
-
 def test_rsyslog_forwards_every_record_over_tls_with_its_seq_and_hash_across_a_restart_and_an_outage(
         rsyslog_root, tmp_path):
     audit = tmp_path / "audit"
@@ -164,7 +140,7 @@ def test_rsyslog_forwards_every_record_over_tls_with_its_seq_and_hash_across_a_r
             time.sleep(1)
         finally:
             output += rsyslogd.stop()
-    _check_forwarded(forwarded + later, _chain_lines(audit))  # none lost, each intact
+    check_forwarded(forwarded + later, _chain_lines(audit))  # none lost, each intact
     assert "error" not in output.lower(), output
 
 
@@ -197,7 +173,7 @@ def test_the_role_installs_rsyslog_and_its_config_only_on_gateways_with_a_target
     assert 'File="/var/lib/deepfleet-gateway/audit/audit-*.jsonl"' in conf
     assert plan(load_case("debian12-nogpu"), siem_forwarding, data=control_data) == []
     rocky = plan(load_case("rocky9-8xh100"), siem_forwarding, data=data)
-    assert "dnf install -y rsyslog rsyslog-gnutls" in find(rocky, "rsyslog: packages").shell()
+    assert "dnf install -y rsyslog rsyslog-gnutls logrotate" in find(rocky, "rsyslog: packages").shell()
 
 
 @pytest.mark.parametrize(("target", "problem"), [("siem.hospital.internal", "write the collector as host:port"),
@@ -211,3 +187,26 @@ def test_tls_without_the_collectors_ca_is_refused():
     with pytest.raises(RoleError, match="siem_syslog_ca is not set"):
         rsyslog_context({**DEFAULTS, "siem_syslog_target": "siem:6514"})
 
+
+
+def test_forwarding_turned_off_is_removed_again_and_rsyslog_restarted(control_data):
+    """A site that stops forwarding (or a host that no longer runs a gateway) keeps no forwarding
+    configuration: rsyslog would otherwise go on sending the audit trail where nobody asked for it."""
+    facts = with_facts(load_case("debian12-nogpu"), **{"files.File": {
+        "path=/etc/rsyslog.d/30-deepfleet-audit.conf": {"size": 2000, "mode": 644},
+        "path=/etc/deepfleet/siem-ca.pem": {"size": 700, "mode": 644}, "*": None}})
+    assert changed(plan(facts, siem_forwarding, data=control_data)) == [
+        "Audit to the SIEM | rsyslog: no forwarding to the SIEM", "Audit to the SIEM | SIEM collector's CA: removed",
+        "Audit to the SIEM | rsyslog: restart for the new forwarding"]
+    assert plan(load_case("debian12-nogpu"), siem_forwarding, data=control_data) == []  # never configured: nothing
+
+
+@pytest.mark.parametrize("case", ["debian12-nogpu", "rocky9-8xh100"])
+def test_rsyslogs_own_files_are_rotated_by_the_os_logrotate(tmp_path, control_data, case):
+    """rsyslog also writes the journal to /var/log (Debian: syslog, auth.log...; RHEL: messages) and its
+    packages leave their rotation to logrotate (/etc/logrotate.d/rsyslog), which Debian's rsyslog only
+    recommends; deepfleet installs without recommends, so it names logrotate itself."""
+    data = {**control_data, "siem_syslog_target": "siem.hospital.internal:6514",
+            "siem_syslog_ca": str(TestCA(tmp_path).cert_path)}
+    install = " ".join(find(plan(load_case(case), siem_forwarding, data=data), "rsyslog: packages").shell())
+    assert "logrotate" in install.split(), install

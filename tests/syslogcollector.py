@@ -3,16 +3,20 @@ frames, each parsed as RFC 5424, on 127.0.0.1 only, with a certificate of a CA t
 
     with SyslogCollector(tls=TestCA(tmp).server_context("siem.test")) as collector:
         ... collector.port ...; collector.wait_for(5); collector.messages -> [Rfc5424Message]
+    check_forwarded(collector.messages, audit_lines)   # what a SIEM checks: every record, its seq and hash
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
+
+from deepfleet_runtime.gateway.auditchain import GENESIS, HASH_MARK
 
 # RFC 5424 section 6: HEADER SP STRUCTURED-DATA [SP MSG]
 HEADER = re.compile(r"^<(?P<pri>\d{1,3})>1 (?P<timestamp>\S+) (?P<hostname>\S+) (?P<app>\S+) (?P<procid>\S+) "
@@ -119,3 +123,26 @@ class SyslogCollector:
             return
         finally:
             connection.close()
+
+
+def check_forwarded(messages: list[Rfc5424Message], lines: list[bytes]) -> None:
+    """Every record arrived, each message carrying the record whole with its own seq/prev/hash (the MSG
+    hashes to that hash): the SIEM verifies the chain and sees any gap. Delivery is at least once (TCP
+    has no application acknowledgement: a record in flight at a restart is sent again) and files are
+    read side by side, so the SIEM orders by seq and drops a repeated (host, seq, hash)."""
+    by_seq = {}
+    for message in messages:
+        fields = message.sd["deepfleetAudit@32473"]  # siem_syslog_sd_id
+        line = message.msg.encode()
+        assert fields["hash"] == hashlib.sha256(line[:line.rindex(HASH_MARK)]).hexdigest()
+        assert int(fields["seq"]) == int(line[len(b'{"seq":'):line.index(b",")])
+        assert fields["prev"] == line[line.index(b'"prev":"') + 8:][:64].decode()
+        assert fields["file"].startswith("audit-") and (message.app, message.msgid) == ("deepfleet-gateway", "audit")
+        assert message.pri == 10 * 8 + 6  # authpriv.info
+        assert by_seq.setdefault(int(fields["seq"]), line) == line  # a repeat is the same record
+    assert [by_seq[seq] for seq in sorted(by_seq)] == lines
+    prev = GENESIS
+    for seq in sorted(by_seq):  # the chain, rebuilt from what the SIEM received
+        assert by_seq[seq][by_seq[seq].index(b'"prev":"') + 8:][:64].decode() == prev
+        prev = hashlib.sha256(by_seq[seq][:by_seq[seq].rindex(HASH_MARK)]).hexdigest()
+    assert len(messages) <= len(lines) + 3, f"{len(messages)} messages for {len(lines)} records"
