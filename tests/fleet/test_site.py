@@ -5,15 +5,9 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import subprocess
 
 import openai
 import pytest
-
-from tests.hospitalca import TestCA
-
-from .aptrepo import RepoServer, SigningKey, build_flat_repo, dummy_deb
-from .hospitalnet import ForwardProxy, HttpsRepoServer
 
 pytestmark = pytest.mark.fleet
 MESSAGES = [{"role": "user", "content": "Hello from the tests"}]
@@ -95,49 +89,3 @@ def test_secrets_never_appear_in_verbose_deploy_output(site, tmp_path):
         assert secret not in result.log
     with _client(site) as client:
         assert client.models.list().data
-
-
-def test_apt_reaches_an_https_mirror_of_the_hospitals_ca_directly_and_the_rest_through_its_proxy(site, tmp_path):
-    """The hospital's network on loopback (hospitalnet.py): an internal mirror over HTTPS whose certificate
-    the hospital's own CA signed (not deepfleet's), and a proxy in front of an "upstream" repository.
-    Before the site settings, the host's apt refuses the mirror's certificate; after a deploy with
-    trust_ca_certificates and proxy_*, the same `apt-get update` (the host's real apt, its real CA store)
-    reads the mirror directly (proxy_no_proxy) and the upstream repository through the proxy."""
-    ca, key = TestCA(tmp_path), SigningKey(tmp_path / "gnupg")
-    mirror = build_flat_repo(tmp_path / "mirror", [dummy_deb(tmp_path, "hospital-probe", "1.0")], key)
-    upstream = build_flat_repo(tmp_path / "upstream", [dummy_deb(tmp_path, "upstream-probe", "1.0")], key)
-    (tmp_path / "key.asc").write_text(key.public_armored())
-    key.close()
-    with HttpsRepoServer(mirror, ca.server_context("mirror.hospital.test")) as https_mirror, \
-            RepoServer(upstream) as plain, ForwardProxy({"upstream.hospital.test": _port(plain.url)}) as proxy:
-        sources = (f"deb [signed-by=/tmp/df-net/key.asc] https://mirror.hospital.test:{https_mirror.port}/ ./\n"
-                   f"deb [signed-by=/tmp/df-net/key.asc] http://upstream.hospital.test:{_port(plain.url)}/ ./\n")
-        (tmp_path / "sources.list").write_text(sources)
-        site.on_host("mkdir -p /tmp/df-net/lists/partial /tmp/df-net/parts "
-                     "&& echo '127.0.0.1 mirror.hospital.test upstream.hospital.test' >> /etc/hosts")
-        for name in ("key.asc", "sources.list"):
-            subprocess.run(["docker", "cp", str(tmp_path / name), f"{site.host.container}:/tmp/df-net/{name}"], check=True)
-        update = ("apt-get update -o Dir::Etc::SourceList=/tmp/df-net/sources.list -o Dir::Etc::SourceParts="
-                  "/tmp/df-net/parts -o Dir::State::Lists=/tmp/df-net/lists 2>&1; echo rc=$?")
-        try:
-            before = site.on_host(update)
-            assert "Certificate verification failed: The certificate is NOT trusted" in before, before
-            assert proxy.requests == []  # apt went straight to the upstream repository
-            hospital = site.with_overrides(tmp_path / "hospital.json", trust_ca_certificates=[str(ca.cert_path)],
-                                           proxy_http=proxy.url, proxy_https=proxy.url,
-                                           proxy_no_proxy=["localhost", "127.0.0.1", "mirror.hospital.test"])
-            assert site.deploy(hospital).changed > 0
-            after = site.on_host(update)
-            assert after.rstrip().endswith("rc=0") and "Err:" not in after and "Failed to fetch" not in after, after
-            lists = site.on_host("ls /tmp/df-net/lists")
-            assert "mirror.hospital.test" in lists and "upstream.hospital.test" in lists
-            assert proxy.requests and all("upstream.hospital.test" in line for line in proxy.requests)
-        finally:
-            site.on_host("grep -v hospital.test /etc/hosts > /tmp/df-hosts; cat /tmp/df-hosts > /etc/hosts; "
-                         "rm -rf /tmp/df-net /tmp/df-hosts", check=False)
-            site.deploy()  # the site's own settings again: the CA and the proxy's files go
-    assert site.on_host("ls /usr/local/share/ca-certificates /etc/apt/apt.conf.d").count("deepfleet") == 0
-
-
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
