@@ -6,7 +6,7 @@ templates/chrony.conf.j2, where each OS keeps it (chrony.conf(5)): Debian/Ubuntu
 chronyd.service. The distributions' pool lines go (unreachable from an intranet): only the site's
 servers are asked. Installing chrony replaces systemd-timesyncd on Debian and Ubuntu (both provide
 time-daemon). chronyd restarts only when its configuration changed. Empty, time sync stays as the
-host has it. deploys/verify.py reports each host's offset (roles/clock.py).
+host has it. deploys/verify.py reports each host's offset (roles/verify.py, the ClockOffset fact).
 """
 
 from __future__ import annotations
