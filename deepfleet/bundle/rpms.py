@@ -109,8 +109,10 @@ def write_dnf_repo(repo: Path, rpms: dict[str, Path], signer: BundleSigner, lock
     time, repodata/repomd.xml signed (detached, ASCII-armoured: repomd.xml.asc, what repo_gpgcheck reads)."""
     packages = repo / "Packages"
     packages.mkdir(parents=True)
+    stamp = lock_time.timestamp()
     for name, path in sorted(rpms.items()):
         link(path, packages / name)
+        os.utime(packages / name, (stamp, stamp))  # createrepo_c writes each file's mtime (<time file=>)
     if not shutil.which("createrepo_c"):
         raise PackageError("createrepo_c is not installed; install it (`apt-get install createrepo-c`, or "
                            "`dnf install createrepo_c`)")
