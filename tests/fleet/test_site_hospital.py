@@ -1,26 +1,28 @@
 """The site's host on a hospital's network, all on loopback and started by the test (hospitalnet.py,
 tests/syslogcollector.py): an internal apt mirror over HTTPS whose certificate the hospital's own CA
-signed (not deepfleet's), a proxy in front of an "upstream" repository, and the SIEM's syslog
-collector with a certificate of that CA too. One deploy with the hospital's settings serves every
-check here (fleet time is CI's scarcest); the site's own settings take it all away again.
+signed (not deepfleet's), the host's only Debian source during the hospital's deploy; a proxy in
+front of an "upstream" repository; the SIEM's syslog collector with a certificate of that CA too.
+One deploy with the hospital's settings serves every check here (fleet time is CI's scarcest); the
+site's own settings take it all away again.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import pytest
 
 from deepfleet.deployrun import DeployResult
-from deepfleet.testhosts import debian_mirror
+from deepfleet import testhosts
+from deepfleet.paths import cache_dir
 from tests.hospitalca import TestCA
 from tests.syslogcollector import SyslogCollector, check_forwarded
 
-from .aptrepo import RepoServer, SigningKey, build_flat_repo, dummy_deb
+from .aptrepo import RepoServer, SigningKey, build_flat_repo, closure, download, dummy_deb
 from .hospitalnet import ForwardProxy, HttpsRepoServer
 
 pytestmark = pytest.mark.fleet
@@ -29,6 +31,7 @@ AUDIT = "/var/lib/deepfleet-gateway/audit"
 # The host's real apt, its real CA store, reading only the test's two repositories.
 UPDATE = ("apt-get update -o Dir::Etc::SourceList=/tmp/df-net/sources.list -o Dir::Etc::SourceParts=/tmp/df-net/parts "
           "-o Dir::State::Lists=/tmp/df-net/lists 2>&1; echo rc=$?")
+SIEM_PACKAGES = ["rsyslog", "rsyslog-gnutls", "logrotate"]  # roles/siem.py's rsyslog_packages, TLS on
 SIEM_OPERATIONS = ["Audit to the SIEM | rsyslog: no forwarding to the SIEM",
                    "Audit to the SIEM | SIEM collector's CA: removed",
                    "Audit to the SIEM | rsyslog: restart for the new forwarding"]
@@ -50,7 +53,10 @@ def hospital(site, tmp_path_factory):
     settings deployed again afterwards (by test_the_sites_own_settings_take_the_hospital_away_again)."""
     tmp = tmp_path_factory.mktemp("hospital")
     ca, key = TestCA(tmp), SigningKey(tmp / "gnupg")
-    mirror = build_flat_repo(tmp / "mirror", [dummy_deb(tmp, "hospital-probe", "1.0")], key)
+    # The mirror holds what the hospital's deploy installs (the SIEM role's rsyslog), from Debian's packages
+    siem_debs = download(closure(SIEM_PACKAGES, testhosts.ensure_image(cache_dir() / "testhost")),
+                         cache_dir() / "aptrepo" / "debs")
+    mirror = build_flat_repo(tmp / "mirror", [dummy_deb(tmp, "hospital-probe", "1.0"), *siem_debs], key)
     upstream = build_flat_repo(tmp / "upstream", [dummy_deb(tmp, "upstream-probe", "1.0")], key)
     (tmp / "key.asc").write_text(key.public_armored())
     key.close()
@@ -60,25 +66,27 @@ def hospital(site, tmp_path_factory):
         (tmp / "sources.list").write_text(
             f"deb [signed-by=/tmp/df-net/key.asc] https://mirror.hospital.test:{https_mirror.port}/ ./\n"
             f"deb [signed-by=/tmp/df-net/key.asc] http://upstream.hospital.test:{_port(plain.url)}/ ./\n")
+        (tmp / "debian.list").write_text(
+            f"deb [signed-by=/tmp/df-net/key.asc] https://mirror.hospital.test:{https_mirror.port}/ ./\n")
         site.on_host("mkdir -p /tmp/df-net/lists/partial /tmp/df-net/parts "
-                     "&& echo '127.0.0.1 mirror.hospital.test upstream.hospital.test' >> /etc/hosts")
-        for name in ("key.asc", "sources.list"):
+                     "&& echo '127.0.0.1 mirror.hospital.test upstream.hospital.test' >> /etc/hosts "
+                     "&& cp -p /etc/apt/sources.list /tmp/df-sources.list.saved")
+        for name in ("key.asc", "sources.list", "debian.list"):
             subprocess.run(["docker", "cp", str(tmp / name), f"{site.host.container}:/tmp/df-net/{name}"], check=True)
-        # The host's own Debian mirror stands for the hospital's internal one: reached directly, as
-        # mirror.hospital.test is (rsyslog is installed from it during the deploy, past the proxy).
         settings = {"trust_ca_certificates": [str(ca.cert_path)], "proxy_http": proxy.url, "proxy_https": proxy.url,
-                    "proxy_no_proxy": ["localhost", "127.0.0.1", "mirror.hospital.test",
-                                       urlsplit(debian_mirror()).hostname],
+                    "proxy_no_proxy": ["localhost", "127.0.0.1", "mirror.hospital.test"],
                     "siem_syslog_target": f"127.0.0.1:{collector.port}", "siem_syslog_ca": str(ca.cert_path),
                     "siem_syslog_peer_name": "siem.hospital.test"}
         state = Hospital("", [], None, proxy, collector)
         try:
             state.before, state.proxy_requests_before = site.on_host(UPDATE), list(proxy.requests)
+            site.on_host("cat /tmp/df-net/debian.list > /etc/apt/sources.list")  # the hospital's mirror, only
             state.deployed = site.deploy(site.with_overrides(tmp / "hospital.json", **settings))
             yield state
         finally:
-            site.on_host("grep -v hospital.test /etc/hosts > /tmp/df-hosts; cat /tmp/df-hosts > /etc/hosts; "
-                         "rm -rf /tmp/df-net /tmp/df-hosts", check=False)
+            site.on_host("cat /tmp/df-sources.list.saved > /etc/apt/sources.list; "
+                         "grep -v hospital.test /etc/hosts > /tmp/df-hosts; cat /tmp/df-hosts > /etc/hosts; "
+                         "rm -rf /tmp/df-net /tmp/df-hosts /tmp/df-sources.list.saved", check=False)
             if state.restored is None:
                 site.deploy()
 
@@ -88,10 +96,13 @@ def test_the_hospitals_settings_deploy(hospital):
 
 
 def test_apt_reaches_an_https_mirror_of_the_hospitals_ca_directly_and_the_rest_through_its_proxy(site, hospital):
-    """Before the hospital's settings the host's apt refuses the mirror's certificate; after them, the
+    """Before the hospital's settings the host's apt refuses the mirror's certificate; the deploy trusts
+    the hospital's CA before it installs anything, so it installs rsyslog from that mirror; then the
     same `apt-get update` reads the mirror directly (proxy_no_proxy) and the upstream through the proxy."""
     assert "Certificate verification failed: The certificate is NOT trusted" in hospital.before, hospital.before
     assert hospital.proxy_requests_before == []  # apt went straight to the upstream repository
+    policy = site.on_host("apt-cache policy rsyslog")
+    assert re.search(r"\*\*\* \S+ \d+\n\s+\d+ https://mirror\.hospital\.test:\d+ \./ Packages", policy), policy
     after = site.on_host(UPDATE)
     assert after.rstrip().endswith("rc=0") and "Err:" not in after and "Failed to fetch" not in after, after
     lists = site.on_host("ls /tmp/df-net/lists")
@@ -126,7 +137,8 @@ def test_rsyslogs_own_files_are_rotated_and_the_journal_keeps_to_its_limits(site
 def test_the_sites_own_settings_take_the_hospital_away_again(site, hospital):
     hospital.restored = site.deploy()
     assert set(SIEM_OPERATIONS) <= set(hospital.restored.changed_operations), hospital.restored.changed_operations
-    assert site.on_host("ls /usr/local/share/ca-certificates /etc/apt/apt.conf.d /etc/rsyslog.d").count("deepfleet") == 0
+    left = site.on_host("ls /usr/local/share/ca-certificates /etc/apt/apt.conf.d /etc/rsyslog.d")
+    assert left.count("deepfleet") == 0, left
     assert "siem-ca.pem" not in site.on_host("ls /etc/deepfleet")
 
 
