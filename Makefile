@@ -41,11 +41,16 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 # The test hosts are containers built with debootstrap: they need a Docker engine and debootstrap;
-# the gateway's limits store is tested against a real redis-server the tests start themselves.
+# the gateway's limits store is tested against a real redis-server the tests start themselves;
+# createrepo_c, dnf and rpmbuild: the bundle's dnf repository for Rocky/RHEL hosts, made and installed
+# from in tests (tests/bundle/test_rpms.py).
 host-tools:
 	@missing=""; command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v createrepo_c >/dev/null || missing="$$missing createrepo-c"; \
+	command -v dnf >/dev/null || missing="$$missing dnf"; \
+	command -v rpmbuild >/dev/null || missing="$$missing rpm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "==> installing$$missing"; apt-get update -qq && \

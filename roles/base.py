@@ -33,7 +33,7 @@ def base():
     # root owns code, config and models; the service user can read them and write only its state.
     directories = [
         (data.deepfleet_home, "root", "0755"),
-        (f"{data.deepfleet_home}/models", "root", "0755"),
+        (data.deepfleet_models_dir or f"{data.deepfleet_home}/models", "root", "0755"),
         (f"{data.deepfleet_home}/wheelhouse", "root", "0755"),
         (data.deepfleet_config_dir, "root", "0750"),
         (f"{data.deepfleet_config_dir}/tls", "root", "0750"),

@@ -9,6 +9,13 @@
        /etc/apt/apt.conf.d/00deepfleet-bundle   apt's source list and parts moved to deepfleet's, so
                                                 sources.list and sources.list.d/* are no longer read
    After a change apt-get update, an upgrade to the bundle's versions, and older repositories go.
+   Rocky/RHEL 9 hosts get the bundle's dnf repository the same way (`bundle_dnf_source`):
+       <home>/bundle/rpm-<id>/                            the repository (createrepo_c metadata, signed)
+       /etc/pki/rpm-gpg/RPM-GPG-KEY-deepfleet-bundle      the signer's key
+       /etc/deepfleet/yum.repos.d/deepfleet-bundle.repo   repo_gpgcheck=1: dnf checks repomd.xml.asc with
+                                                          that key, and every package against repomd.xml
+       /etc/dnf/dnf.conf  reposdir=/etc/deepfleet/yum.repos.d   dnf reads no other repository (dnf.conf(5))
+   then `dnf -y --refresh upgrade` to the bundle's versions.
    Vendor repositories are not added (roles/packages.py: add_repo), so nothing fetches a key.
 2. `bundle_images` (after docker): image tarballs the host would otherwise pull, pushed and loaded.
 3. The runtime and model roles take their inputs from the bundle (roles/offline.py).
@@ -52,7 +59,10 @@ UPGRADE = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq 
 
 
 def _target_key(os: HostOS) -> str:
-    return f"{os.id}-{os.version}-{os.deb_arch}"
+    """The bundle's name of the host's OS: "debian-12-amd64"; RHEL-family hosts by major version, as
+    `bundle_host_os` names them ("rocky-9-amd64" for Rocky 9.4: one repository serves every 9.x)."""
+    version = os.major if os.family == "rhel" else os.version
+    return f"{os.id}-{version}-{os.deb_arch}"
 
 
 @deploy("Air-gapped bundle: package source", data_defaults=DEFAULTS)
@@ -62,8 +72,9 @@ def bundle_sources():
         return
     bundle = the_bundle()
     os = host_os()
-    if os.family != "debian":
-        raise RoleError(f"host {host.name} runs {os.label}: bundles carry apt repositories only so far")
+    if os.family == "rhel":
+        bundle_dnf_source(bundle, os)
+        return
     try:
         repo = bundle.apt_repo(_target_key(os))
     except BundleError as exc:
@@ -111,3 +122,41 @@ def bundle_images():
         load_image(name=f"Bundle: load image {reference}", tarball=f"{dest_dir}/{name}", image=reference)
 
 
+DNF_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-deepfleet-bundle"
+DNF_REPOS_DIR = "/etc/deepfleet/yum.repos.d"
+DNF_UPGRADE = "dnf -y -q --refresh upgrade"
+
+
+def dnf_repo_text(signer: str, remote: str) -> str:
+    """The bundle's .repo file: packages only from it, its metadata signature checked (repo_gpgcheck).
+    gpgcheck=0: the RPMs carry their vendors' signatures, not the bundle's; each is bound to the
+    signed repomd.xml by its SHA-256 in primary.xml, which dnf checks on download."""
+    return (f"# Written by deepfleet (roles/bundle.py): the bundle signed by {signer}.\n"
+            "[deepfleet-bundle]\nname=deepfleet bundle\n"
+            f"baseurl=file://{remote}\nenabled=1\ngpgcheck=0\nrepo_gpgcheck=1\ngpgkey=file://{DNF_KEY}\n"
+            "metadata_expire=never\n")
+
+
+def bundle_dnf_source(bundle, os: HostOS) -> None:
+    """Push the bundle's dnf repository for this host's OS and make it dnf's only repository."""
+    try:
+        repo = bundle.rpm_repo(_target_key(os))
+    except BundleError as exc:
+        raise RoleError(f"host {host.name}: {exc}") from None
+    repo_files = bundle.files_under(repo)
+    remote = f"{host.data.deepfleet_home}/bundle/rpm-{repo_files['repodata/repomd.xml']['sha256'][:16]}"
+    pushed = push_tree(name=f"Bundle: {_target_key(os)} packages ({len(repo_files)} files)",
+                       src_root=str(bundle.root / repo), files=repo_files, dest_dir=remote, transport="sftp")
+    key = files.put(name="Bundle: signing key for dnf", src=str(control_path(host.data.bundle_trusted_key,
+                    "bundle_trusted_key")), dest=DNF_KEY, user="root", group="root", mode="0644")
+    source = files.put(name="Bundle: the one dnf repository", src=io.StringIO(dnf_repo_text(bundle.signer, remote)),
+                       dest=f"{DNF_REPOS_DIR}/deepfleet-bundle.repo", user="root", group="root", mode="0644")
+    conf = files.line(name="Bundle: dnf reads only the bundle's repository", path="/etc/dnf/dnf.conf",
+                      line=r"^reposdir=.*$", replace=f"reposdir={DNF_REPOS_DIR}")
+    server.shell(name="Bundle: refresh dnf, upgrade to the bundle's versions", commands=[DNF_UPGRADE],
+                 _if=any_changed(pushed, key, source, conf))
+    parent = f"{host.data.deepfleet_home}/bundle"
+    for stale in host.get_fact(FindDirectories, path=parent, maxdepth=1, fname="rpm-*") or []:
+        if stale != remote:
+            files.directory(name=f"Bundle: remove the older repository {stale.rsplit('/', 1)[1]}", path=stale,
+                            present=False)

@@ -26,6 +26,8 @@ from .packages import PackageRepo
 from .runtime import runtime_accelerator
 from .runtime_container import tarball_image
 from .selinux import SEMANAGE_PACKAGE
+from .siem import rsyslog_packages
+from .timesync import CHRONY_PACKAGES
 
 # os-release VERSION_CODENAME of each supported apt OS (hosts report it; the build is told the OS).
 CODENAMES = {("debian", "12"): "bookworm", ("ubuntu", "22.04"): "jammy", ("ubuntu", "24.04"): "noble"}
@@ -69,6 +71,10 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[s
         repo, names = docker_packages(settings, os)
         packages += names
         repos += [repo] if repo else []
+    if settings["ntp_servers"]:
+        packages += CHRONY_PACKAGES
+    if settings["siem_syslog_target"]:  # the gateways forward with it; the bundle does not know which hosts they are
+        packages += rsyslog_packages(settings)
     if settings["monitoring_enabled"]:  # every host's node exporter; Prometheus for whichever monitors
         packages += [*NODE_EXPORTER_PACKAGES, *PROMETHEUS_PACKAGES]
     if gpu:
@@ -119,7 +125,8 @@ def bundle_spec(hosts: list[tuple[str, Mapping]]) -> BundleSpec:
         if not resolver:
             raise RoleError(f"host {name}: bundle_resolver_images names no image for {os.id}-{os.version}")
         target = OsTarget(os.id, os.version, os.family, os.machine, os.deb_arch, resolver, tuple(packages),
-                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os), r.key_fingerprints) for r in repos))
+                          tuple(AptSource(r.name, r.title, r.key_url, r.apt_list(os) if os.family == "debian" else r.dnf_repo(),
+                                          r.key_fingerprints) for r in repos))
         known = targets.get(target.key)
         if known:
             if known.resolver_image != resolver:

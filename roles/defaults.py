@@ -14,7 +14,8 @@ from .setting import S, declare
 
 ROLE_PREFIXES = ("base_", "deepfleet_", "nvidia_driver_", "cuda_", "docker_", "nvidia_container_toolkit_",
                  "verify_", "model_", "runtime_", "gateway_", "firewall_", "bundle_", "ray_",
-                 "rollout_", "monitoring_")
+                 "rollout_", "monitoring_", "proxy_", "trust_", "ntp_",
+                 "logs_", "siem_")
 
 # What each engine accepts (runtime/deepfleet_runtime/quantize.py decides the combinations).
 QUANTIZATION = {"transformers": ("none", "bf16", "int8", "int4"), "vllm": ("none", "bf16", "int8", "int4", "fp8"),
@@ -30,8 +31,54 @@ SETTINGS = {
     "deepfleet_config_dir": S("/etc/deepfleet", "runtime.yaml, gateway.yaml, tls/, api_keys.json"),
     "deepfleet_state_dir": S("/var/lib/deepfleet", "writable by the service user"),
     "base_packages": S(["ca-certificates"], "besides the runtime's Python, which roles/hostos.py picks per OS"),
+    "deepfleet_models_dir": S(None,
+        "encrypted model releases, the ones kept for rollback and a push's staging; default <deepfleet_home>/models. "
+        "Point it at a data disk for big models (the push checks its free space first)",
+        type="path|null", example="/data/deepfleet/models"),
     "deepfleet_cache_dir": S("<cache>",
         "control: wheelhouses, encrypted model releases, hash caches", type="path"),
+
+    # === the site's network: proxies, private CAs, time (roles/proxy.py, trust.py, timesync.py) =======
+    # Applied first, before any repository is used (deploys/site.py). Unset, nothing is written.
+    "proxy_http": S(None, "http_proxy of apt/dnf, dockerd and image builds on hosts", type="str|null",
+        example="http://proxy.hospital.internal:3128"),
+    "proxy_https": S(None, "https_proxy of the same (often the same URL as proxy_http)", type="str|null",
+        example="http://proxy.hospital.internal:3128"),
+    "proxy_no_proxy": S(["localhost", "127.0.0.1", "::1"],
+        "hosts and domains reached without the proxy (internal mirrors, the fleet's own hosts)",
+        example=["localhost", "127.0.0.1", ".hospital.internal", "10.0.0.0/8"]),
+    "trust_ca_certificates": S([],
+        "control: PEM files of extra CAs (the hospital's own, e.g. of its mirrors and registry), installed "
+        "into the host's trust store and Docker's before any repository is used", example=["site/hospital-ca.pem"]),
+    "trust_docker_registries": S([],
+        "registries (host[:port]) whose certificates those CAs sign: /etc/docker/certs.d/<registry>/ca.crt; "
+        "the hosts of docker_registry_mirrors are always included", example=["registry.hospital.internal:5000"]),
+    "ntp_servers": S([], "the site's NTP servers for chrony (empty: time sync is left as the host has it)",
+        example=["ntp1.hospital.internal", "ntp2.hospital.internal"]),
+    "ntp_max_offset_ms": S(100.0, "verify (deploys/verify.py) fails a host whose clock is off by more",
+        type="float"),
+
+    # === logs and the audit trail off the host (roles/logs.py, roles/siem.py) ==========================
+    "logs_journald_max_use": S("2G",
+        "journald's SystemMaxUse: the journal (every unit's logs, the runtime's and gateway's included) "
+        "never grows past this (None: journald's own default, 10% of the filesystem)", type="str|null"),
+    "logs_journald_keep_free": S("4G", "journald's SystemKeepFree: it leaves at least this free", type="str|null"),
+    "logs_journald_max_retention": S("30day", "journald's MaxRetentionSec: older entries go (None: kept)",
+        type="str|null"),
+    "siem_syslog_target": S(None,
+        "host:port of the SIEM's syslog collector: every gateway's audit records are forwarded there as RFC 5424 "
+        "messages by the host's rsyslog (the local hash chain stays as it is)", type="str|null",
+        example="siem.hospital.internal:6514"),
+    "siem_syslog_tls": S(True, "TLS to the collector (RFC 5425); False: plain TCP (RFC 6587 octet counting)"),
+    "siem_syslog_ca": S(None, "control: PEM of the CA that signed the collector's certificate (TLS)",
+        type="path|null", example="site/siem-ca.pem"),
+    "siem_syslog_peer_name": S(None,
+        "the name the collector's certificate must carry (default: the host of siem_syslog_target)", type="str|null"),
+    "siem_syslog_sd_id": S("deepfleetAudit@32473",
+        "RFC 5424 SD-ID of the element carrying seq, prev and hash (32473 is IANA's example enterprise number: "
+        "a site with its own puts that one here)"),
+    "siem_syslog_facility": S("authpriv", "syslog facility of the forwarded records"),
+    "siem_syslog_queue_max": S("1g", "records kept on disk while the collector is unreachable, then sent in order"),
 
     # === GPU host platform: NVIDIA driver, CUDA, Docker, NVIDIA container toolkit ==================
     # roles/nvidia_driver.py, cuda.py, docker.py, nvidia_container_toolkit.py (run by deploys/site.py

@@ -76,6 +76,7 @@ print(json.dumps({
                              and entry != "." + name + "@" + release + ".partial") if os.path.isdir(models) else [],
     "current": current,
     "kept": sorted(kept),
+    "kept_bytes": {release: sum(sizes(os.path.join(models, name + "@" + release)).values()) for release in kept},
     "free_bytes": disk.f_bavail * disk.f_frsize,
 }))
 """
@@ -85,7 +86,8 @@ class ModelReleaseState(FactBase):
     """One model release on a host, from the model role's point of view:
     {"complete": marker or None, "kek_id": of its key.json, "staged": {path: bytes} of a push in
     progress, "other_partials": other unfinished pushes, "current": release served, "kept":
-    complete releases, "free_bytes": space left where the models live}."""
+    complete releases, "kept_bytes": {release: bytes} of those, "free_bytes": space left where the
+    models live}."""
 
     def requires_command(self, *args, **kwargs) -> str:
         return "python3"
@@ -100,7 +102,7 @@ class ModelReleaseState(FactBase):
     def default():
         """What a host without python3 yet (a dry run before the base role) holds: nothing."""
         return {"complete": None, "kek_id": None, "staged": {}, "other_partials": [], "current": None,
-                "kept": [], "free_bytes": None}
+                "kept": [], "kept_bytes": {}, "free_bytes": None}
 
 
 class DnfEnabledRepos(FactBase):
@@ -118,3 +120,43 @@ class DnfEnabledRepos(FactBase):
 
     def process(self, output):
         return sorted(line.strip() for line in output if line.strip())
+
+
+_CLOCK_PROBE = ("if command -v chronyc >/dev/null 2>&1; then echo source=chrony; chronyc -c tracking 2>&1 || true; "
+                "elif command -v timedatectl >/dev/null 2>&1; then echo source=timesyncd; "
+                "timedatectl timesync-status 2>&1 || true; else echo source=none; fi")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
+
+
+class ClockOffset(FactBase):
+    """How far the host's clock is from its time servers: {"source": "chrony" | "timesyncd" | None,
+    "offset_s": seconds (None when not synchronised), "detail": what the tool said}. chrony's
+    `chronyc -c tracking` CSV (field 5: the system time's offset; the last: the leap status, "Not
+    synchronised" before a source answered), else systemd-timesyncd's `timedatectl timesync-status`."""
+
+    def command(self) -> str:
+        return _CLOCK_PROBE
+
+    def process(self, output):
+        lines = [line.strip() for line in output if line.strip()]
+        source = lines[0].split("=", 1)[1] if lines and lines[0].startswith("source=") else "none"
+        rest = lines[1:]
+        if source == "chrony":
+            fields = rest[0].split(",") if rest else []
+            if len(fields) >= 14:
+                synced = fields[-1] != "Not synchronised"
+                return {"source": source, "offset_s": float(fields[4]) if synced else None,
+                        "detail": f"chrony: reference {fields[1] or fields[0]}, stratum {fields[2]}, leap {fields[-1]}"}
+            return {"source": source, "offset_s": None, "detail": "chronyc: " + " ".join(rest)[-200:]}
+        if source == "timesyncd":
+            found = dict(line.split(":", 1) for line in rest if ":" in line)
+            offset = (found.get("Offset") or "").strip()
+            value = None
+            for unit, scale in sorted(_UNITS.items(), key=lambda item: -len(item[0])):
+                if offset.endswith(unit):
+                    value = float(offset[: -len(unit)]) * scale
+                    break
+            detail = (f"systemd-timesyncd: server {found['Server'].strip()}" if "Server" in found
+                      else "systemd-timesyncd: " + " ".join(rest)[-200:])
+            return {"source": source, "offset_s": value, "detail": detail}
+        return {"source": None, "offset_s": None, "detail": "neither chrony nor systemd-timesyncd is installed"}

@@ -5,9 +5,10 @@ reused) or a release from `deepfleet model encrypt` (deepfleet/modelpack.py). Ho
     /etc/deepfleet/keys/      root 0700: the manifest verify key, and only the KEK of the release
                               pushed (older ones stay while a kept release needs them), root 0400,
                               sealed with systemd-creds in systemd mode (model_keys_sealed)
-    <home>/models/.<name>@<release>.partial/   the push, resumable: only missing bytes are sent
-    <home>/models/<name>@<release>/            once `deepfleet-runtime model activate` verified it
-    <home>/models/<name>@current               the most recently activated release, switched atomically
+    <models>/.<name>@<release>.partial/   the push, resumable: only missing bytes are sent
+    <models>/<name>@<release>/            once `deepfleet-runtime model activate` verified it
+    <models>/<name>@current               the most recently activated release, switched atomically
+(<models>: `deepfleet_models_dir`, else <home>/models; its free space is checked first: disk_room.py)
 (the runtime serves the release its runtime release names: roles/release.py)
 What a host lacks is decided by one small fact (ModelReleaseState), never by re-hashing weights.
 Activation needs the runtime's venv, so the runtime role calls activate_model() after installing it.
@@ -33,6 +34,7 @@ from deepfleet_runtime.modelstore.sealedkeys import credential_name, sealed_file
 
 from .common import control_path, venv_dir
 from .decrypt_room import check_decrypt_room
+from .disk_room import check_model_disk
 from .defaults import DEFAULTS
 from .facts import ModelReleaseState
 from .offline import model_release_from_bundle, offline
@@ -40,11 +42,10 @@ from .skip import skip_role
 from .topology import holds_model
 from .transfer import PartialUpload, resumable_upload, sealed_secret, secret_file, upload_owner
 
-GIB = 1 << 30
-
 
 def models_dir() -> str:
-    return f"{host.data.deepfleet_home}/models"
+    """Where releases live on the host: `deepfleet_models_dir` (a data disk), else <deepfleet_home>/models."""
+    return host.data.deepfleet_models_dir or f"{host.data.deepfleet_home}/models"
 
 
 def keys_sealed() -> bool:
@@ -71,21 +72,6 @@ def _local_release(source: str, name: str, keys_dir: str, cache_dir: str) -> tup
     release_dir = ensure_release(Path(source), name, load_model_keys(Path(keys_dir)), Path(cache_dir), log=logger.info)
     manifest_path = release_dir / MANIFEST_FILE
     return release_dir, Manifest.from_bytes(manifest_path.read_bytes(), str(manifest_path))
-
-
-def check_disk_room(host_name: str, where: str, free: int, to_send: int, release_size: int, keep: int) -> None:
-    """Refuse a push that would leave no room for one more release of the same size, with the numbers."""
-    needed = to_send + release_size
-    if free < needed:
-        raise OperationError(
-            f"{host_name}: not enough disk for the model push in {where}: {_size(free)} free, the push "
-            f"needs {_size(to_send)} plus {_size(release_size)} kept free for the next release = "
-            f"{_size(needed)}. Free {_size(needed - free)} on the host (it keeps "
-            f"model_keep_releases={keep} releases) and deploy again")
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB else f"{nbytes / (1 << 20):.1f} MiB"
 
 
 @deploy("deepfleet model", data_defaults=DEFAULTS)
@@ -163,7 +149,9 @@ def push_release(release_dir: str, models_dir: str, keep: int = 3, max_rate_mb_s
         return
     to_send = sum(upload.size - upload.offset for upload in uploads)
     if state["free_bytes"] is not None:  # unknown only in a dry run on a host without python3 yet
-        check_disk_room(host.name, models_dir, state["free_bytes"], to_send, sum(sizes.values()), keep)
+        problem = check_model_disk(host.name, models_dir, state, to_send, sum(sizes.values()), manifest.release, keep)
+        if problem:
+            raise OperationError(problem)
     directories = sorted({f"{staging}/{name}".rsplit("/", 1)[0] for name in sizes})
     yield StringCommand("install", "-d", "-m", "0700", *upload_owner(), *[QuoteString(d) for d in directories])
     yield from resumable_upload(uploads, f"model push {manifest.release_name}",

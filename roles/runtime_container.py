@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shlex
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.api import MaskString, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
 from pyinfra.facts.docker import DockerContainer, DockerImage
@@ -39,6 +40,7 @@ from deepfleet.wheelhouse import Wheelhouse, hashed_requirements
 from .common import RoleError, control_path, template
 from .hostos import RuntimePython
 from .offline import wheelhouse_hashes
+from .proxy import build_args as proxy_build_args
 from .transfer import push_files
 
 CONTAINER = "deepfleet-runtime"
@@ -137,9 +139,10 @@ def container_args(settings: Mapping, image: str, config_path: str, models_dir: 
             keys_dir, "serve", "--config", config_path]
 
 
-def build_command(tag: str, context_dir: str) -> list[str]:
-    """`docker build` of a runtime image context (the classic builder or BuildKit alike)."""
-    return ["docker", "build", "--quiet", "--tag", tag, context_dir]
+def build_command(tag: str, context_dir: str, build_args: list[str] = ()) -> list[str]:
+    """`docker build` of a runtime image context (the classic builder or BuildKit alike); `build_args`:
+    the site's proxy as Docker's predefined build arguments (roles/proxy.py), kept out of the image."""
+    return ["docker", "build", "--quiet", *build_args, "--tag", tag, context_dir]
 
 
 def spec_digest(args: list[str], user: str) -> str:
@@ -147,17 +150,20 @@ def spec_digest(args: list[str], user: str) -> str:
 
 
 @operation()
-def build_image(context_dir: str, tag: str):
+def build_image(context_dir: str, tag: str, build_args: list[str] = ()):
     """
     `docker build` the context in `context_dir` as `tag`, unless the host has that image.
 
     + context_dir: remote directory with the Dockerfile and what it copies
     + tag: content-addressed tag (see image_tag)
+    + build_args: `--build-arg` pairs (the site's proxy)
     """
     if host.get_fact(DockerImage, object_id=tag):
         host.noop(f"image {tag} exists")
         return
-    yield StringCommand(*[QuoteString(arg) for arg in build_command(tag, context_dir)])
+    # a proxy URL with credentials (user:password@) is masked in pyinfra's output
+    yield StringCommand(*[MaskString(shlex.quote(arg)) if "@" in arg else QuoteString(arg)
+                          for arg in build_command(tag, context_dir, build_args)])
     yield StringCommand(*PRUNE_BUILD_STAGES)
 
 
@@ -240,7 +246,8 @@ def runtime_image(settings: Mapping, gpu: bool, python: RuntimePython | None, wh
     files.put(name="Runtime image build context: hashed requirements", src=io.StringIO(image_requirements(
               settings, wheelhouse, hashes)), dest=f"{context_dir}/wheels/requirements.txt", user="root", group="root",
               mode="0644")
-    build_image(name=f"Build runtime image {tag} (on {base})", context_dir=context_dir, tag=tag)
+    build_image(name=f"Build runtime image {tag} (on {base})", context_dir=context_dir, tag=tag,
+                build_args=proxy_build_args(settings))
     return tag
 
 

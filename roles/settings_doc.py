@@ -23,6 +23,7 @@ READERS = (
     ("runtime_keep_releases", "roles/release.py"),
     ("runtime_", "roles/runtime.py (runtime.yaml)"),
     ("deepfleet_cache_dir", "roles/runtime.py, roles/model.py"),
+    ("deepfleet_models_dir", "roles/model.py, roles/disk_room.py"),
     ("deepfleet_", "roles/base.py (and every role)"),
     ("base_", "roles/base.py"),
     ("cuda_", "roles/cuda.py"),
@@ -35,6 +36,12 @@ READERS = (
     ("ray_", "roles/ray.py"),
     ("rollout_", "`deepfleet rollout`"),
     ("monitoring_", "roles/monitoring.py"),
+    ("proxy_", "roles/proxy.py"),
+    ("trust_", "roles/trust.py"),
+    ("ntp_max_offset_ms", "deploys/verify.py"),
+    ("ntp_", "roles/timesync.py"),
+    ("logs_", "roles/logs.py"),
+    ("siem_", "roles/siem.py"),
 )
 HEADER = """# Settings
 

@@ -9,6 +9,8 @@ toolkit has the pinned version and the driver supports it, Docker has the nvidia
 CUDA container (`nvidia_container_toolkit_test_image`) lists the same GPUs. A host that fails any
 check fails the run, with the report as its error; a host without an NVIDIA device passes with
 that said. The only thing verify starts on a host is that throwaway `docker run --rm` container.
+Every host also reports its clock's offset from its time servers (chrony or systemd-timesyncd): more
+than `ntp_max_offset_ms`, or no synchronised source where `ntp_servers` is set, fails it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pyinfra.facts.docker import DockerSystemInfo
 
 from .cuda import cuda_home
 from .defaults import DEFAULTS
-from .facts import JsonFile
+from .facts import ClockOffset, JsonFile
 from .gpu_facts import (CudaProbe, GpuContainerTest, NvidiaFabric, NvidiaNvSwitches, NvidiaPersistence, NvidiaSmi,
                         gpu_spec, nvidia_devices)
 
@@ -96,9 +98,21 @@ def gpu_checks(settings: Mapping, pci: list[dict], smi: dict | None, toolkit: di
     return checks
 
 
-def report(host_name: str, checks: list[Check]) -> str:
+def clock_check(settings: Mapping, clock: dict) -> Check:
+    """The host's clock offset against `ntp_max_offset_ms` (pure: tested against recorded facts)."""
+    limit = settings["ntp_max_offset_ms"]
+    if clock["offset_s"] is None:
+        ok = not settings["ntp_servers"]
+        why = "" if ok else " (ntp_servers is set: is chronyd running, and does it reach them?)"
+        return Check("clock offset", ok, f"unknown: not synchronised; {clock['detail']}{why}")
+    offset_ms = clock["offset_s"] * 1000
+    return Check("clock offset", abs(offset_ms) <= limit,
+                 f"{offset_ms:+.3f} ms, at most {limit:g} ms allowed; {clock['detail']}")
+
+
+def report(host_name: str, checks: list[Check], what: str = "GPU verification") -> str:
     """The checks as lines a person reads: `  ok    name: detail` / `  FAIL  name: detail`."""
-    lines = [f"{host_name}: GPU verification"]
+    lines = [f"{host_name}: {what}"]
     lines += [f"  {'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}" for check in checks]
     return "\n".join(lines)
 
@@ -140,3 +154,7 @@ def verify():
     text = report(host.name, checks)
     logger.info(text)
     verified(name="GPU verification", report=text, ok=all(check.ok for check in checks))
+    clock = clock_check(settings, host.get_fact(ClockOffset))
+    text = report(host.name, [clock], "clock")
+    logger.info(text)
+    verified(name="Clock", report=text, ok=clock.ok)

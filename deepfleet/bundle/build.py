@@ -3,7 +3,8 @@
     DIR/bundle.json, bundle.json.asc   every file's SHA-256 and size, signed (manifest.py)
     DIR/lock.json                      every version (lock.py): build again from it for the same bytes
     DIR/bundle-signing.asc             the signer's public key (sites trust their own copy of it)
-    DIR/apt/<os>-<version>-<arch>/     a signed flat apt repository per target OS (debs.py)
+    DIR/apt/<os>-<version>-<arch>/     a signed flat apt repository per Debian/Ubuntu target (debs.py)
+    DIR/rpm/<os>-<version>-<arch>/     a signed dnf repository per Rocky/RHEL target (rpms.py)
     DIR/wheels/{deps,runtime}-<digest>/  the runtime's wheelhouses (wheels.py)
     DIR/images/*.tar                   `docker save` tarballs, for Docker mode and GPU hosts (images.py)
     DIR/models/<name>@<release>/       the encrypted, signed model release (docs/model-format.md)
@@ -28,7 +29,7 @@ from deepfleet_runtime.modelstore.release import MANIFEST_FILE as MODEL_MANIFEST
 
 from ..modelkeys import load_model_keys
 from ..modelpack import ensure_release
-from . import debs, images, wheels
+from . import debs, images, rpms, wheels
 from .lock import (LOCK_FILE, LockError, check_covers, created_at, expires_at, load_lock, locked_os, lock_text,
                    new_lock, os_entry)
 from .manifest import BundleError, write_manifest
@@ -65,11 +66,18 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
         when = created_at(lock)
         for target in spec.os_targets:
             entry = locked_os(pinned, target, log) if pinned else None
-            if entry is None:
-                resolved, image_id = debs.resolve_closure(target, log)
-                entry = os_entry(target, resolved, target.resolver_image, image_id)
-            fetched = debs.fetch_debs(entry["debs"], cache / "bundle-debs" / target.key, log)
-            debs.write_apt_repo(scratch / "apt" / target.key, fetched, signer, when, copy_file, expires_at(lock))
+            if target.family == "rhel":
+                if entry is None:
+                    resolved, image_id = rpms.resolve_rpm_closure(target, log)
+                    entry = os_entry(target, resolved, target.resolver_image, image_id, kind="rpms")
+                fetched = debs.fetch_debs(entry["rpms"], cache / "bundle-rpms" / target.key, log)
+                rpms.write_dnf_repo(scratch / "rpm" / target.key, fetched, signer, when, copy_file)
+            else:
+                if entry is None:
+                    resolved, image_id = debs.resolve_closure(target, log)
+                    entry = os_entry(target, resolved, target.resolver_image, image_id)
+                fetched = debs.fetch_debs(entry["debs"], cache / "bundle-debs" / target.key, log)
+                debs.write_apt_repo(scratch / "apt" / target.key, fetched, signer, when, copy_file, expires_at(lock))
             lock["os"][target.key] = entry
         for target in spec.wheels:
             entry, deps_dir, runtime_wheel = wheels.build_for(
@@ -121,7 +129,8 @@ def check_against_lock(root: Path, files: dict[str, dict], lock: dict) -> None:
     (a damaged cache), before the bundle is signed."""
     expected = {}
     for key, entry in lock["os"].items():
-        expected.update({f"apt/{key}/pool/{deb['file']}": deb["sha256"] for deb in entry["debs"]})
+        expected.update({f"apt/{key}/pool/{deb['file']}": deb["sha256"] for deb in entry.get("debs", [])})
+        expected.update({f"rpm/{key}/Packages/{rpm['file']}": rpm["sha256"] for rpm in entry.get("rpms", [])})
     for entry in lock["wheelhouses"].values():
         wheelhouse = wheels.bundle_wheelhouse(Path(), entry)
         expected.update({(wheelhouse.deps_dir / name).as_posix(): digest for name, digest in entry["deps"].items()})

@@ -8,8 +8,7 @@ Resolution runs the target OS's own apt (measured recipe: ../shared/notes/test-h
 Fetching needs no package manager: each URL is downloaded on the build machine and its SHA-256
 compared with what the signed index said, then cached by file name.
 The container runs the resolver image only as pinned (`name@sha256:<digest or image ID>`, resolver.py),
-started by the image ID that was checked. RHEL-family targets are not built yet: `resolve_closure`
-says what would run and stops.
+started by the image ID that was checked. RHEL-family targets: rpms.py.
 """
 
 from __future__ import annotations
@@ -46,11 +45,8 @@ def resolve_closure(target: OsTarget, log=print) -> tuple[list[dict], str]:
     """([{"file", "url", "size", "sha256"}] of every package `target.packages` need, the image ID it ran),
     resolved by the target OS's package manager in a container of that OS (`target.resolver_image`)."""
     if target.family != "debian":
-        raise PackageError(
-            f"{target.key}: bundles carry apt repositories only so far. For this target a build would run, in a "
-            f"{target.resolver_image} container, `dnf download --resolve --alldeps --urls {' '.join(target.packages)}`, "
-            "fetch those RPMs, index them with createrepo_c and sign repodata/repomd.xml; that path is not built "
-            "or tested. Install these hosts from a local dnf mirror instead")
+        raise PackageError(f"{target.key}: apt resolves Debian and Ubuntu targets; RHEL-family ones go through "
+                           "rpms.resolve_rpm_closure")
     if target.machine != os.uname().machine:
         raise PackageError(
             f"{target.key}: resolving packages for {target.machine} needs a {target.machine} container of that OS, "

@@ -3,7 +3,8 @@
     {"format": "deepfleet-bundle-lock/1", "created": "2026-11-28T23:56:26Z",
      "os": {"debian-12-amd64": {"packages": [...asked for...], "resolver_image": "debian@sha256:...",
                                 "resolver_image_id": "sha256:...",
-                                "debs": [{"file", "url", "size", "sha256"}, ...]}},
+                                "debs": [{"file", "url", "size", "sha256"}, ...]},
+            "rocky-9-amd64": {... the same, with "rpms" (rpms.py) in place of "debs"}},
      "wheelhouses": {"cp311-x86_64-glibc2.36-transformers": {"python", "machine", "glibc", "extras",
                      "deps": {wheel: sha256}, "runtime": {"file", "sha256", "source_digest"}}},
      "images": {"debian:12-slim": {"id": "sha256:...", "file": "images/....tar", "sha256"}},
@@ -64,11 +65,12 @@ def lock_text(lock: dict) -> str:
     return json.dumps(lock, indent=1, sort_keys=True) + "\n"
 
 
-def os_entry(target: OsTarget, debs: list[dict], resolver_image: str, resolver_image_id: str | None) -> dict:
+def os_entry(target: OsTarget, debs: list[dict], resolver_image: str, resolver_image_id: str | None,
+             kind: str = "debs") -> dict:
     """The lock's record of one target OS: what was asked, the pinned image that resolved it, the image ID
-    that ran, and the packages."""
+    that ran, and the packages (`kind`: "debs", or "rpms" for RHEL-family targets)."""
     return {"packages": sorted(target.packages), "resolver_image": resolver_image,
-            "resolver_image_id": resolver_image_id, "debs": debs}
+            "resolver_image_id": resolver_image_id, kind: debs}
 
 
 def locked_os(lock: dict, target: OsTarget, log) -> dict | None:

@@ -66,6 +66,10 @@ class VerifiedBundle:
         """The apt repository of one OS target ("debian-12-amd64"), relative to the root."""
         return self._part("os", target, "packages for", f"apt/{target}")
 
+    def rpm_repo(self, target: str) -> str:
+        """The dnf repository of one RHEL-family target ("rocky-9-amd64"), relative to the root."""
+        return self._part("os", target, "packages for", f"rpm/{target}")
+
     def wheel_entry(self, target: str) -> dict:
         """The lock's entry of one wheelhouse target (see spec.WheelTarget.key)."""
         return self._part("wheelhouses", target, "wheels for")

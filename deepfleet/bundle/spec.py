@@ -16,7 +16,7 @@ class AptSource:
     name: str  # file stem: deepfleet-<name>.list, /etc/apt/keyrings/deepfleet-<name>.asc
     title: str
     key_url: str  # "" when `keyring` ships with the OS
-    apt_list: str  # the sources.list.d content, signed-by already in it
+    apt_list: str  # the sources.list.d content, signed-by already in it (RHEL targets: the .repo file's)
     key_fingerprints: tuple[str, ...] = ()  # the key is refused without one of these (deepfleet.pgpkeys)
 
 

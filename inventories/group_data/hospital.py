@@ -21,3 +21,21 @@ gateway_server_names = ["llm.hospital.internal"]
 gateway_audit_content = "sha256"  # prompts and completions as SHA-256 only, never their text
 gateway_audit_retention_days = 90  # audit files older than this are deleted
 gateway_audit_signing = True  # Ed25519-signed checkpoints, verifiable offline
+
+# --- the site's network: time, and (where hosts reach an internal mirror) its proxy and CA ----------
+ntp_servers = ["ntp1.hospital.internal", "ntp2.hospital.internal"]  # chrony asks only these (verify reports offset)
+# With internal mirrors instead of (or beside) the bundle, behind the hospital's proxy and CA:
+# proxy_http = proxy_https = "http://proxy.hospital.internal:3128"
+# proxy_no_proxy = ["localhost", "127.0.0.1", "mirror.hospital.internal", ".hospital.internal"]
+# trust_ca_certificates = ["site/hospital-root-ca.pem"]   # control: into the hosts' trust store and Docker's
+
+# --- where the bytes go: models, kept releases, staging and the audit log on the data disk -------------
+deepfleet_models_dir = "/data/deepfleet/models"  # `deepfleet plan` checks its free space before any push
+gateway_audit_dir = "/data/deepfleet/audit"
+docker_data_root = "/data/docker"  # hosts that run Docker (the GPU nodes): images on the data disk too
+
+# --- logs and the SIEM -----------------------------------------------------------------------------
+logs_journald_max_use = "4G"  # the journal (every deepfleet unit's logs) never grows past this
+# Every gateway's audit records to the SIEM over TLS (RFC 5424 + RFC 5425), by the hosts' rsyslog:
+# siem_syslog_target = "siem.hospital.internal:6514"
+# siem_syslog_ca = "site/siem-ca.pem"   # control: the CA of the collector's certificate

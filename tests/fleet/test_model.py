@@ -238,3 +238,31 @@ def test_a_rotated_kek_reaches_the_host_without_resending_weights(site):
                  f"http://127.0.0.1:{site.host.ports['runtime_port']}/ready --timeout 120")
     assert _answer(site) == before
     assert site.deploy().changed_operations == []  # the old KEK is not sent again: no kept release of it is served
+
+
+def test_models_on_a_data_disk_are_served_from_it_and_plan_refuses_a_disk_too_small(site, tmp_path):
+    """deepfleet_models_dir on its own filesystem (a tmpfs mounted in the host, as a data disk would be):
+    the release is pushed there and served; one too small is refused by `deepfleet plan`, nothing copied."""
+    before = _answer(site)
+    site.on_host("mkdir -p /srv/data /srv/tiny && mount -t tmpfs -o size=256m tmpfs /srv/data "
+                 "&& mount -t tmpfs -o size=30m tmpfs /srv/tiny")
+    try:
+        on_data = site.with_overrides(tmp_path / "data.json", deepfleet_models_dir="/srv/data/models")
+        assert site.deploy(on_data).changed > 0
+        served = site.on_host(f"readlink -f /srv/data/models/{MODEL}@current").strip()
+        assert site.on_host(f"stat -f -c %T {served}").strip() == "tmpfs"
+        assert f"/srv/data/models/{MODEL}@" in site.on_host("cat /opt/deepfleet/releases/current/runtime.yaml")
+        assert _answer(site) == before
+
+        tiny = site.with_overrides(tmp_path / "tiny.json", deepfleet_models_dir="/srv/tiny/models")
+        plan = subprocess.run([str(os.path.join(os.path.dirname(sys.executable), "deepfleet")), "plan",
+                               str(LOCAL_INVENTORY)], capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
+                              env={**os.environ, "DEEPFLEET_HOSTS_FILE": str(tiny)})
+        assert plan.returncode == 1, plan.stdout[-2000:]
+        said = " ".join((plan.stdout + plan.stderr).split())
+        assert re.search(r"h1: not enough disk for the model push in /srv/tiny/models: \d+\.\d MiB free, the push "
+                         r"needs .* Free \d+\.\d MiB on the host", said), said[-3000:]
+        assert site.on_host("find /srv/tiny -mindepth 1").strip() == ""  # planned: nothing created, nothing copied
+    finally:
+        site.deploy()
+        site.on_host("umount /srv/data /srv/tiny", check=False)

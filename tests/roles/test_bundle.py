@@ -103,8 +103,32 @@ def test_a_changed_file_stops_the_deploy_while_planning(bundle, control_data):
 def test_a_host_whose_os_the_bundle_lacks_is_told_which_it_holds(bundle, control_data):
     with pytest.raises(RoleError, match=r"holds no packages for ubuntu-22.04-amd64 \(it holds: debian-12-amd64\)"):
         plan(with_facts(load_case("ubuntu2204-2xa100"), **NOTHING_STAGED), bundle_sources, {**control_data, **bundle})
-    with pytest.raises(RoleError, match="bundles carry apt repositories only"):
-        plan(load_case("rocky9-8xh100"), bundle_sources, {**control_data, **bundle})
+    with pytest.raises(RoleError, match=r"holds no packages for rocky-9-amd64 \(it holds: debian-12-amd64\)"):
+        plan(with_facts(load_case("rocky9-8xh100"), **NOTHING_STAGED), bundle_sources, {**control_data, **bundle})
+
+
+def test_a_rocky_host_gets_the_bundles_dnf_repository_as_its_only_one(tmp_path, signer, control_data):
+    """dnf.conf(5): `reposdir` lists the only directories dnf reads .repo files from; repo_gpgcheck makes
+    dnf check repomd.xml's detached signature with gpgkey (the real install: tests/bundle/test_rpms.py)."""
+    rpm = "rpm/rocky-9-amd64/Packages/python3.11-3.11.7-1.el9.x86_64.rpm"
+    root = make_bundle(tmp_path / "rb", signer, {rpm: b"an rpm", "rpm/rocky-9-amd64/repodata/repomd.xml": b"<repomd/>",
+                                                 "rpm/rocky-9-amd64/repodata/repomd.xml.asc": b"sig"},
+                       {"os": {"rocky-9-amd64": {"packages": ["python3.11"], "resolver_image": "rockylinux:9",
+                                                   "rpms": []}}})
+    data = {**control_data, "bundle_dir": str(root), "bundle_trusted_key": str(signer.public_key_path)}
+    ops = plan(with_facts(load_case("rocky9-8xh100"), **NOTHING_STAGED), bundle_sources, data)
+    manifest = json.loads((root / "bundle.json").read_text())["files"]
+    remote = f"/opt/deepfleet/bundle/rpm-{manifest['rpm/rocky-9-amd64/repodata/repomd.xml']['sha256'][:16]}"
+    staging = remote.replace("/rpm-", "/.rpm-") + ".partial"
+    assert find(ops, "rocky-9-amd64 packages (3 files)").shell()[-1] == f"rm -rf {remote} && mv {staging} {remote}"
+    repo = find(ops, "the one dnf repository").uploads()["/etc/deepfleet/yum.repos.d/deepfleet-bundle.repo"]
+    lines = repo.splitlines()
+    assert lines[1] == "[deepfleet-bundle]" and f"baseurl=file://{remote}" in lines
+    assert {"enabled=1", "gpgcheck=0", "repo_gpgcheck=1", "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-deepfleet-bundle"} \
+        <= set(lines)
+    assert list(find(ops, "signing key for dnf").uploads()) == ["/etc/pki/rpm-gpg/RPM-GPG-KEY-deepfleet-bundle"]
+    assert "reposdir=/etc/deepfleet/yum.repos.d" in " ".join(find(ops, "dnf reads only").shell())
+    assert find(ops, "upgrade to the bundle's versions").shell() == ["dnf -y -q --refresh upgrade"]
 
 
 def test_vendor_repositories_are_not_added_offline(bundle, control_data):

@@ -62,3 +62,22 @@ def test_docker_mode_brings_docker_the_image_base_and_the_images_wheels():
 def test_what_the_build_must_be_told_is_asked_for_by_name(settings, message):
     with pytest.raises(RoleError, match=message):
         bundle_spec([("h1", {**DEFAULTS, **settings})])
+
+
+def test_time_sync_and_siem_forwarding_bring_their_packages_into_the_bundle():
+    spec = bundle_spec(_hosts(siem_syslog_target="siem.hospital.internal:6514"))
+    (target,) = spec.os_targets
+    assert {"chrony", "rsyslog", "rsyslog-gnutls", "logrotate"} <= set(target.packages)  # ntp_servers is in its group data
+    plain = {**DEFAULTS, "bundle_host_os": "debian-12"}
+    assert "chrony" not in bundle_spec([("h1", plain)]).os_targets[0].packages
+
+
+def test_a_rocky_host_gets_a_dnf_target_with_the_vendors_repo_files():
+    settings = {**DEFAULTS, "bundle_host_os": "rocky-9", "bundle_host_gpu": True,
+                "bundle_host_kernel": "5.14.0-427.13.1.el9_4.x86_64", "ntp_servers": ["ntp1"]}
+    (target,) = bundle_spec([("gpu-1", settings)]).os_targets
+    assert (target.key, target.family, target.resolver_image) == ("rocky-9-amd64", "rhel", "rockylinux:9")
+    assert {"python3.11", "chrony", "policycoreutils-python-utils"} <= set(target.packages)
+    cuda = next(source for source in target.sources if source.name == "cuda")
+    assert "[deepfleet-cuda]" in cuda.apt_list and "baseurl=https://developer.download.nvidia.com/compute/cuda/" \
+        "repos/rhel9/x86_64" in cuda.apt_list  # a .repo file, as the resolver's dnf reads it

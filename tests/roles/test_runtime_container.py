@@ -197,3 +197,14 @@ def test_unknown_mode_and_image_source_are_refused(wheelhouse, control_data):
         plan(load_case("debian12-nogpu"), runtime, data={**control_data, "runtime_mode": "podman"})
     with pytest.raises(RoleError, match="runtime_image_tarball"):
         plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE, "runtime_image_source": "tarball"})
+
+
+def test_the_image_build_goes_through_the_sites_proxy_with_its_credentials_masked(wheelhouse, control_data):
+    proxy = {"proxy_http": "http://user:secret@proxy.hospital.test:3128", "proxy_no_proxy": ["localhost"]}
+    ops = plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE, **proxy})
+    build = find(ops, "Build runtime image").shell()[0]
+    assert "--build-arg NO_PROXY=localhost --build-arg no_proxy=localhost" in build
+    assert "secret" not in build and build.count("--build-arg *MASKED*") == 2  # HTTP_PROXY and http_proxy
+    plain = find(plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE}),
+                 "Build runtime image").shell()[0]
+    assert "--build-arg" not in plain

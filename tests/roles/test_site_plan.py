@@ -42,7 +42,7 @@ def dual_a100(wheelhouse, control_data):
 
 def test_dual_a100_site_runs_driver_cuda_docker_toolkit_model_runtime_gateway_in_order(dual_a100):
     assert _deploys_in_order(changed(dual_a100)) == [
-        "deepfleet base", *GPU_ROLES, "deepfleet model", "deepfleet runtime", "deepfleet gateway"]
+        "deepfleet base", *GPU_ROLES, "Log limits", "deepfleet model", "deepfleet runtime", "deepfleet gateway"]
     steps = {op.name: " ".join(op.shell()) for op in dual_a100}
     assert "install linux-headers-5.15.0-119-generic nvidia-driver-580-open cuda-drivers-580" in steps[
         "NVIDIA driver | NVIDIA driver 580 for A100: packages"]
@@ -97,7 +97,7 @@ def test_example_inventories_use_only_known_settings(inventory):
 def test_rtx4090_uses_ubuntus_driver_and_runs_the_runtime_under_systemd(wheelhouse, control_data):
     ops = plan(load_case("ubuntu2404-rtx4090"), SITE_DEPLOY, data=control_data, inventory=INVENTORIES / "rtx4090.py")
     assert _deploys_in_order(changed(ops)) == [
-        "deepfleet base", *GPU_ROLES, "deepfleet model", "deepfleet runtime", "deepfleet gateway"]
+        "deepfleet base", *GPU_ROLES, "Log limits", "deepfleet model", "deepfleet runtime", "deepfleet gateway"]
     assert "nvidia-headless-580-server-open nvidia-utils-580-server" in " ".join(
         find(ops, "NVIDIA driver 580 for RTX4090: packages").shell())
     # CUDA torch (runtime/constraints-cuda.txt), not the CPU pins, and the extra its int8 needs.
@@ -127,8 +127,8 @@ def test_edge_profile_on_arm64_runs_no_nvidia_role_and_builds_aarch64_wheels(whe
 
 def test_a_host_without_gpu_gets_no_gpu_step(wheelhouse, control_data):
     ops = plan(load_case("debian12-nogpu"), SITE_DEPLOY, data=control_data)
-    assert _deploys_in_order(changed(ops)) == ["deepfleet base", "deepfleet model", "deepfleet runtime",
-                                               "deepfleet gateway"]
+    assert _deploys_in_order(changed(ops)) == ["deepfleet base", "Log limits", "deepfleet model",
+                                               "deepfleet runtime", "deepfleet gateway"]
     assert [op.name for op in ops if op.name.endswith(": skipped")] == [f"{role} | {role}: skipped" for role in GPU_ROLES]
 
 
@@ -136,7 +136,7 @@ def test_rocky9_site_installs_with_dnf_and_runs_the_runtime_on_python_311(wheelh
     data = {**control_data, "runtime_device": "cuda", "nvidia_driver_branch": "580", "cuda_version": "13.0"}
     ops = plan(load_case("rocky9-8xh100"), SITE_DEPLOY, data=data)
     assert _deploys_in_order(changed(ops)) == [
-        "deepfleet base", *GPU_ROLES, "deepfleet firewall", "deepfleet model", "deepfleet runtime",
+        "deepfleet base", *GPU_ROLES, "Log limits", "deepfleet firewall", "deepfleet model", "deepfleet runtime",
         "deepfleet gateway"]  # firewall: firewalld runs there by default, the gateway port is opened
     assert find(ops, "Open deepfleet's ports in firewalld").shell() == [
         "firewall-cmd --permanent --add-port=8443/tcp", "firewall-cmd --reload"]

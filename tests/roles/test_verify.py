@@ -75,7 +75,9 @@ def test_report_lines_say_ok_or_fail_per_check():
 def test_verify_deploy_passes_a_host_without_gpu_and_fails_a_broken_one():
     passing = plan(load_case("debian12-nogpu"), verify)
     assert [(op.change, op.notes) for op in passing] == [
-        ("no", ["h1: GPU verification\n  ok    NVIDIA devices on the PCI bus: none: nothing GPU to verify"])]
+        ("no", ["h1: GPU verification\n  ok    NVIDIA devices on the PCI bus: none: nothing GPU to verify"]),
+        ("no", ["h1: clock\n  ok    clock offset: unknown: not synchronised; systemd-timesyncd: Failed to query server: "
+                "The name org.freedesktop.timesync1 was not provided by any .service files"])]
     broken = with_facts(load_case("ubuntu2204-2xa100"), **{
         "roles.gpu_facts.NvidiaSmi": {"$output": SMI_LINES[:1] + ["CUDA Version: 12.8"]},
         "roles.facts.JsonFile": {"path=/usr/local/cuda-12.8/version.json": TOOLKIT},
