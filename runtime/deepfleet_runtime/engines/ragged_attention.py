@@ -18,6 +18,7 @@ Called without a layout (HF's own generate on the same model), it is transformer
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +54,10 @@ class StepLayout:
 
     cache: SlotCache
     decode_slots: torch.Tensor  # [rows] ascending slots of the decoding rows (their tokens come first)
-    decode_span: int  # slots the decode product covers (highest decoding slot + 1)
-    decode_width: int  # columns it covers (longest decoding row, its new token included)
-    decode_blocked: torch.Tensor | None  # [span, width] True where a column is not the slot's row's
+    decode_lengths: list[tuple[int, int]]  # (slot, tokens with the new one) per decoding row
+    decode_span: int  # slots up to the highest decoding one
+    decode_blocked: torch.Tensor | None  # [span, columns] True where a column is not its slot's row's,
+    #                                      when decoding runs as one product over whole slots; else None
     chunks: tuple[Chunk, ...]
     mla: dict[int, MlaWeights]  # by layer index; empty for models without MLA
 
@@ -150,8 +152,7 @@ def _gather(spread: torch.Tensor, step: StepLayout) -> torch.Tensor:
 
 def _decode(query, stored, step: StepLayout, scaling) -> torch.Tensor:
     """Standard (GQA) attention of each decoding row's one query over its slot: [rows, heads, v]."""
-    keys = stored[0][:step.decode_span, :, :step.decode_width]
-    values = stored[1][:step.decode_span, :, :step.decode_width]
+    keys, values = stored[0][:step.decode_span], stored[1][:step.decode_span]
     queries = _spread(query[0, :, :step.decode_rows].transpose(0, 1), step)[:, :, None]  # [span, heads, 1, d]
     allowed = ~step.decode_blocked[:, None, None]
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, scale=scaling,
@@ -160,14 +161,42 @@ def _decode(query, stored, step: StepLayout, scaling) -> torch.Tensor:
 
 
 def _absorbed_decode(query, latent, mla: MlaWeights, step: StepLayout, scaling) -> torch.Tensor:
-    """MLA attention of each decoding row's one query, on its slot's latents: [rows, heads, v]."""
+    """MLA attention of each decoding row's one query on its slot's latents: [rows, heads, v]. The
+    query is mapped into the latent space, attends there, and the result is mapped out."""
     nope = mla.key.shape[1]
     queries = query[0, :, :step.decode_rows]  # [heads, rows, nope + rope]
     in_latent = torch.bmm(queries[..., :nope], mla.key)  # [heads, rows, latent]
-    queries = _spread(torch.cat((in_latent, queries[..., nope:]), dim=-1).transpose(0, 1), step)
-    cached = latent[:step.decode_span, 0, :step.decode_width]  # [span, width, latent + rope]
-    scores = torch.bmm(queries, cached.transpose(1, 2)).float().mul_(scaling)  # [span, heads, width]
-    scores.masked_fill_(step.decode_blocked[:, None], float("-inf"))
-    probabilities = torch.softmax(scores, dim=-1).to(cached.dtype)
-    mixed = _gather(torch.bmm(probabilities, cached), step)[..., :mla.value.shape[1]]  # [rows, heads, latent]
-    return torch.bmm(mixed.transpose(0, 1), mla.value).transpose(0, 1)
+    queries = torch.cat((in_latent, queries[..., nope:]), dim=-1).mul_(scaling).transpose(0, 1)  # [rows, heads, d]
+    if step.decode_blocked is not None:
+        mixed = _gather(_latent_attention(_spread(queries, step), latent[:step.decode_span, 0],
+                                          step.decode_blocked[:, None]), step)
+    else:
+        mixed = queries.new_empty(queries.shape)
+        with _one_thread():  # products of a few queries: splitting them costs more than it saves
+            for row, (slot, length) in enumerate(step.decode_lengths):
+                cached = latent[slot, 0, :length]  # its own tokens: a contiguous run of its slot
+                torch.mm(_latent_probabilities(torch.mm(queries[row], cached.t()), cached.dtype), cached,
+                         out=mixed[row])
+    return torch.bmm(mixed[..., :mla.value.shape[1]].transpose(0, 1), mla.value).transpose(0, 1)
+
+
+def _latent_attention(queries, cached, blocked) -> torch.Tensor:
+    """One product over whole slots: queries [span, heads, d] on cached [span, columns, d]."""
+    scores = torch.bmm(queries, cached.transpose(1, 2)).masked_fill_(blocked, float("-inf"))
+    return torch.bmm(_latent_probabilities(scores, cached.dtype), cached)
+
+
+def _latent_probabilities(scores, dtype) -> torch.Tensor:
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+
+
+@contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)

@@ -287,7 +287,7 @@ class TransformersEngine(ScheduledEngine):
 
         from .sampling import apply_penalties, sample_next_token, token_logprob
 
-        tokens = torch.argmax(logits, dim=-1).tolist()
+        tokens = logits.max(dim=-1).indices.tolist()  # argmax; max is several times faster on CPU
         results = []
         for row, sequence in enumerate(sequences):
             params = sequence.request.sampling

@@ -53,3 +53,16 @@ def test_a_sliding_window_model_is_refused_at_load_naming_vllm(tmp_path, tiny_mo
     model_dir = _tiny_model(tmp_path / "mistral", tiny_model_dir, MistralConfig, sliding_window=16)
     with pytest.raises(ModelLoadError, match="sliding_window.*engine: vllm"):
         TransformersEngine("mistral", model_dir).load()
+
+
+@pytest.mark.parametrize("batched_tokens", [0, 10**9], ids=["row-by-row", "whole-slots"])
+def test_mla_decoding_row_by_row_and_over_whole_slots_equals_hf(engine, monkeypatch, batched_tokens):
+    from deepfleet_runtime.engines import packed_step
+
+    monkeypatch.setattr(packed_step, "BATCHED_DECODE_TOKENS", batched_tokens)
+    prompts = [engine.encode_text(text) for text in
+               ("Hi", "The quick brown fox jumps over the lazy dog " * 6, "A token bucket refills", "Fleet")]
+    greedy = SamplingParams(20, temperature=0, ignore_eos=True)
+    results = _run(engine, [(f"d{i}", ids, greedy, 0.02 * i) for i, ids in enumerate(prompts)])
+    for ids, (tokens, _) in zip(prompts, results):
+        assert tokens == _hf_greedy(engine, ids, 20)
