@@ -16,9 +16,10 @@ from .ragged_attention import Chunk, MlaWeights, StepLayout
 from .scheduler import Sequence
 from .slot_cache import SlotCache
 
-# Decoding rows attend in one product over their slots' whole allocation up to this many cache
-# columns in all, else row by row over exactly their own tokens: below it the per-call cost of
-# small products dominates, above it the padding does (measured on a 2-core AVX512/AMX Xeon, bf16).
+# Decoding rows attend in one product over their slots (up to the longest row's length) while that
+# covers at most this many cache columns in all, else row by row over exactly their own tokens: below
+# it the per-call cost of small products dominates, above it the padding does (measured on a 2-core
+# AVX512/AMX Xeon, bf16).
 BATCHED_DECODE_TOKENS = 8192
 
 
@@ -81,13 +82,14 @@ class PackedStep:
     def _layout(self, cache: SlotCache, mla, device, chunks: list[Chunk]) -> StepLayout:
         lengths = [(s.slot, s.cached + 1) for s in self.decoding]
         span = self.decoding[-1].slot + 1 if self.decoding else 0
+        width = max((length for _, length in lengths), default=0)  # the longest decoding row
         blocked = None
-        if self.decoding and (not mla or span * cache.columns <= BATCHED_DECODE_TOKENS):
+        if self.decoding and (not mla or span * width <= BATCHED_DECODE_TOKENS):
             allowed = torch.ones(span, dtype=torch.long)  # slots of other rows: one column, never read
             allowed[[slot for slot, _ in lengths]] = torch.tensor([length for _, length in lengths])
-            blocked = (torch.arange(cache.columns)[None, :] >= allowed[:, None]).to(device)
+            blocked = (torch.arange(width)[None, :] >= allowed[:, None]).to(device)
         slots = torch.tensor([slot for slot, _ in lengths], dtype=torch.long).to(device)
-        return StepLayout(cache, slots, lengths, span, blocked, tuple(chunks), mla)
+        return StepLayout(cache, slots, lengths, span, width, blocked, tuple(chunks), mla)
 
     def advance(self) -> None:
         """After the step ran: the fed tokens are in the cache."""

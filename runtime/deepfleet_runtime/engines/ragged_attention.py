@@ -56,8 +56,9 @@ class StepLayout:
     decode_slots: torch.Tensor  # [rows] ascending slots of the decoding rows (their tokens come first)
     decode_lengths: list[tuple[int, int]]  # (slot, tokens with the new one) per decoding row
     decode_span: int  # slots up to the highest decoding one
-    decode_blocked: torch.Tensor | None  # [span, columns] True where a column is not its slot's row's,
-    #                                      when decoding runs as one product over whole slots; else None
+    decode_width: int  # columns up to the longest decoding row's length (its new token included)
+    decode_blocked: torch.Tensor | None  # [span, width] True where a column is not its slot's row's,
+    #                                      when decoding runs as one product over the slots; else None
     chunks: tuple[Chunk, ...]
     mla: dict[int, MlaWeights]  # by layer index; empty for models without MLA
 
@@ -152,7 +153,8 @@ def _gather(spread: torch.Tensor, step: StepLayout) -> torch.Tensor:
 
 def _decode(query, stored, step: StepLayout, scaling) -> torch.Tensor:
     """Standard (GQA) attention of each decoding row's one query over its slot: [rows, heads, v]."""
-    keys, values = stored[0][:step.decode_span], stored[1][:step.decode_span]
+    keys = stored[0][:step.decode_span, :, :step.decode_width]
+    values = stored[1][:step.decode_span, :, :step.decode_width]
     queries = _spread(query[0, :, :step.decode_rows].transpose(0, 1), step)[:, :, None]  # [span, heads, 1, d]
     allowed = ~step.decode_blocked[:, None, None]
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, scale=scaling,
@@ -168,8 +170,8 @@ def _absorbed_decode(query, latent, mla: MlaWeights, step: StepLayout, scaling) 
     in_latent = torch.bmm(queries[..., :nope], mla.key)  # [heads, rows, latent]
     queries = torch.cat((in_latent, queries[..., nope:]), dim=-1).mul_(scaling).transpose(0, 1)  # [rows, heads, d]
     if step.decode_blocked is not None:
-        mixed = _gather(_latent_attention(_spread(queries, step), latent[:step.decode_span, 0],
-                                          step.decode_blocked[:, None]), step)
+        cached = latent[:step.decode_span, 0, :step.decode_width]
+        mixed = _gather(_latent_attention(_spread(queries, step), cached, step.decode_blocked[:, None]), step)
     else:
         mixed = queries.new_empty(queries.shape)
         with _one_thread():  # products of a few queries: splitting them costs more than it saves
@@ -181,7 +183,7 @@ def _absorbed_decode(query, latent, mla: MlaWeights, step: StepLayout, scaling) 
 
 
 def _latent_attention(queries, cached, blocked) -> torch.Tensor:
-    """One product over whole slots: queries [span, heads, d] on cached [span, columns, d]."""
+    """One product over the slots: queries [span, heads, d] on cached [span, width, d]."""
     scores = torch.bmm(queries, cached.transpose(1, 2)).masked_fill_(blocked, float("-inf"))
     return torch.bmm(_latent_probabilities(scores, cached.dtype), cached)
 
