@@ -70,3 +70,32 @@ def test_long_and_short_prompts_share_a_step_without_padding(tiny_model_dir):
             assert tokens == _hf_greedy(engine, ids, NEW_TOKENS)
     finally:
         engine.close()
+
+
+def test_the_kv_cache_allocated_stays_within_its_budget_while_rows_come_and_go(tiny_model_dir):
+    budget = 1536
+    engine = TransformersEngine("tiny", tiny_model_dir, scheduler=SchedulerSection(
+        max_batch_size=8, max_batch_tokens=256, kv_cache_tokens=budget))
+    engine.load()
+    try:
+        long, short = _prompts(engine)
+        allocated, rows, step = [], [], engine._step
+
+        def recording_step():
+            step()
+            allocated.append(engine._cache.allocated_tokens)  # what the slot tensors really hold
+            rows.append(len(engine._scheduler.running))
+
+        engine._step = recording_step
+        greedy = lambda count: SamplingParams(count, temperature=0, ignore_eos=True)  # noqa: E731
+        # three short rows leave at once, one stays in slot 3: a row joining then spans 4 slots,
+        # not 2, so a 520-token reservation must wait (4 x 520 > budget although 2 x 520 is not)
+        jobs = [*[(f"quick{i}", short[i], greedy(2), 0.0) for i in range(3)], ("stays", short[3], greedy(150), 0.0),
+                ("long", long[:500], greedy(20), 0.15), ("late", short[4], greedy(10), 0.2)]
+        results = _run(engine, jobs)
+        assert max(rows) > 1 and max(allocated) > 0  # rows shared the cache
+        assert max(allocated) <= budget, max(allocated)
+        for (_, ids, params, _), (tokens, _) in zip(jobs, results):
+            assert tokens == _hf_greedy(engine, ids, params.max_tokens)
+    finally:
+        engine.close()
