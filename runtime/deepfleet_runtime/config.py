@@ -59,8 +59,8 @@ class QuantizationSection:
 @dataclass(frozen=True)
 class SchedulerSection:
     max_batch_size: int = 32  # requests decoded together in one step
-    max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (new requests join in chunks)
-    kv_cache_tokens: int = 0  # padded KV slots for the running batch; 0 = derive from memory
+    max_batch_tokens: int = 4096  # tokens one step feeds the model: decode tokens + prompt chunks
+    kv_cache_tokens: int = 0  # KV cache tokens (slots x columns allocated); 0 = derive from memory
 
 
 @dataclass(frozen=True)

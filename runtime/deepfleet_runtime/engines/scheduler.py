@@ -36,6 +36,9 @@ class Sequence:
     eos_ids: frozenset[int]
     generator: object = None  # the engine's per-request RNG, when the request has a seed
     counts: object = None  # the engine's per-token counts of generated tokens, for penalties
+    slot: int | None = None  # the engine's KV cache slot while running
+    cached: int = 0  # tokens of this sequence in the KV cache
+    next_token: int | None = None  # sampled, not yet fed to the model (None while the prompt is prefilled)
     produced: int = 0
     finished: bool = False
     cancelled: bool = False
@@ -44,6 +47,11 @@ class Sequence:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def prompt_left(self) -> int:
+        """Prompt tokens not yet in the KV cache."""
+        return len(self.request.prompt_token_ids) - self.cached
 
     @property
     def reserved_tokens(self) -> int:
@@ -83,7 +91,7 @@ class BatchScheduler:
         self.max_batch_tokens = max_batch_tokens
         self.kv_cache_tokens = kv_cache_tokens
         self.running: list[Sequence] = []
-        self.kv_used_tokens = 0  # set by the engine after each step (padded slots)
+        self.kv_used_tokens = 0  # set by the engine after each step (KV slots it holds allocated)
         self._waiting: deque[Sequence] = deque()
         self._cancel_ids: set[str] = set()
         self._wake = threading.Condition()
@@ -169,28 +177,31 @@ class BatchScheduler:
             self.publish([(sequence, sequence.cancelled_event())])
         return [s for s in self.running if s.request_id in ids]
 
-    def admit(self) -> list[Sequence]:
+    def admit(self, budget: int | None = None, prefilling: bool = False, kv_fits=None) -> list[Sequence]:
         """Waiting sequences that join the batch at this step, in arrival order.
 
-        A sequence joins while the batch has room, the step's prefill stays within
-        max_batch_tokens (one always joins an idle batch), and the padded KV footprint
-        (rows x longest reservation) stays within the cache.
+        A sequence joins while the batch has room, the KV cache can hold every row's reservation
+        (prompt + max_tokens): `kv_fits(rows, longest reservation)`, by default rows x longest
+        <= kv_cache_tokens; and its prompt fits the step's `budget` of prompt tokens (default
+        max_batch_tokens). A longer prompt joins only a step that prefills nothing else
+        (`prefilling` says whether one already does): the engine prefills it in chunks.
         """
+        budget = self.max_batch_tokens if budget is None else budget
+        kv_fits = kv_fits or (lambda rows, longest: rows * longest <= self.kv_cache_tokens)
         admitted: list[Sequence] = []
-        prefill_tokens = 0
         longest = max((s.reserved_tokens for s in self.running), default=0)
         with self._wake:
             while self._waiting and len(self.running) + len(admitted) < self.max_batch_size:
                 candidate = self._waiting[0]
                 prompt = len(candidate.request.prompt_token_ids)
-                if admitted and prefill_tokens + prompt > self.max_batch_tokens:
+                if prompt > budget and (admitted or prefilling):
                     break
                 rows = len(self.running) + len(admitted) + 1
-                if rows * max(longest, candidate.reserved_tokens) > self.kv_cache_tokens:
+                if not kv_fits(rows, max(longest, candidate.reserved_tokens)):
                     break
                 self._waiting.popleft()
                 admitted.append(candidate)
-                prefill_tokens += prompt
+                budget = max(0, budget - prompt)
                 longest = max(longest, candidate.reserved_tokens)
         return admitted
 

@@ -1,9 +1,11 @@
 """The built-in engine: a transformers causal LM under our own iteration-level scheduler.
 
-One worker thread owns the model. Each iteration it drops cancelled rows, prefills the requests
-the scheduler admits (together, left-padded) and merges them into the running batch, then runs one
-decode step for every row; rows leave as soon as they finish (continuous batching). Each request
-samples with its own parameters and seed, so its output does not depend on its batch mates.
+One worker thread owns the model. Each iteration it drops cancelled rows, admits waiting requests
+(scheduler.py) and runs one packed step (packed_step.py): a token for every decoding row and chunks
+of the prompts being prefilled, side by side without padding, their KV written in place into each
+row's slot (slot_cache.py, ragged_attention.py); rows leave as soon as they finish (continuous
+batching). Each request samples with its own parameters and seed, so its output does not depend on
+its batch mates.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 
 from ..config import MemorySection, SchedulerSection
 from ..quantize import QuantizationPlan, weight_bytes
-from .base import EngineStats, EngineUnavailable, ModelLoadError, RequestFailed
+from .base import (EngineStats, EngineUnavailable, GenerationRequest, ModelLoadError, RequestFailed,
+                   SamplingParams)
 from .failures import device_broken
 from .hf_tokens import chat_prompt_ids, text_prompt_ids, think_token_ids
 from .loading import load_model_and_tokenizer
@@ -42,7 +45,8 @@ class TransformersEngine(ScheduledEngine):
         self._scheduler_config = scheduler
         self._memory = memory
         self._model = None
-        self._batch = None  # PaddedBatch of the running rows
+        self._cache = None  # SlotCache of the running rows
+        self._mla = {}  # absorbed-attention weights per layer (DeepSeek's MLA)
         self._weight_bytes = 0
         self.failure: str | None = None  # why the engine stopped for good (a device failure)
         self.on_fatal = None  # called with `failure` once the engine stopped for good
@@ -80,8 +84,12 @@ class TransformersEngine(ScheduledEngine):
         kv_tokens = self._scheduler_config.kv_cache_tokens or self._derived_kv_tokens()
         self._scheduler = BatchScheduler(self._scheduler_config.max_batch_size,
                                          self._scheduler_config.max_batch_tokens, kv_tokens)
-        with torch.no_grad():
-            self._model(input_ids=torch.tensor([[self._tokenizer.bos_token_id or 0]], device=self._device))
+        from .slot_cache import SlotCache
+
+        self._use_packed_attention()
+        self._cache = SlotCache(kv_tokens, self._scheduler_config.max_batch_size,
+                                getattr(self._model.config, "kv_lora_rank", None) if self._mla else None)
+        self._warm_up()
         self._worker = threading.Thread(target=self._serve_forever, name="engine", daemon=True)
         self._worker.start()
         self._ready.set()
@@ -92,6 +100,39 @@ class TransformersEngine(ScheduledEngine):
     @property
     def _device(self):
         return self._model.device
+
+    def _use_packed_attention(self) -> None:
+        """Route the model's attention through ragged_attention (sdpa outside our steps)."""
+        import torch
+
+        from . import ragged_attention
+
+        ragged_attention.register()
+        try:
+            self._model.set_attn_implementation(ragged_attention.ATTENTION)
+        except (ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{self.model_dir}: the transformers engine cannot batch this model's "
+                                 f"attention ({exc}); serve it with engine: vllm") from exc
+        self._mla = ragged_attention.mla_weights(self._model)
+        self._no_mask = torch.zeros((1, 1, 1, 1), device=self._device)  # steps need none; skips HF's
+
+    def _warm_up(self) -> None:
+        """One packed step of one token, so a model our attention cannot serve fails at load."""
+        import torch
+
+        from .packed_step import PackedStep
+
+        probe = Sequence(GenerationRequest("warm-up", [self._tokenizer.bos_token_id or 0], SamplingParams(1)),
+                         None, None, None, frozenset())
+        probe.slot = self._cache.acquire()
+        self._cache.reserve(1, 1)
+        try:
+            with torch.no_grad():
+                self._forward(PackedStep([], [(probe, 1)]))
+        except NotImplementedError as exc:
+            raise ModelLoadError(f"{self.model_dir}: {exc}") from exc
+        finally:
+            self._cache.release(probe.slot)
 
     def _derived_kv_tokens(self) -> int:
         """KV slots that fit the memory budget: GPU memory fraction, or memory.cpu_kv_cache_bytes."""
@@ -139,12 +180,8 @@ class TransformersEngine(ScheduledEngine):
                 if device_broken(exc):
                     self._device_failed(exc)
                     return
-                # a decode step cannot be split by row: its rows fail, the engine keeps serving
-                log.exception("decode step failed")
-                failure = RequestFailed(f"the engine failed on this request: {exc}")
-                scheduler.publish([(s, failure) for s in scheduler.running])
-                scheduler.running, self._batch = [], None
-                scheduler.kv_used_tokens = 0
+                log.exception("engine step failed")  # a bug of ours, not a request's: fail what runs
+                self._fail(scheduler.running, RequestFailed(f"the engine failed on this request: {exc}"))
 
     def _device_failed(self, exc: Exception) -> None:
         """The device is unusable: stop serving, fail every request, ask for a restart."""
@@ -155,101 +192,92 @@ class TransformersEngine(ScheduledEngine):
         if self.on_fatal is not None:
             self.on_fatal(self.failure)
         self._scheduler.fail_all(EngineUnavailable(self.failure))
-        self._batch = None
 
     def _step(self) -> None:
-        scheduler = self._scheduler
-        cancelled = [(s, s.cancelled_event()) for s in scheduler.take_cancelled()]
-        scheduler.publish(cancelled)
-        self._drop_finished()
-        joining = scheduler.admit()
-        if joining:
-            events: list = []
-            self._join(joining, events)
-            scheduler.publish(events)  # first tokens go out before the next decode step
-            self._drop_finished()
-        if scheduler.running:
-            events = []
-            self._decode(events)
-            scheduler.publish(events)
-            self._drop_finished()
-        scheduler.kv_used_tokens = self._batch.rows * self._batch.columns if self._batch else 0
-
-    def _join(self, joining: list[Sequence], events: list) -> None:
-        """Prefill `joining` together; should that fail, each alone, so only the culprits fail."""
-        try:
-            batch, sampled = self._prefill(joining)
-        except Exception as exc:
-            if device_broken(exc):
-                self._scheduler.running.extend(joining)  # so that they fail with the others
-                raise
-            if len(joining) > 1:
-                for sequence in joining:
-                    self._join([sequence], events)
-                return
-            log.warning("prefill of %s failed: %s", joining[0].request_id, exc)
-            joining[0].finished = True
-            events.append((joining[0], RequestFailed(f"the engine failed on this request: {exc}")))
-            return
-        self._scheduler.running.extend(joining)
-        self._accept(joining, sampled, events)
-        if self._batch is None:
-            self._batch = batch
-        else:
-            self._batch.merge(batch)
-
-    def _prefill(self, joining: list[Sequence]):
-        """(PaddedBatch of `joining`, their sampled first tokens); touches nothing shared."""
-        import torch
-        from transformers import DynamicCache
-
-        from .padded_batch import PaddedBatch
+        """Drop cancelled rows, admit waiting ones, run one packed step (decode tokens + prompt chunks)."""
+        from .packed_step import PackedStep
         from .sampling import make_generator
 
-        for sequence in joining:
-            sequence.generator = make_generator(sequence.request.sampling, self._device)
-        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        ids, mask, positions = PaddedBatch.left_padded_inputs(
-            [s.request.prompt_token_ids for s in joining], pad, self._device)
-        output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             cache=DynamicCache(config=self._model.config), use_cache=True, logits_to_keep=1)
-        sampled = self._sample(output.logits[:, -1], joining)
-        tokens = torch.tensor([token for token, _, _ in sampled], device=self._device)
-        batch = PaddedBatch(output.cache, mask, mask.sum(dim=1), tokens)
-        batch.zero_padding()
-        return batch, sampled
+        scheduler = self._scheduler
+        scheduler.publish([(s, s.cancelled_event()) for s in scheduler.take_cancelled()])
+        self._drop_finished()
+        step, budget = PackedStep.plan(scheduler.running, scheduler.max_batch_tokens)
+        joining = scheduler.admit(budget, prefilling=bool(step.chunks), kv_fits=self._kv_fits)
+        if joining:
+            self._cache.reserve(self._cache.slots_spanned(len(scheduler.running) + len(joining)),
+                                max(s.reserved_tokens for s in scheduler.running + joining))
+            for sequence in joining:
+                sequence.slot = self._cache.acquire()
+                sequence.generator = make_generator(sequence.request.sampling, self._device)
+                budget = step.add_prompt(sequence, budget)
+            scheduler.running.extend(joining)
+        if step.tokens:
+            events: list = []
+            self._run(step, events)
+            scheduler.publish(events)
+            self._drop_finished()
+        scheduler.kv_used_tokens = self._cache.allocated_tokens
+
+    def _kv_fits(self, rows: int, longest: int) -> bool:
+        """What the cache would really allocate for `rows` rows of `longest` reserved tokens fits."""
+        return self._cache.slots_spanned(rows) * longest <= self._scheduler.kv_cache_tokens
+
+    def _run(self, step, events: list) -> None:
+        """Run `step`; should it fail, its decode rows and each prompt chunk alone, so that only the
+        culprits fail (a failed unit's rows get RequestFailed)."""
+        try:
+            logits = self._forward(step)
+        except Exception as exc:
+            if device_broken(exc):
+                raise
+            units = step.units()
+            if len(units) > 1:
+                for unit in units:
+                    self._run(unit, events)
+                return
+            rows = step.decoding + [sequence for sequence, _ in step.chunks]
+            log.warning("a step of %s failed: %s", ", ".join(s.request_id for s in rows), exc)
+            failure = RequestFailed(f"the engine failed on this request: {exc}")
+            for sequence in rows:
+                sequence.finished = True
+                events.append((sequence, failure))
+            return
+        sampling = step.sampling
+        step.advance()
+        self._accept(sampling, self._sample(logits, sampling), events)
+
+    def _forward(self, step):
+        """Logits [rows sampled, vocabulary] of one packed step; writes its tokens' KV in place."""
+        ids, positions, keep, layout = step.inputs(self._cache, self._mla, self._device)
+        output = self._model(input_ids=ids, position_ids=positions, attention_mask=self._no_mask, cache=self._cache,
+                             use_cache=False, logits_to_keep=keep, step=layout)
+        return output.logits[0]
 
     @staticmethod
     def _accept(sequences: list[Sequence], sampled: list, events: list) -> None:
         for sequence, (token, logprob, failure) in zip(sequences, sampled):
             if failure is None:
+                sequence.next_token = token
                 events.append((sequence, sequence.accept(token, logprob)))
             else:
                 sequence.finished = True
                 events.append((sequence, failure))
 
-    def _decode(self, events: list) -> None:
-        import torch
-
-        batch = self._batch
-        ids, mask, positions = batch.decode_inputs()
-        output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=batch.cache,
-                             use_cache=True)
-        running = self._scheduler.running
-        sampled = self._sample(output.logits[:, -1], running)
-        batch.next_tokens = torch.tensor([token for token, _, _ in sampled], device=self._device)
-        self._accept(running, sampled, events)
+    def _fail(self, sequences: list[Sequence], failure: Exception) -> None:
+        for sequence in sequences:
+            sequence.finished = True
+        self._scheduler.publish([(s, failure) for s in sequences])
+        self._drop_finished()
 
     def _drop_finished(self) -> None:
         running = self._scheduler.running
-        keep = [i for i, s in enumerate(running) if not s.finished]
-        if len(keep) == len(running):
+        if all(not s.finished for s in running):
             return
-        self._scheduler.running = [running[i] for i in keep]
-        if keep:
-            self._batch.keep(keep)
-        else:
-            self._batch = None
+        for sequence in running:
+            if sequence.finished and sequence.slot is not None:
+                self._cache.release(sequence.slot)
+                sequence.slot = None
+        self._scheduler.running = [s for s in running if not s.finished]
 
     def _sample(self, logits, sequences: list[Sequence]) -> list[tuple[int, object, Exception | None]]:
         """(next token, its TokenLogprob or None, the row's failure or None) per row: one argmax for
@@ -259,7 +287,7 @@ class TransformersEngine(ScheduledEngine):
 
         from .sampling import apply_penalties, sample_next_token, token_logprob
 
-        tokens = torch.argmax(logits, dim=-1).tolist()
+        tokens = logits.max(dim=-1).indices.tolist()  # argmax; max is several times faster on CPU
         results = []
         for row, sequence in enumerate(sequences):
             params = sequence.request.sampling
