@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo down test setup setup-test host-tools
+.PHONY: demo down test setup setup-test host-tools test-tools
 
 demo: setup host-tools
 	$(BIN)/deepfleet demo
@@ -15,7 +15,7 @@ demo: setup host-tools
 down: setup
 	$(BIN)/deepfleet demo --down
 
-test: setup-test host-tools
+test: setup-test test-tools
 	$(BIN)/python -m pytest
 
 # setup: the control venv and what the demo builds with (the tiny model needs transformers).
@@ -40,17 +40,19 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	  -e 'runtime[transformers,quantization,llamacpp]' -e '.[test]'
 	touch $@
 
-# The test hosts are containers built with debootstrap: they need a Docker engine and debootstrap;
-# the gateway's limits store is tested against a real redis-server the tests start themselves;
-# createrepo_c, dnf and rpmbuild: the bundle's dnf repository for Rocky/RHEL hosts, made and installed
-# from in tests (tests/bundle/test_rpms.py).
+# host-tools: what the demo's disposable host needs: a Docker engine and debootstrap.
+# test-tools adds what the test suite also runs for real: a redis-server (the gateways' limits store,
+# started by the tests themselves), createrepo_c, dnf and rpmbuild (the bundle's dnf repository for
+# Rocky/RHEL hosts, made and installed from in tests/bundle/test_rpms.py).
+TOOLS ?= debootstrap:debootstrap dockerd:docker.io
+TEST_TOOLS := $(TOOLS) redis-server:redis-server createrepo_c:createrepo-c dnf:dnf rpmbuild:rpm
+
+test-tools:
+	@$(MAKE) --no-print-directory host-tools TOOLS="$(TEST_TOOLS)"
+
 host-tools:
-	@missing=""; command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
-	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v createrepo_c >/dev/null || missing="$$missing createrepo-c"; \
-	command -v dnf >/dev/null || missing="$$missing dnf"; \
-	command -v rpmbuild >/dev/null || missing="$$missing rpm"; \
+	@missing=""; for tool in $(TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "==> installing$$missing"; apt-get update -qq && \
