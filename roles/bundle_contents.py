@@ -16,8 +16,10 @@ from deepfleet.bundle.spec import AptSource, BundleSpec, ModelSource, OsTarget, 
 
 from .common import RoleError, control_path
 from .cuda import cuda_packages
+from .defaults import DEFAULTS
 from .docker import docker_packages, docker_wanted
 from .hostos import SUPPORTED, HostOS, image_os
+from .limits_store import store_host, store_package
 from .nvidia_container_toolkit import toolkit_packages, toolkit_repo
 from .monitoring import NODE_EXPORTER_PACKAGES, PROMETHEUS_PACKAGES
 from .nvidia_driver import driver_packages
@@ -49,10 +51,14 @@ def declared_os(settings: Mapping, host_name: str) -> HostOS:
     return HostOS(os_id, version, CODENAMES.get((os_id, version), ""), machine)
 
 
-def host_packages(settings: Mapping, os: HostOS, host_name: str) -> tuple[list[str], list[PackageRepo]]:
-    """The OS packages the platform roles install on this host, and the repositories they come from."""
+def host_packages(settings: Mapping, os: HostOS, host_name: str,
+                  runs_limits_store: bool = False) -> tuple[list[str], list[PackageRepo]]:
+    """The OS packages the platform roles install on this host, and the repositories they come from
+    (runs_limits_store: the host is the gateway that runs the fleet's limits store)."""
     gpu = bool(settings["bundle_host_gpu"])
     packages, repos = [*os.python.packages, *settings["base_packages"]], []
+    if runs_limits_store:
+        packages.append(store_package(os).package)
     if os.family == "rhel":  # SELinux enforces there by default: the base role labels with semanage
         packages.append(SEMANAGE_PACKAGE)
     if gpu:
@@ -114,13 +120,14 @@ def _image_setting(settings: Mapping, gpu: bool | None = None) -> str:
     return "runtime_image_base_gpu" if gpu else "runtime_image_base_cpu"
 
 
-def bundle_spec(hosts: list[tuple[str, Mapping]]) -> BundleSpec:
-    """Everything the hosts of an inventory install ({setting: value} per host, defaults filled in)."""
+def bundle_spec(hosts: list[tuple[str, Mapping]], limits_store_host: str | None = None) -> BundleSpec:
+    """Everything the hosts of an inventory install ({setting: value} per host, defaults filled in;
+    limits_store_host: the gateway that runs the fleet's limits store, roles/limits_store.store_host)."""
     targets: dict[str, OsTarget] = {}
     wheels, images, tarballs, models, host_targets = {}, {}, {}, {}, {}
     for name, settings in hosts:
         os = declared_os(settings, name)
-        packages, repos = host_packages(settings, os, name)
+        packages, repos = host_packages(settings, os, name, runs_limits_store=name == limits_store_host)
         resolver = (settings["bundle_resolver_images"] or {}).get(f"{os.id}-{os.version}")
         if not resolver:
             raise RoleError(f"host {name}: bundle_resolver_images names no image for {os.id}-{os.version}")
@@ -152,3 +159,12 @@ def bundle_spec(hosts: list[tuple[str, Mapping]]) -> BundleSpec:
     return BundleSpec(tuple(targets[key] for key in sorted(targets)), tuple(wheels[key] for key in sorted(wheels)),
                       tuple(sorted(images)), tuple(sorted(tarballs.items())),
                       tuple(models[key] for key in sorted(models)), host_targets)
+
+
+def inventory_bundle_spec(inventory) -> BundleSpec:
+    """bundle_spec for a loaded inventory: its hosts' settings and the gateway that runs the store."""
+    hosts = [(host.name, {**DEFAULTS, **host.data.dict()}) for host in inventory]
+    if not hosts:
+        raise RoleError("the inventory lists no hosts")
+    store = store_host(inventory)
+    return bundle_spec(hosts, limits_store_host=store.name if store else None)

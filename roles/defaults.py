@@ -278,7 +278,7 @@ SETTINGS = {
     # Limits and budgets shared by a fleet's gateways (roles/limits_store.py; docs/gateway.md, "Quotas
     # across a fleet"): Valkey/Redis from the OS's packages on one gateway, TLS + a password.
     "gateway_limits_store": S("auto",
-        "auto: a store shared by the gateways when the inventory has more than one, else each gateway's own "
+        "auto: a store shared by the gateways when a fleet (gateways/gpu_nodes groups) has more than one, else each gateway's own "
         "buckets | embedded: always each gateway's own (a key gets its limits once per gateway) | shared: the "
         "store even for one gateway", choices=("auto", "embedded", "shared")),
     "gateway_limits_store_host": S(None, "the gateway that runs the store (default: the first of the gateways)",

@@ -30,7 +30,7 @@ from .defaults import DEFAULTS
 from .hostos import HostOS, host_os
 from .service import converge_service
 from .tls import server_names
-from .topology import gateway_hosts, runtime_address, setting
+from .topology import gateway_hosts, is_fleet, runtime_address, setting
 from .transfer import secret_file
 
 CONFIG_DIR = "/etc/deepfleet-limits-store"  # root:<store user> 0750: config, password, TLS files
@@ -73,7 +73,8 @@ def store_host(inventory) -> Host | None:
         raise RoleError(f"gateway_limits_store differs between the gateways ({', '.join(sorted(modes))}); set it "
                         "once for the whole fleet (group data of `gateways`)")
     mode = modes.pop()
-    if mode == "embedded" or (mode == "auto" and len(gateways) < 2):
+    # auto shares only in a fleet (topology groups): hosts that stand alone are separate endpoints
+    if mode == "embedded" or (mode == "auto" and (len(gateways) < 2 or not is_fleet(inventory))):
         return None
     wanted = setting(gateways[0], "gateway_limits_store_host")
     if wanted is None:

@@ -33,7 +33,7 @@ def register(commands) -> None:
 
 
 def build_command(args) -> int:
-    from roles.bundle_contents import bundle_spec
+    from roles.bundle_contents import inventory_bundle_spec
     from roles.common import control_path
     from roles.defaults import DEFAULTS
 
@@ -41,10 +41,11 @@ def build_command(args) -> int:
     from ..inventoryfile import load_inventory
     from ..paths import PROJECT_ROOT, state_dir
 
-    hosts = [(host.name, {**DEFAULTS, **host.data.dict()}) for host in load_inventory(args.inventory)]
+    inventory = load_inventory(args.inventory)
+    hosts = [(host.name, {**DEFAULTS, **host.data.dict()}) for host in inventory]
     if not hosts:
         raise ValueError(f"{args.inventory} lists no hosts")
-    spec = bundle_spec(hosts)
+    spec = inventory_bundle_spec(inventory)
     cache = _one(hosts, "deepfleet_cache_dir")
     model_keys = _one(hosts, "model_keys_dir")
     manifest = build_bundle(spec, args.out, signer_dir=args.signing_key_dir or state_dir() / "bundle-keys",

@@ -20,10 +20,12 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from deepfleet.paths import PROJECT_ROOT
 from roles.defaults import DEFAULTS
 from roles.gateway import audit_dir
 from tests.conftest import free_port
@@ -114,8 +116,10 @@ def test_targets_are_the_hosts_loopback_runtime_gateway_and_node_exporter(site, 
     # Prometheus counts GB in powers of two and says so
     assert (flags["storage.tsdb.retention.time"], flags["storage.tsdb.retention.size"]) == ("15d", "10GiB")
     assert flags["web.listen-address"].startswith("127.0.0.1:")
-    rules = _get(f"{prometheus}/rules")["groups"]
-    assert len([rule for group in rules for rule in group["rules"]]) == 20
+    loaded = _get(f"{prometheus}/rules")["groups"]
+    shipped = yaml.safe_load((PROJECT_ROOT / "monitoring" / "alerts.rules.yml").read_text())["groups"]
+    assert sorted(rule["name"] for group in loaded for rule in group["rules"]) == \
+        sorted(rule["alert"] for group in shipped for rule in group["rules"])  # every rule we ship, loaded
 
 
 def test_every_panel_query_returns_data(site, prometheus):

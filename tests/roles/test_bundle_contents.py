@@ -6,7 +6,7 @@ import pytest
 
 from deepfleet.inventoryfile import load_inventory
 from deepfleet.paths import PROJECT_ROOT
-from roles.bundle_contents import bundle_spec
+from roles.bundle_contents import bundle_spec, inventory_bundle_spec
 from roles.common import RoleError
 from roles.defaults import DEFAULTS
 
@@ -81,3 +81,14 @@ def test_a_rocky_host_gets_a_dnf_target_with_the_vendors_repo_files():
     cuda = next(source for source in target.sources if source.name == "cuda")
     assert "[deepfleet-cuda]" in cuda.apt_list and "baseurl=https://developer.download.nvidia.com/compute/cuda/" \
         "repos/rhel9/x86_64" in cuda.apt_list  # a .repo file, as the resolver's dnf reads it
+
+
+def test_the_gateway_that_runs_the_fleets_limits_store_gets_its_package(tmp_path):
+    fleet = tmp_path / "fleet.py"
+    fleet.write_text("HOST = {'bundle_host_os': 'debian-12'}\n"
+                     "gateways = [('g1', HOST), ('g2', HOST)]\ngpu_nodes = [('n1', HOST)]\n")
+    (target,) = inventory_bundle_spec(load_inventory(fleet)).os_targets
+    assert "redis-server" in target.packages  # g1 runs it (roles/limits_store.py: the first gateway)
+    fleet.write_text("HOST = {'bundle_host_os': 'debian-12'}\ngateways = [('g1', HOST)]\ngpu_nodes = [('n1', HOST)]\n")
+    (target,) = inventory_bundle_spec(load_inventory(fleet)).os_targets
+    assert "redis-server" not in target.packages  # one gateway keeps its own buckets

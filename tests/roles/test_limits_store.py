@@ -81,3 +81,10 @@ def control_data_path(control_data: dict):
     from pathlib import Path
 
     return Path(control_data["gateway_pki_dir"])
+
+
+def test_hosts_that_stand_alone_keep_their_own_buckets_unless_told_to_share(tmp_path):
+    standalone = tmp_path / "standalone.py"  # no gateways/gpu_nodes groups: each host its own endpoint
+    standalone.write_text("hosts = ['a1', 'a2']\n")
+    assert store_host(load_inventory(standalone)) is None
+    assert store_host(load_inventory(standalone, {"gateway_limits_store": "shared"})).name == "a1"
