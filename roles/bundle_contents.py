@@ -25,7 +25,7 @@ from .monitoring import NODE_EXPORTER_PACKAGES, PROMETHEUS_PACKAGES
 from .nvidia_driver import driver_packages
 from .offline import runtime_tarball
 from .packages import PackageRepo
-from .runtime import runtime_accelerator
+from .runtime import engine_os_packages, runtime_accelerator
 from .runtime_container import tarball_image
 from .selinux import SEMANAGE_PACKAGE
 from .siem import rsyslog_packages
@@ -59,6 +59,8 @@ def host_packages(settings: Mapping, os: HostOS, host_name: str,
     packages, repos = [*os.python.packages, *settings["base_packages"]], []
     if runs_limits_store:
         packages.append(store_package(os).package)
+    if settings["runtime_mode"] == "systemd":  # libraries the engine's wheels load (on hosts that serve)
+        packages += engine_os_packages(settings["runtime_wheel_extras"], os)
     if os.family == "rhel":  # SELinux enforces there by default: the base role labels with semanage
         packages.append(SEMANAGE_PACKAGE)
     if gpu:

@@ -30,10 +30,11 @@ from .common import PROJECT_ROOT, RoleError, control_path, template
 from .defaults import DEFAULTS
 from .facts import HostPython, JsonFile
 from .gpu_facts import NvidiaSmi, gpu_spec, has_nvidia_gpu, nvidia_devices
-from .hostos import RuntimePython, host_os, image_os
+from .hostos import HostOS, RuntimePython, host_os, image_os
 from .model import activate_model, host_keys_dir, local_release, models_dir
 from .monitoring import monitoring_hosts
 from .offline import offline, offline_settings, wheelhouse_from_bundle, wheelhouse_hashes
+from .packages import install_packages
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
@@ -160,6 +161,16 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
                         QuoteString(marker))
 
 
+# Shared libraries that engine extras' wheels load but do not carry: llama-cpp-python's libllama.so
+# links the GCC OpenMP runtime (libgomp.so.1), which a minimal host does not have.
+ENGINE_OS_PACKAGES = {"llamacpp": {"debian": ("libgomp1",), "rhel": ("libgomp",)}}
+
+
+def engine_os_packages(extras: tuple[str, ...] | list[str], os: HostOS) -> list[str]:
+    """The OS packages the engine extras installed on a host need beside their wheels."""
+    return sorted({package for extra in extras for package in ENGINE_OS_PACKAGES.get(extra, {}).get(os.family, ())})
+
+
 @deploy("deepfleet runtime", data_defaults=DEFAULTS)
 def runtime():
     """Install the runtime from the wheelhouse; on hosts that serve the model, render its config, make
@@ -178,6 +189,9 @@ def runtime():
         check_wheel_extras(host.name, settings)
     accelerator = runtime_accelerator(settings)
     target = target_platform(accelerator)
+    libraries = engine_os_packages(extras, host_os())
+    if libraries:
+        install_packages("Engine libraries", libraries, host_os())
     wheelhouse = _wheelhouse(target, extras)
     deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
     deps_hashes, runtime_sha256 = wheelhouse_hashes(wheelhouse)

@@ -6,9 +6,10 @@ import pytest
 
 from roles.common import RoleError
 from roles.defaults import DEFAULTS
-from roles.runtime import runtime, runtime_accelerator
+from roles.hostos import HostOS
+from roles.runtime import engine_os_packages, runtime, runtime_accelerator
 
-from .factplan import load_case, plan
+from .factplan import find, load_case, plan
 
 CUDA_DRIVER = {"nvidia_driver_branch": "580"}
 
@@ -30,3 +31,17 @@ def test_cuda_pins_on_a_driver_too_old_for_them_are_refused_with_the_fix(wheelho
         plan(load_case("ubuntu2404-rtx4090"), runtime, data={**control_data, "runtime_device": "cuda",
                                                              "nvidia_driver_branch": "570"})
     assert wheelhouse.requests == []  # refused before any wheel is fetched
+
+
+def test_a_llamacpp_host_gets_the_openmp_library_its_wheel_loads(wheelhouse, control_data, tmp_path):
+    # found on a real test host: llama-cpp-python's libllama.so needs libgomp.so.1, absent on a minimal OS
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model.gguf").write_bytes(b"GGUF")
+    data = {**control_data, "model_source": str(gguf), "runtime_engine": "llamacpp",
+            "runtime_wheel_extras": ["llamacpp"]}
+    ops = plan(load_case("debian12-nogpu"), runtime, data=data)
+    assert any("libgomp1" in command for command in find(ops, "Engine libraries: packages").shell())
+    assert not any("Engine libraries" in op.name for op in plan(load_case("debian12-nogpu"), runtime,
+                                                                   data=control_data))
+    assert engine_os_packages(["llamacpp"], HostOS("rocky", "9.4", "", "x86_64")) == ["libgomp"]
