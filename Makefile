@@ -15,8 +15,17 @@ demo: setup host-tools
 down: setup
 	$(BIN)/deepfleet demo --down
 
+# The suite runs as two streams at once, since fleet tests mostly wait on their hosts: the unit tests
+# then the rollout fleet (the longest module) in one, every other fleet module in the other. The first
+# stream's output is printed whole once both are done. `.venv/bin/python -m pytest` runs it all in one.
 test: setup-test test-tools
-	$(BIN)/python -m pytest
+	@( $(BIN)/python -m pytest -p no:cacheprovider -m "not fleet"; unit=$$?; \
+	   $(BIN)/python -m pytest -p no:cacheprovider tests/fleet/test_rollout.py; exit $$(( unit || $$? )) \
+	 ) > .test-stream.log 2>&1 & stream=$$!; \
+	$(BIN)/python -m pytest -m fleet --ignore=tests/fleet/test_rollout.py; fleet=$$?; \
+	wait $$stream; first=$$?; echo "==== the other stream: unit tests, then tests/fleet/test_rollout.py"; \
+	cat .test-stream.log; echo "==== exit codes: unit+rollout $$first, other fleet modules $$fleet"; \
+	[ $$first = 0 ] && [ $$fleet = 0 ]
 
 # setup: the control venv and what the demo builds with (the tiny model needs transformers).
 # setup-test: plus the engines the tests run in-process (llama.cpp compiles) and the test tools.
