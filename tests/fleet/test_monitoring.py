@@ -2,7 +2,8 @@
 host's real gateway and runtime; every dashboard panel's query returns data from Prometheus's API,
 and the alerts whose conditions can exist here are provoked for real: the replica stopped (down,
 out of rotation, and a burst of 5xx through the gateway), a certificate that expires in 10 days,
-and the audit log's filesystem filled up (a small tmpfs mounted over the audit directory).
+and the audit log's filesystem filled up (a small tmpfs mounted over the audit directory: the
+gateway's failed audit writes fire DeepfleetAuditWriteFailures).
 
 GPU panels and alerts need NVML and a GPU: they are proved by promtool's unit tests and the fake
 NVML (tests/monitoring, tests/runtime/test_gpuhealth.py)."""
@@ -191,14 +192,15 @@ def test_alerts_fire_for_a_stopped_replica_5xx_an_expiring_cert_and_a_full_audit
         assert all(status >= 500 for status in statuses), statuses
 
         wanted = {"DeepfleetReplicaDown": "firing", "DeepfleetReplicaOutOfRotation": "firing",
-                  "DeepfleetKeyServerErrors": "pending", "DeepfleetCertificateExpiresSoon": "pending",
+                  "DeepfleetAuditWriteFailures": "firing", "DeepfleetKeyServerErrors": "pending", "DeepfleetCertificateExpiresSoon": "pending",
                   "DeepfleetAuditDiskNearlyFull": "pending"}
         order = ["pending", "firing"]
 
         for condition in ('up{job="deepfleet-runtime"} == 0',
                           "deepfleet_gateway_audit_disk_free_bytes / deepfleet_gateway_audit_disk_size_bytes < 0.1",
                           "deepfleet_certificate_expiry_timestamp_seconds - time() < 21 * 86400",
-                          'sum(rate(deepfleet_gateway_requests_total{status=~"5.."}[5m])) > 0'):
+                          'sum(rate(deepfleet_gateway_requests_total{status=~"5.."}[5m])) > 0',
+                          "increase(deepfleet_gateway_audit_write_failures_total[5m]) > 0"):
             _wait(condition, lambda: _get(f"{prometheus}/query", query=condition)["result"], timeout=30)
         seen = {}
 
