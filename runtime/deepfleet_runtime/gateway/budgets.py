@@ -57,6 +57,7 @@ class Budgets:
     def __init__(self, counts: MemoryCounts, clock: Callable[[], float] = time.time):
         self.counts, self._clock = counts, clock
         self._day: str | None = None
+        self._windows_of_second: tuple[int, str, str] = (-1, "", "")
 
     @classmethod
     def for_gateway(cls, store: LimitsStore | None, directory: Path | None,
@@ -95,12 +96,20 @@ class Budgets:
 
     def charge(self, key: KeyRecord, tokens: int, requests: int = 1) -> None:
         """Add a finished request's real usage to the key's day and month (never waits for a disk or store)."""
-        now = self.now()
-        day = day_window(now)
+        day, month = self._windows_now()
         if self._day is not None and day != self._day:
             self.counts.new_day()  # yesterday's counters are not needed any more
         self._day = day
-        self.counts.add(key.key_id, [day, month_window(now)], max(0, int(tokens)), requests)
+        self.counts.add(key.key_id, [day, month], max(0, int(tokens)), requests)
+
+    def _windows_now(self) -> tuple[str, str]:
+        """(day window, month window) of the clock's current second, formatted once per second (every
+        request is charged, so this is on the request path)."""
+        second = int(self._clock())
+        if second != self._windows_of_second[0]:
+            now = datetime.datetime.fromtimestamp(second, UTC)
+            self._windows_of_second = (second, day_window(now), month_window(now))
+        return self._windows_of_second[1:]
 
     def close(self) -> None:
         self.counts.close()
