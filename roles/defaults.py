@@ -315,6 +315,9 @@ SETTINGS = {
         "loopback on the monitoring host, runtime_address (TLS) elsewhere"),
     "monitoring_scrape_interval": S("15s", "how often Prometheus scrapes every target"),
     "monitoring_evaluation_interval": S("15s", "how often alert rules are evaluated"),
+    "monitoring_alert_for": S({},
+        "alert name -> its `for` (how long the condition must hold before it fires), replacing the "
+        "shipped one", example={"DeepfleetCertificateExpiresSoon": "1h"}),
     "monitoring_retention_time": S("15d", "samples older than this are deleted"),
     "monitoring_retention_size": S("10GB", "and the oldest blocks past this much disk"),
 

@@ -17,9 +17,11 @@ the packages' own first start already uses them (apt keeps existing conffiles: -
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.host import Host
@@ -29,7 +31,7 @@ from pyinfra.operations.util import any_changed
 from deepfleet.paths import PROJECT_ROOT
 from deepfleet.pki import ca_paths, ensure_client_cert, ensure_server_cert
 
-from .common import control_path, template
+from .common import RoleError, control_path, template
 from .defaults import DEFAULTS
 from .tls import server_names
 from .topology import gateway_hosts, replica_url, replicas, runs_gateway, runtime_address, setting
@@ -37,6 +39,7 @@ from .transfer import secret_file
 
 MONITORING = "monitoring"
 RULES = PROJECT_ROOT / "monitoring" / "alerts.rules.yml"
+PROMETHEUS_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
 PROMETHEUS_PACKAGES = ["prometheus"]
 NODE_EXPORTER_PACKAGES = ["prometheus-node-exporter"]
 CONFIG_DIR = "/etc/prometheus"
@@ -157,8 +160,8 @@ def monitoring():
                                 src=io.StringIO(web_config()), dest=f"{CONFIG_DIR}/deepfleet-web.yml", mode="0644"))
     inputs.append(files.put(name="Prometheus arguments", src=io.StringIO(f'ARGS="{prometheus_args(settings)}"\n'),
                             dest="/etc/default/prometheus", mode="0644"))
-    inputs.append(files.put(name="Alert rules", src=str(RULES), dest=f"{CONFIG_DIR}/deepfleet-alerts.rules.yml",
-                            mode="0644"))
+    inputs.append(files.put(name="Alert rules", src=io.StringIO(alert_rules(settings["monitoring_alert_for"])),
+                            dest=f"{CONFIG_DIR}/deepfleet-alerts.rules.yml", mode="0644"))
     inputs.append(files.template(name="Prometheus scrape config", src=template("prometheus.yml.j2"),
                                  dest=f"{CONFIG_DIR}/prometheus.yml", mode="0644", jobs=jobs,
                                  tls_dir=TLS_DIR, settings=settings))
@@ -167,6 +170,25 @@ def monitoring():
     server.shell(name="Check the Prometheus config and rules (promtool)",
                  commands=[f"promtool check config {CONFIG_DIR}/prometheus.yml"], _if=any_changed(package, *inputs))
     _running("prometheus", [package, *inputs])
+
+
+def alert_rules(alert_for: Mapping[str, str]) -> str:
+    """monitoring/alerts.rules.yml with the `for` of each alert named in `alert_for` replaced
+    (`monitoring_alert_for`); the shipped file unchanged when it names none."""
+    if not alert_for:
+        return RULES.read_text()
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+    unknown = sorted(set(alert_for) - set(alerts))
+    if unknown:
+        raise RoleError(f"monitoring_alert_for names alerts that monitoring/alerts.rules.yml does not have: "
+                        f"{', '.join(unknown)}; known: {', '.join(sorted(alerts))}")
+    for name, duration in alert_for.items():
+        if not isinstance(duration, str) or not PROMETHEUS_DURATION.fullmatch(duration):
+            raise RoleError(f"monitoring_alert_for: {name}: {duration!r} is not a Prometheus duration "
+                            f"(e.g. 30s, 5m, 1h)")
+        alerts[name]["for"] = duration
+    return yaml.safe_dump(rules, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def _prometheus_serves_tls(settings: Mapping) -> bool:

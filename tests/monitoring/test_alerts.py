@@ -46,3 +46,34 @@ def test_a_wrong_expectation_fails(promtool, tmp_path):
     result = subprocess.run([str(promtool), "test", "rules", UNIT_TESTS.name], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode != 0
+
+
+def test_monitoring_alert_for_replaces_the_for_of_the_alerts_it_names_and_promtool_accepts_it(promtool, tmp_path):
+    from roles.monitoring import alert_rules
+
+    assert alert_rules({}) == RULES.read_text()  # nothing named: the shipped file as it is
+    rendered = tmp_path / "rules.yml"
+    rendered.write_text(alert_rules({"DeepfleetCertificateExpiresSoon": "5s", "DeepfleetKeyServerErrors": "1h30m"}))
+    result = subprocess.run([str(promtool), "check", "rules", str(rendered)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shipped = {rule["alert"]: rule for group in yaml.safe_load(RULES.read_text())["groups"]
+               for rule in group["rules"] if "alert" in rule}
+    ours = {rule["alert"]: rule for group in yaml.safe_load(rendered.read_text())["groups"]
+            for rule in group["rules"] if "alert" in rule}
+    assert ours["DeepfleetCertificateExpiresSoon"]["for"] == "5s"
+    assert ours["DeepfleetKeyServerErrors"]["for"] == "1h30m"
+    untouched = set(shipped) - {"DeepfleetCertificateExpiresSoon", "DeepfleetKeyServerErrors"}
+    assert {name: ours[name] for name in untouched} == {name: shipped[name] for name in untouched}
+    assert ours["DeepfleetCertificateExpiresSoon"]["expr"] == shipped["DeepfleetCertificateExpiresSoon"]["expr"]
+
+
+def test_monitoring_alert_for_refuses_an_unknown_alert_and_a_bad_duration_naming_the_fix():
+    import pytest
+
+    from roles.common import RoleError
+    from roles.monitoring import alert_rules
+
+    with pytest.raises(RoleError, match="DeepfleetNoSuchAlert.*known: .*DeepfleetReplicaDown"):
+        alert_rules({"DeepfleetNoSuchAlert": "5m"})
+    with pytest.raises(RoleError, match="DeepfleetReplicaDown: '5 minutes' is not a Prometheus duration"):
+        alert_rules({"DeepfleetReplicaDown": "5 minutes"})
