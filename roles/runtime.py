@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.util import get_template
-from pyinfra.facts.server import Arch
+from pyinfra.facts.server import Arch, KernelVersion
 from pyinfra.operations import files
 
 from deepfleet.wheelhouse import SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse, hashed_requirements
@@ -76,9 +77,16 @@ def runtime_yaml_context(settings: Mapping, model_dir: str, listen_host: str = "
                               "allowed_clients": sorted(allowed_clients or [])} if tls else None}
 
 
-def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -> dict:
+def tmpfs_noswap(kernel_release: str) -> bool:
+    """Whether tmpfs takes the `noswap` mount option on this kernel: Linux 6.4 added it, and an older
+    tmpfs refuses the whole mount for an option it does not know."""
+    found = re.match(r"(\d+)\.(\d+)", kernel_release)
+    return bool(found) and (int(found.group(1)), int(found.group(2))) >= (6, 4)
+
+
+def unit_context(settings: Mapping, config_path: str, venv: str | None = None, noswap: bool = False) -> dict:
     """Variables for the systemd unit templates from role settings (`venv`: the one the service runs
-    from, by default <home>/venv)."""
+    from, by default <home>/venv; `noswap`: the host's tmpfs takes that option, tmpfs_noswap)."""
     return {
         "model_name": settings["model_name"],
         "service_user": settings["deepfleet_user"],
@@ -90,6 +98,7 @@ def unit_context(settings: Mapping, config_path: str, venv: str | None = None) -
         "host_model_keys_dir": f"{settings['deepfleet_config_dir']}/keys",
         "decrypt_tmpfs_size": settings.get("runtime_decrypt_tmpfs_size"),
         "decrypt_dir": DECRYPT_DIR,
+        "decrypt_tmpfs_noswap": noswap,
     }
 
 
@@ -249,7 +258,8 @@ def runtime():
     unit = files.template(name="Runtime systemd unit", src=template("systemd/deepfleet-runtime.service.j2"),
                           dest="/etc/systemd/system/deepfleet-runtime.service", user="root", group="root",
                           mode="0644", **unit_context(settings, f"{current_release_dir()}/runtime.yaml",
-                                                      venv=f"{current_release_dir()}/venv"))
+                                                      venv=f"{current_release_dir()}/venv",
+                                                      noswap=tmpfs_noswap(host.get_fact(KernelVersion))))
     converge_service("deepfleet-runtime", unit, [install, model, release, *certificates],
                      ready_command(served_model=served_model))
 

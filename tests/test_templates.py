@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import configparser
+import os
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -15,7 +18,7 @@ from roles.common import TEMPLATES, RoleError
 from roles.defaults import DEFAULTS
 from roles.gateway import gateway_yaml_context
 from roles.tls import server_names
-from roles.runtime import runtime_yaml_context, unit_context
+from roles.runtime import runtime_yaml_context, tmpfs_noswap, unit_context
 
 
 def _render(name, **context):
@@ -173,3 +176,32 @@ def test_runtime_unit_gives_the_decrypted_release_a_sized_tmpfs_of_its_own_only_
         "systemd/deepfleet-runtime.service.j2", **unit_context({**DEFAULTS, "runtime_decrypt_tmpfs_size": "200G"}, "/c"))
     plain = _render("systemd/deepfleet-runtime.service.j2", **unit_context(DEFAULTS, "/etc/deepfleet/runtime.yaml"))
     assert "TemporaryFileSystem" not in plain and "DEEPFLEET_DECRYPT_DIR" not in plain
+
+
+@pytest.mark.parametrize(("kernel", "noswap"), [
+    ("6.1.0-18-amd64", False),  # Debian 12
+    ("5.15.0-91-generic", False),  # Ubuntu 22.04 GA
+    ("5.14.0-427.13.1.el9_4.x86_64", False),  # Rocky/RHEL 9
+    ("6.4.0", True), ("6.8.0-45-generic", True), ("6.18.44-fc-v1300", True), ("7.0", True)])
+def test_tmpfs_noswap_is_asked_for_only_from_linux_6_4_which_added_it(kernel, noswap):
+    assert tmpfs_noswap(kernel) is noswap
+
+
+def test_the_decrypted_releases_own_tmpfs_is_noswap_where_the_kernel_has_it_and_mounts_so(tmp_path):
+    settings = {**DEFAULTS, "runtime_decrypt_tmpfs_size": "1M"}
+    unit = _unit(_render("systemd/deepfleet-runtime.service.j2", **unit_context(settings, "/c", noswap=True)))
+    path, options = unit["Service"]["TemporaryFileSystem"].split(":", 1)
+    assert "noswap" in options.split(",")
+    old = _unit(_render("systemd/deepfleet-runtime.service.j2", **unit_context(settings, "/c", noswap=False)))
+    assert "noswap" not in old["Service"]["TemporaryFileSystem"]  # an older kernel refuses the whole mount
+    if not tmpfs_noswap(os.uname().release) or os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("mounting needs root and Linux 6.4+")
+    # The kernel takes these options as systemd hands them over (flags as flags, the rest as data):
+    flags = [o for o in options.split(",") if o in ("nosuid", "nodev", "noexec")]
+    data = ",".join(o for o in options.split(",") if o not in flags)
+    (tmp_path / "m").mkdir()
+    mounted = subprocess.run(["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o {','.join(flags)},{data} tmpfs "
+                              f"{tmp_path / 'm'} && grep ' {tmp_path / 'm'} ' /proc/self/mountinfo"],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, mounted.stderr
+    assert "noswap" in mounted.stdout.split(" - ")[1]

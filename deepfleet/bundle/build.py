@@ -33,7 +33,7 @@ from . import debs, images, rpms, wheels
 from .lock import (LOCK_FILE, LockError, check_covers, created_at, expires_at, load_lock, locked_os, lock_text,
                    new_lock, os_entry)
 from .manifest import BundleError, write_manifest
-from .signing import PUBLIC_KEY_FILE, ensure_signer
+from .signing import KEY_VALID_DAYS, PUBLIC_KEY_FILE, ensure_signer
 from .spec import BundleSpec
 
 
@@ -43,11 +43,13 @@ def copy_file(source: Path, target: Path) -> None:
 
 
 def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, runtime_src: Path,
-                 model_keys_dir: Path | None, lock_path: Path | None = None, log=print) -> dict:
+                 model_keys_dir: Path | None, lock_path: Path | None = None, log=print,
+                 signing_key_valid_days: int = KEY_VALID_DAYS) -> dict:
     """Build the bundle for `spec` into `out` (which must not exist); returns its manifest.
 
     Without `lock_path` everything is resolved now (newest packages and wheels the pins allow) and
-    the bundle's lock.json records it; with it, exactly the locked files are taken.
+    the bundle's lock.json records it; with it, exactly the locked files are taken. The signing key
+    (made with `signing_key_valid_days` on first use) must outlive the bundle, or nothing is built.
     """
     out = Path(out).resolve()
     if out.exists():
@@ -60,7 +62,7 @@ def build_bundle(spec: BundleSpec, out: Path, *, signer_dir: Path, cache: Path, 
         lock["created"] = pinned["created"]
         lock["valid_days"] = pinned.get("valid_days", lock["valid_days"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    signer = ensure_signer(signer_dir, log)
+    signer = ensure_signer(signer_dir, log, signing_key_valid_days, valid_until=expires_at(lock))
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         when = created_at(lock)

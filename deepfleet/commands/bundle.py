@@ -22,7 +22,10 @@ def register(commands) -> None:
     build.add_argument("--lock", type=Path, metavar="LOCK",
                        help="a bundle's lock.json: take exactly its versions (the same bytes again)")
     build.add_argument("--signing-key-dir", type=Path, default=None,
-                       help="the bundle signing key (default: <state>/bundle-keys, created on first use)")
+                       help="the bundle signing key (default: <state>/bundle-keys, created on first use, "
+                       "sealed under DEEPFLEET_KEY_PASSPHRASE when set)")
+    build.add_argument("--signing-key-valid-days", type=int, default=None, metavar="DAYS",
+                       help="how long a signing key made by this build stays valid (default: 730)")
     build.set_defaults(func=build_command)
 
     verify = sub.add_parser("verify", help="check a bundle's signature and every file's hash")
@@ -38,6 +41,7 @@ def build_command(args) -> int:
     from roles.defaults import DEFAULTS
 
     from ..bundle.build import build_bundle
+    from ..bundle.signing import KEY_VALID_DAYS
     from ..inventoryfile import load_inventory
     from ..paths import PROJECT_ROOT, state_dir
 
@@ -51,7 +55,8 @@ def build_command(args) -> int:
     manifest = build_bundle(spec, args.out, signer_dir=args.signing_key_dir or state_dir() / "bundle-keys",
                             cache=control_path(cache, "deepfleet_cache_dir"), runtime_src=PROJECT_ROOT / "runtime",
                             model_keys_dir=control_path(model_keys, "model_keys_dir") if model_keys else None,
-                            lock_path=args.lock, log=log)
+                            lock_path=args.lock, log=log,
+                            signing_key_valid_days=args.signing_key_valid_days or KEY_VALID_DAYS)
     size = sum(entry["size"] for entry in manifest["files"].values())
     print(f"bundle {args.out}: {len(manifest['files'])} files, {size / 1e9:.2f} GB, signed by {manifest['signer']}")
     print(f"  packages for {', '.join(target.key for target in spec.os_targets)}; "

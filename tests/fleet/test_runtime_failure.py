@@ -14,6 +14,7 @@ import pytest
 
 from deepfleet.deployrun import DeployError
 from roles.decrypt_room import HostMemory
+from roles.runtime import tmpfs_noswap
 
 pytestmark = pytest.mark.fleet
 
@@ -50,6 +51,8 @@ def test_the_decrypted_model_gets_a_tmpfs_of_the_size_set_seen_only_by_the_runti
         mounts = [line for line in site.on_host(f"cat /proc/{pid}/mountinfo").splitlines()
                   if " /run/deepfleet-decrypted " in line]
         assert len(mounts) == 1 and " - tmpfs " in mounts[0] and "size=65536k" in mounts[0], mounts
+        if tmpfs_noswap(site.on_host("uname -r").strip()):  # its pages never go to swap (Linux 6.4+)
+            assert "noswap" in mounts[0].split(" - ")[1].split()[-1].split(","), mounts
         assert "deepfleet-decrypted" not in site.on_host("cat /proc/1/mountinfo")  # not the host's, the unit's
         with site.client() as client:  # the runtime decrypted its config and tokenizer there, as its user
             assert client.models.list().data
