@@ -30,6 +30,7 @@ class World:
     model: dict[str, str] = field(default_factory=dict)  # replica -> model release it serves
     down: dict[str, int] = field(default_factory=dict)  # host -> status answers left before it is back
     drained: dict[str, set[str]] = field(default_factory=dict)  # gateway -> replicas drained there
+    unseen: dict[str, set[str]] = field(default_factory=dict)  # gateway -> replicas it cannot reach
 
     def __post_init__(self):
         self.model = {name: "1" for name in self.replicas}
@@ -48,7 +49,7 @@ class World:
         if command == "status":
             upstreams = []
             for name in self.replicas:
-                healthy = not self.down.get(name)
+                healthy = not self.down.get(name) and name not in self.unseen.get(gateway, ())
                 if self.down.get(name):
                     self.down[name] -= 1
                     if not self.down[name]:

@@ -63,7 +63,8 @@ def world(monkeypatch):
 def test_a_driver_reboot_is_drained_first_then_gated_at_every_gateway_before_it_takes_traffic(world):
     report = Rollout(stand_in_fleet(world), RolloutOptions(batch="1"), log=lambda line: None).run()
     assert report.status == "done"
-    assert [(h.name, h.outcome) for h in report.hosts] == [("r1", "updated"), ("r2", "updated"), ("r3", "updated")]
+    assert [(h.name, h.outcome) for h in report.hosts] == [("r1", "updated"), ("r2", "updated"), ("r3", "updated"),
+                                                           ("g1", "up to date"), ("g2", "up to date")]
     for replica in ("r1", "r2", "r3"):
         steps = world.steps(replica)
         acts = [step for step in steps if step[0] != "healthy at"]
