@@ -13,7 +13,8 @@ The replicas with pending changes (a dry run of the site deploy says which) are 
     bake      (with --bake S) S seconds of real traffic; the gateways' counts of its failed
               requests and answer times are compared with those of the replicas not in the batch
 When a replica fails, its batch goes back to the releases it served before (deploys/rollback.py),
-is verified and undrained, and the rollout stops once the failure budget is spent. An interrupt
+is verified and undrained, and the rollout stops once the failure budget is spent. Gateway-only
+hosts with changes follow, each a batch of its own (deepfleet/rolloutgateways.py). An interrupt
 (Ctrl-C, SIGTERM, SIGHUP of a lost terminal) in the middle of a batch puts that batch back the same
 way before the rollout ends; the report says `interrupted`.
 """
@@ -31,8 +32,9 @@ from .paths import ROLLBACK_DEPLOY
 from .remote import RemoteError
 from .rolloutrecord import HostResult, RolloutOptions, RolloutReport
 from .rolloutbake import bake
-from .rolloutplan import (RolloutRefused, batch_steps, budget_exhausted, check_gateways_kept, check_min_serving,
-                          plan_batches)
+from .rolloutgateways import gateway_only, roll_gateway
+from .rolloutplan import (RolloutRefused, batch_steps, budget_exhausted, check_gateways_kept, check_lone_gateway,
+                          check_min_serving, plan_batches)
 
 __all__ = ["Rollout", "RolloutOptions", "RolloutRefused", "RolloutReport", "HostResult", "interrupts"]
 
@@ -74,10 +76,10 @@ class Rollout:
         started = time.monotonic()
         report = self._new_report()
         results = {h.name: h for h in report.hosts}
-        pending = list(self.targets) if self.targets is not None else self._pending()
-        for replica in self.fleet.replicas:
-            if replica.name not in pending and results[replica.name].outcome != "updated":
-                results[replica.name].outcome = "up to date"
+        pending, gateways = (list(self.targets), []) if self.targets is not None else self._pending()
+        for host in self._rolled_hosts():
+            if host.name not in pending + gateways and results[host.name].outcome != "updated":
+                results[host.name].outcome = "up to date"
         if self.groups is not None:
             batches = [[n for n in group if n in pending] for group in self.groups]
             batches = [b for b in batches if b]
@@ -86,8 +88,11 @@ class Rollout:
         check_gateways_kept(batches, [g.name for g in self.fleet.gateways])
         check_min_serving(batches, {r.name: r.settings["model_name"] for r in self.fleet.replicas},
                           self._serving_now(), self.options.min_serving)
+        check_lone_gateway(gateways, [g.name for g in self.fleet.gateways])
         self.log(f"{len(pending)} of {len(self.fleet.replicas)} replicas to move; {len(batches)} batch(es) of "
-                 f"{', '.join(str(len(b)) for b in batches) or '-'}")
+                 f"{', '.join(str(len(b)) for b in batches) or '-'}"
+                 + (f"; then the gateway(s) {', '.join(gateways)}, one at a time" if gateways else ""))
+        batches += [[name] for name in gateways]
         report.status = "done"
         try:
             for index, names in enumerate(batches):
@@ -97,11 +102,13 @@ class Rollout:
                     results[host.name] = HostResult(host.name, number)
                 report.hosts = [results[h.name] for h in report.hosts]
                 report.last_batch = number
-                if not self._run_batch(number, batch, results):
+                ok = self._run_gateway_batch(number, batch[0], results) if names[0] in gateways else \
+                    self._run_batch(number, batch, results)
+                if not ok:
                     report.failed_batches += 1
                     failed_hosts = sum(1 for h in report.hosts if h.outcome == "failed")
-                    if budget_exhausted(failed_hosts, report.failed_batches, len(pending), self.options.max_failures,
-                                        self.options.max_fail_percent):
+                    if budget_exhausted(failed_hosts, report.failed_batches, len(pending) + len(gateways),
+                                        self.options.max_failures, self.options.max_fail_percent):
                         report.status = "halted"
                         break
                     report.status = "finished with failures"
@@ -120,11 +127,16 @@ class Rollout:
         if self.resumed:
             report = RolloutReport.from_dict(self.resumed.as_dict())
             known = {h.name: h for h in report.hosts}
-            report.hosts = [known.get(r.name) or HostResult(r.name) for r in self.fleet.replicas]
+            report.hosts = [known.get(h.name) or HostResult(h.name) for h in self._rolled_hosts()]
             report.failed_batches = 0
             return report
         return RolloutReport(self.id, "rollout" if self.targets is None else "rollback", self.of, self.options,
-                             [HostResult(r.name) for r in self.fleet.replicas])
+                             [HostResult(h.name) for h in self._rolled_hosts()])
+
+    def _rolled_hosts(self) -> list[FleetHost]:
+        """The hosts this rollout may move: the replicas, then (not in a rollback of a rollout: a
+        gateway has no release to go back to) the gateway-only hosts."""
+        return self.fleet.replicas + (gateway_only(self.fleet) if self.targets is None else [])
 
     # --- one batch -------------------------------------------------------------------------------
 
@@ -189,16 +201,20 @@ class Rollout:
             serving &= {u["name"] for u in status["upstreams"] if u["healthy"] and not u["draining"]}
         return serving
 
-    def _pending(self) -> list[str]:
-        """Replicas (in inventory order) whose hosts the site deploy would change."""
+    def _pending(self) -> tuple[list[str], list[str]]:
+        """Replicas (in inventory order) whose hosts the site deploy would change; gateway-only hosts it
+        would change."""
         members = [m for r in self.fleet.replicas for m in self.fleet.members(r)]
-        self.log("planning: which replicas have changes (a dry run of the site deploy)")
+        gateways = [g.name for g in gateway_only(self.fleet)]
+        self.log("planning: which replicas and gateways have changes (a dry run of the site deploy)")
         try:
-            plan = run_deploy(self.fleet.inventory, dry=True, limit=tuple(members), env=self.fleet.env, echo=False)
+            plan = run_deploy(self.fleet.inventory, dry=True, limit=tuple(members + gateways), env=self.fleet.env,
+                              echo=False)
         except DeployError as exc:
             raise RolloutRefused(f"the plan failed, nothing was changed: {exc}") from None
         changed = {host for hosts in plan.planned.values() for host in hosts}
-        return [r.name for r in self.fleet.replicas if changed & set(self.fleet.members(r))]
+        return ([r.name for r in self.fleet.replicas if changed & set(self.fleet.members(r))],
+                [name for name in gateways if name in changed])
 
     def _check_capacity(self, batch: list[FleetHost]) -> None:
         """Every gateway must keep --min-serving healthy replicas of each model in service while the
@@ -239,7 +255,15 @@ class Rollout:
             results[host.name].step = "converge"
         if self.targets is not None:
             return self._switch_back(batch)
-        members = [m for h in batch for m in self.fleet.members(h)]
+        problems = self._site_deploy([m for h in batch for m in self.fleet.members(h)])
+        for host in batch:
+            broken = [problems[m] for m in self.fleet.members(host) if m in problems]
+            if broken:
+                raise StepFailed(host.name, "converge", broken[0])
+
+    def _site_deploy(self, members: list[str]) -> dict[str, str]:
+        """The site deploy on `members` only (drained: their traffic is served elsewhere); {host: why}
+        for each that failed."""
         self.log(f"converging {', '.join(members)} (site deploy, --limit)")
         try:
             # drained: the driver role may reboot these hosts (roles/driver_reboot.py)
@@ -250,10 +274,13 @@ class Rollout:
         except DeployError as exc:
             log = exc.log
             failed = [m for m in members if host_log(log, m, errors_only=True)] or members
-        for host in batch:
-            broken = [m for m in self.fleet.members(host) if m in failed]
-            if broken:
-                raise StepFailed(host.name, "converge", host_log(log, broken[0]) or "the site deploy failed there")
+        return {m: host_log(log, m) or "the site deploy failed there" for m in members if m in failed}
+
+    def _run_gateway_batch(self, number: int, gateway: FleetHost, results: dict[str, HostResult]) -> bool:
+        """A gateway-only host, alone, while the other gateways serve (deepfleet/rolloutgateways.py)."""
+        self.log(f"batch {number}: gateway {gateway.name}")
+        return roll_gateway(self.fleet, gateway, results[gateway.name], self.options.min_serving,
+                            lambda: self._site_deploy([gateway.name]).get(gateway.name), self.log)
 
     def _switch_back(self, batch: list[FleetHost]) -> None:
         """A rollback of a rollout: each replica to the release it served before that rollout."""

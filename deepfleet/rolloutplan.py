@@ -1,7 +1,8 @@
 """What `deepfleet rollout` decides, apart from acting on hosts (deepfleet/rollout.py acts): the
 batch plan of a ramp (`--batch 1,10%,50%`), the failure budget (`--max-failures`,
-`--max-fail-percent`), the capacity a plan keeps (`--min-serving`), the bake gate that compares an
-updated replica with the ones not yet updated, and how a host lock reads (owner, age, stale)."""
+`--max-fail-percent`), the capacity a plan keeps (`--min-serving`, a gateway left to clients), the
+bake gate that compares an updated replica with the ones not yet updated, and how a host lock reads
+(owner, age, stale)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,17 @@ def check_gateways_kept(batches: list[list[str]], gateways: list[str]) -> None:
         if len(gateways) > 1 and set(gateways) <= set(batch):
             raise RolloutRefused(f"batch {number} ({', '.join(batch)}) holds every gateway ({', '.join(gateways)}): "
                                  "clients would have none while it converges; use smaller batches (--batch 1)")
+
+
+def check_lone_gateway(changed_gateways: list[str], gateways: list[str]) -> None:
+    """Refuse to roll a gateway-only host with changes when it is the fleet's only gateway: clients
+    would have none while it restarts (gateways are rolled one at a time, another one serving)."""
+    if changed_gateways and len(gateways) < 2:
+        name = changed_gateways[0]
+        raise RolloutRefused(f"gateway {name} has changes and is the fleet's only gateway: clients would have none "
+                             f"while it restarts; add a second gateway to the inventory's `gateways` group (clients "
+                             f"that know both are served throughout), or update it at a quiet time with "
+                             f"`deepfleet up INVENTORY --limit {name}`")
 
 
 @dataclass

@@ -4,7 +4,7 @@ or a model release id), its model verified first, and restart the runtime on it.
 
 import os
 
-from roles.release import rollback
+from roles.rollback import rollback
 from roles.settings import check_settings
 
 check_settings()

@@ -7,6 +7,8 @@ Decided from facts, never from what was merely installed:
                          loadable now, or built only for the kernel the host boots next), "fail"
                          (a driver is installed and DKMS built no module, or only for a kernel the
                          host will not boot)
+    reboot_pending()     a reboot is due before this run changes anything: a definite change in a
+                         dry run, so `deepfleet rollout` (which plans from one) drains and reboots it
     SecureBoot           `mokutil`: Secure Boot on, and whether DKMS's signing key is enrolled;
                          unsigned DKMS modules never load there, so the role stops before any reboot
                          with the MOK enrolment spelled out (Ubuntu uses Canonical's signed modules)
@@ -82,6 +84,13 @@ def module_action(module: dict) -> tuple[str, str]:
         return "fail", (f"NVIDIA driver {module['driver']} is installed but DKMS built no nvidia module: check "
                         f"`dkms status` and install the headers of the running kernel {module.get('running')}")
     return "none", "no NVIDIA driver is installed yet"
+
+
+def reboot_pending(module: dict) -> bool:
+    """The host already holds a module that only a reboot loads, whatever this run installs: another
+    version is loaded, or the module is built only for a kernel that is not running. (Installed and
+    none loaded: the role's load step may load it in place, so that is decided at run time.)"""
+    return module_action(module)[0] == "reboot" and (bool(module.get("loaded")) or not module.get("installed"))
 
 
 def current_action() -> str:

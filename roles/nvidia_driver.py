@@ -23,8 +23,8 @@ from .common import RoleError
 from .cuda import cuda_repo
 from .defaults import DEFAULTS
 from .facts import DnfEnabledRepos
-from .driver_reboot import (MOK_FIX, SecureBoot, current_action, hold_packages, reboot_allowed, secure_boot_blocks,
-                            serving)
+from .driver_reboot import (MOK_FIX, SecureBoot, current_action, hold_packages, reboot_allowed, reboot_pending,
+                            secure_boot_blocks, serving)
 from .gpu_facts import NvidiaModuleState, has_nvidia_gpu, nvidia_devices, nvswitches
 from .hostos import HostOS, host_os
 from .packages import PackageRepo, add_repo, install_packages
@@ -226,20 +226,23 @@ def nvidia_driver():
                  _if=lambda: current_action() == "fail")
     server.shell(name="Stop: Secure Boot would refuse the unsigned DKMS module (only if its key is not enrolled)",
                  commands=[f"echo '{MOK_FIX}' >&2; exit 1"], _if=lambda: secure_boot_blocks(plan.dkms))
+    # A reboot already due is a definite change (a dry run shows it, so `deepfleet rollout` takes the
+    # host); one the packages above may bring is decided at run time.
+    when_reboot = {} if reboot_pending(host.get_fact(NvidiaModuleState)) else {"_if": module_needs_reboot}
     if data.nvidia_driver_reboot and not reboot_allowed(data.nvidia_driver_allow_reboot_serving):
         server.shell(name="Reboot to load the new NVIDIA kernel module: refused: the host serves traffic "
                           f"({', '.join(serving())})",
                      commands=["echo 'the new NVIDIA module needs a reboot and this host serves traffic: run "
                                "deepfleet rollout (drains it first), or set nvidia_driver_allow_reboot_serving: "
-                               "true' >&2; exit 1"], _if=module_needs_reboot)
+                               "true' >&2; exit 1"], **when_reboot)
     elif data.nvidia_driver_reboot:
         server.reboot(name="Reboot to load the new NVIDIA kernel module (only if it could not be loaded)",
-                      delay=30, reboot_timeout=data.nvidia_driver_reboot_timeout_s, _if=module_needs_reboot)
+                      delay=30, reboot_timeout=data.nvidia_driver_reboot_timeout_s, **when_reboot)
     else:
         server.shell(name="Stop: the new NVIDIA kernel module needs a reboot (nvidia_driver_reboot is false)",
                      commands=["echo 'the NVIDIA driver is installed but its module needs a reboot; reboot "
                                "the host or set nvidia_driver_reboot: true' >&2; exit 1"],
-                     _if=module_needs_reboot)
+                     **when_reboot)
     if switches:  # NVIDIA's Fabric Manager guide: enabled and started after the driver loads
         systemd.service(name=f"NVIDIA Fabric Manager for {len(switches)} NVSwitches",
                         service="nvidia-fabricmanager.service", running=True, enabled=True)

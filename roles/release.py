@@ -4,21 +4,18 @@ runtime serves is one release, model release + runtime version + rendered runtim
 in <home>/venvs/<install id>/; <home>/venv points at the newest (the gateway and tools run from it).
 
 The deploy decides from one small fact (the current release's record) whether anything changes;
-`deepfleet rollback` (deploys/rollback.py) switches back and restarts the runtime.
+`deepfleet rollback` (deploys/rollback.py, roles/rollback.py) switches back and restarts the runtime.
 """
 
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import QuoteString, StringCommand, deploy, operation
+from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.facts.files import Link
-from pyinfra.operations import server
 
 from deepfleet_runtime.runtimereleases import RELEASE_FILE, release_id
 
-from .defaults import DEFAULTS
 from .facts import JsonFile
-from .model import host_keys_dir
 
 
 def releases_dir() -> str:
@@ -90,29 +87,3 @@ def activate_runtime_release(cli: str, releases: str, config_path: str, config_t
         else ["--image", QuoteString(runtime["image"])]
     yield StringCommand(cli, "release", "activate", "--root", QuoteString(releases), "--config",
                         QuoteString(config_path), *version, "--group", group, "--keep", str(keep))
-
-
-def restart_runtime_commands(data) -> list[str]:
-    """Restart the runtime (unit or container) on the current release and wait until it is ready."""
-    from .runtime import ready_command
-
-    docker = data.runtime_mode == "docker"
-    restart = "docker restart deepfleet-runtime" if docker else "systemctl restart deepfleet-runtime.service"
-    return [restart, ready_command(unit=None if docker else "deepfleet-runtime")]
-
-
-@deploy("deepfleet release rollback", data_defaults=DEFAULTS)
-def rollback(to: str | None = None):
-    """Switch each host back to the runtime release active before the current one (or `to`: a
-    release id, or a model release id), its model verified first, and restart the runtime on it;
-    a host with nothing to go back to fails with the reason, changing nothing."""
-    data = host.data
-    target = ["--to", to] if to else []
-    server.shell(
-        name=f"Switch the runtime back to {to or 'the previous release'} (its model verified first)",
-        commands=[StringCommand(f"{data.deepfleet_home}/venv/bin/deepfleet-runtime", "release", "rollback",
-                                "--root", QuoteString(releases_dir()), "--keys-dir", QuoteString(host_keys_dir()),
-                                "--group", data.deepfleet_group, "--model-keep", str(data.model_keep_releases),
-                                "--config", QuoteString(f"{data.deepfleet_config_dir}/runtime.yaml"), *target)])
-    server.shell(name="Restart the runtime on the release and wait until it is ready",
-                 commands=restart_runtime_commands(data))

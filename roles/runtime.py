@@ -185,7 +185,7 @@ def runtime():
     """Install the runtime from the wheelhouse; on hosts that serve the model, render its config, make
     it a release, run it (systemd unit or container) and wait until it is ready."""
     data = host.data
-    settings = offline_settings({key: data.get(key) for key in [*DEFAULTS, "ssh_hostname"]})
+    settings = role_settings()
     mode = data.runtime_mode
     if mode not in ("systemd", "docker"):
         raise RoleError(f"runtime_mode is {mode!r}; use 'systemd' or 'docker'")
@@ -245,10 +245,7 @@ def runtime():
             image_wheels = _wheelhouse(image_target, tuple(data.runtime_wheel_extras))
         image = runtime_image(settings, gpu, python, image_wheels, config_path)
         release = _release(text, runtime_version(image=image), venv)
-        # The current release's config: docker resolves the `current` link at each start, so a
-        # restart after a release switch reads the new one.
-        args = container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(),
-                              host_keys_dir(), f"/run/{RUNTIME_DIRECTORY}", gpu)
+        args = runtime_container_args(settings, image, gpu)
         runtime_in_container(data.deepfleet_user, args, [release, model],
                              ready_command(unit=None, served_model=served_model))
         return
@@ -262,6 +259,21 @@ def runtime():
                                                       noswap=tmpfs_noswap(host.get_fact(KernelVersion))))
     converge_service("deepfleet-runtime", unit, [install, model, release, *certificates],
                      ready_command(served_model=served_model))
+
+
+def role_settings() -> dict:
+    """This host's role settings (DEFAULTS names, with the inventory's values and an air-gapped
+    host's bundle paths)."""
+    return offline_settings({key: host.data.get(key) for key in [*DEFAULTS, "ssh_hostname"]})
+
+
+def runtime_container_args(settings: Mapping, image: str, gpu: bool) -> list[str]:
+    """`docker run` arguments of this host's runtime container on `image` (the deploy's, and a
+    rollback's to an earlier release's image)."""
+    # The current release's config: docker resolves the `current` link at each start, so a
+    # restart after a release switch reads the new one.
+    return container_args(settings, image, f"{current_release_dir()}/runtime.yaml", models_dir(), host_keys_dir(),
+                          f"/run/{RUNTIME_DIRECTORY}", gpu)
 
 
 def _log_planner_verdict(settings: Mapping) -> None:

@@ -106,6 +106,15 @@ def rollback_release(store: ReleaseStore, to: str | None, keys: KeyDirectory, gr
     return {"release": target, "previous": previous, "model": f"{record['model']['name']}@{record['model']['release']}"}
 
 
+def rollback_target(store: ReleaseStore, to: str | None) -> dict:
+    """The release rollback_release(store, to) would switch to, with its model and runtime (in Docker
+    mode the image the container must run); nothing is verified or changed."""
+    target = _rollback_target(store, to)
+    record = read_release(store, target)
+    return {"release": target, "previous": store.current(),
+            "model": f"{record['model']['name']}@{record['model']['release']}", "runtime": record["runtime"]}
+
+
 def _rollback_target(store: ReleaseStore, to: str | None) -> str:
     if to is not None and not store.is_complete(to):  # a model release id: the latest release serving it
         serving = [r for r in store.history() if read_release(store, r)["model"]["release"] == to]

@@ -22,7 +22,7 @@ from deepfleet.client import GatewayClient
 from deepfleet.demo import MODEL_NAME, write_local_inventory
 from deepfleet.paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir
 
-GROUPS = {"gateways": ["h1", "h2"], "gpu_nodes": ["h1", "h2", "h3"]}
+GROUPS = {"gateways": ["h1", "h2", "h4"], "gpu_nodes": ["h1", "h2", "h3"]}  # h4: a gateway-only host
 PROMPT = "Tell the fleet a story"
 RUNTIME = "/opt/deepfleet/venv/bin/deepfleet-runtime"
 
@@ -37,10 +37,11 @@ class Fleet:
     overrides: dict = field(default_factory=dict)  # host data for every host
     timings: dict = field(default_factory=dict)
 
-    def write_inventory(self, per_host: dict[str, dict] | None = None) -> Path:
-        """The hosts file with the fleet's settings, `overrides` and per-host data."""
+    def write_inventory(self, per_host: dict[str, dict] | None = None, groups: dict | None = None) -> Path:
+        """The hosts file with the fleet's settings, `overrides` and per-host data (and `groups`,
+        by default GROUPS)."""
         write_local_inventory(self.inventory, self.hosts, self.root / "model-v1", self.root / "pki",
-                              self.root / "keys.json", groups=GROUPS,
+                              self.root / "keys.json", groups=groups or GROUPS,
                               model_keys_dir=str(self.root / "model-keys"), **self.overrides)
         document = json.loads(self.inventory.read_text())
         for name, data in document["hosts"]:
@@ -136,13 +137,13 @@ class Load:
 
 
 class FailoverLoad(Load):
-    """Four streaming clients of deepfleet's own client, each given both gateways (h1 first for two,
-    h2 first for the others): a gateway restarting is left for the other."""
+    """Four streaming clients of deepfleet's own client, each given every gateway (h1, h2 and h4
+    first in turn): a gateway restarting is left for the others."""
 
     def __init__(self, fleet: Fleet):
-        urls = [fleet.base_url("h1"), fleet.base_url("h2")]
+        h1, h2, h4 = (fleet.base_url(gateway) for gateway in ("h1", "h2", "h4"))
         self.clients = [GatewayClient(order, fleet.api_key, fleet.ca_cert, MODEL_NAME, max_retries=0, timeout_s=120)
-                        for order in (urls, urls[::-1], urls, urls[::-1])]
+                        for order in ([h1, h2, h4], [h2, h4, h1], [h4, h1, h2], [h4, h2, h1])]
         self.stop, self.done, self.failures = threading.Event(), 0, []
         self.threads = [threading.Thread(target=self._ask, args=(client,), daemon=True) for client in self.clients]
 

@@ -1,11 +1,12 @@
-"""A fleet of three real test hosts: h1 and h2 are gateways, h1-h3 serve the model (replicas on other
-hosts over mutual TLS). `deepfleet plan` / `up` across the fleet, then rolling updates from model
+"""A fleet of four real test hosts: h1-h3 serve the model (replicas on other hosts over mutual TLS),
+h1 and h2 are gateways too, h4 is a gateway only. `deepfleet plan` / `up` across the fleet, then rolling updates from model
 release v1 to v2 under constant load (four streaming openai clients, two per gateway): one with a
 fault on h2 (its v2 cannot load), then the same command again once the fault is gone (resume).
 Then what an operator relies on: an interrupt puts the batch back while a second rollout is refused
 naming the lock; a canary answering 5xx in its bake is rolled back; a ramp pauses and resumes;
 `rollback --rollout ID` moves back only what that rollout moved; a gateway change rolls the gateways
-one at a time under clients that fail over. One fleet for all (each host costs CI time).
+one at a time under clients that fail over, the gateway-only host in a batch of its own after the
+replicas. One fleet for all (each host costs CI time).
 
 The hosts share this machine's network, so every host has its own ports (deepfleet.demo.PORT_SETTINGS).
 """
@@ -40,7 +41,7 @@ def fleet(tmp_path_factory, tiny_model_dir):
     image = testhosts.ensure_image(cache_dir() / "testhost")
     hosts = testhosts.TestFleet(root / "hosts")
     try:
-        hosts.start(3, image, PORT_SETTINGS)
+        hosts.start(4, image, PORT_SETTINGS)
         ca, _ = init_ca(root / "pki")
         key = create_key(root / "keys.json", "fleet-tests", rpm=0, tpm=0, concurrency=0)
         create_model_keys(root / "model-keys")
@@ -49,7 +50,7 @@ def fleet(tmp_path_factory, tiny_model_dir):
         fleet.write_inventory()
         started = time.monotonic()
         first = run_deploy(LOCAL_INVENTORY, env={"DEEPFLEET_HOSTS_FILE": str(fleet.inventory)}, echo=False)
-        fleet.timings["first_deploy_3_hosts_s"] = round(time.monotonic() - started, 1)
+        fleet.timings["first_deploy_4_hosts_s"] = round(time.monotonic() - started, 1)
         assert first.failed_hosts == []
         yield fleet
     finally:
@@ -118,7 +119,7 @@ def test_rollout_with_a_fault_on_h2_puts_it_back_leaves_h3_alone_and_fails_no_cl
     assert fleet.release("h1")["model"]["release"] != v1["h1"]["model"]["release"]  # h1 (batch 1) is on v2
     assert fleet.release("h2")["id"] == v1["h2"]["id"]  # back on v1 ...
     assert fleet.release("h3") == v1["h3"] and fleet.runtime_pid("h3") == h3_pid  # not reached: untouched
-    for gateway in ("h1", "h2"):
+    for gateway in ("h1", "h2", "h4"):
         assert fleet.probe(gateway, "h1") == answers["v2"]
         assert fleet.probe(gateway, "h2") == answers["v1"]  # ... and serving it
         assert fleet.probe(gateway, "h3") == answers["v1"]
@@ -137,11 +138,12 @@ def test_the_same_rollout_resumes_once_fixed_and_moves_every_host_to_v2(fleet, a
     assert rollout.returncode == 0, rollout.stdout + rollout.stderr[-3000:]
     report = json.loads((fleet.root / "state" / "rollouts" / "local.json").read_text())
     assert [(h["name"], h["outcome"], h["batch"]) for h in report["hosts"]] == [
-        ("h1", "up to date", 0), ("h2", "updated", 1), ("h3", "updated", 2)]  # resumed where it stopped
+        ("h1", "up to date", 0), ("h2", "updated", 1), ("h3", "updated", 2),  # resumed where it stopped
+        ("h4", "up to date", 0)]  # a gateway only: nothing of it changes with the model
     assert "deepfleet rollout" in rollout.stdout  # the summary table
     assert load.failures == [] and load.done > 0
     assert len({fleet.release(host)["model"]["release"] for host in ("h1", "h2", "h3")}) == 1
-    for gateway in ("h1", "h2"):
+    for gateway in ("h1", "h2", "h4"):
         assert [fleet.probe(gateway, host) for host in ("h1", "h2", "h3")] == [answers["v2"]] * 3
     plan = fleet.deepfleet("plan")
     assert plan.returncode == 0, plan.stdout + fleet.on("h2", "ls -la /opt/deepfleet/models; cat /opt/deepfleet/models/.*.json "
@@ -152,15 +154,19 @@ def test_status_shows_every_host_on_its_release_and_healthy(fleet):
     status = fleet.deepfleet("status", "--json", timeout=300)
     assert status.returncode == 0, status.stdout + status.stderr[-2000:]
     hosts = {record["name"]: record for record in map(json.loads, status.stdout.splitlines())}
-    assert list(hosts) == ["h1", "h2", "h3"]
-    for name, record in hosts.items():
+    assert list(hosts) == ["h1", "h2", "h3", "h4"]
+    for name in ("h1", "h2", "h3"):
+        record = hosts[name]
         assert record["healthy"] and record["release"] == fleet.release(name)
         assert record["units"]["deepfleet-runtime"] == "active" and record["gpus"] is None  # no NVIDIA GPU here
         assert {gateway: (state["healthy"], state["draining"]) for gateway, state in record["at_gateways"].items()} \
-            == {"h1": (True, False), "h2": (True, False)}
-    assert [hosts[name]["jobs"] for name in hosts] == [["gateway", "replica"], ["gateway", "replica"], ["replica"]]
+            == {"h1": (True, False), "h2": (True, False), "h4": (True, False)}
+    assert hosts["h4"]["healthy"] and hosts["h4"]["release"] is None and hosts["h4"]["at_gateways"] == {}
+    assert hosts["h4"]["units"]["deepfleet-gateway"] == "active"
+    assert [hosts[name]["jobs"] for name in hosts] == [["gateway", "replica"], ["gateway", "replica"], ["replica"],
+                                                      ["gateway"]]
     table = fleet.deepfleet("status", timeout=300)
-    assert table.returncode == 0 and "h1 ok, h2 ok" in table.stdout
+    assert table.returncode == 0 and "h1 ok, h2 ok, h4 ok" in table.stdout
 
 
 # --- operations an operator can trust: interrupts, locks, bake gate, ramps, resume, undo ------------
@@ -168,10 +174,11 @@ def test_status_shows_every_host_on_its_release_and_healthy(fleet):
 ALL_SERVING = [("h1", True, False), ("h2", True, False), ("h3", True, False)]
 
 
-def _on_v2(fleet: Fleet, batch_size: int) -> None:
-    """A config change on every host (their model stays v2): a restart, no model push."""
+def _on_v2(fleet: Fleet, batch_size: int, groups: dict | None = None) -> None:
+    """A config change on every replica (their model stays v2): a restart, no model push."""
     fleet.overrides["runtime_max_batch_size"] = batch_size
-    fleet.write_inventory({host: {"model_source": str(fleet.root / "model-v2")} for host in ("h1", "h2", "h3")})
+    fleet.write_inventory({host: {"model_source": str(fleet.root / "model-v2")} for host in ("h1", "h2", "h3")},
+                          groups)
 
 
 def _wait_for(progress: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -210,13 +217,13 @@ def test_an_interrupted_rollout_puts_its_batch_back_and_meanwhile_another_is_ref
     record = _record(fleet)
     assert record["status"] == "interrupted"
     assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
-        ("h1", "rolled back"), ("h2", "not reached"), ("h3", "not reached")]
+        ("h1", "rolled back"), ("h2", "not reached"), ("h3", "not reached"), ("h4", "up to date")]
     assert load.failures == [] and load.done > 0
     assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
-    for gateway in ("h1", "h2"):
+    for gateway in ("h1", "h2", "h4"):
         assert fleet.upstreams(gateway) == ALL_SERVING  # no replica left drained
     locks = fleet.deepfleet("locks")
-    assert locks.returncode == 0 and locks.stdout.count("not locked") == 3, locks.stdout
+    assert locks.returncode == 0 and locks.stdout.count("not locked") == 4, locks.stdout
 
 
 def test_a_canary_answering_5xx_during_its_bake_is_rolled_back_and_the_rollout_stops(fleet, answers):
@@ -245,11 +252,11 @@ def test_a_canary_answering_5xx_during_its_bake_is_rolled_back_and_the_rollout_s
     record = _record(fleet)
     assert record["status"] == "halted"
     assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
-        ("h1", "failed"), ("h2", "not reached"), ("h3", "not reached")]
+        ("h1", "failed"), ("h2", "not reached"), ("h3", "not reached"), ("h4", "up to date")]
     assert load.failures == [] and load.done > 0  # the gateways sent its failed requests elsewhere
     assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
     assert {host: fleet.runtime_pid(host) for host in ("h2", "h3")} == pids
-    for gateway in ("h1", "h2"):
+    for gateway in ("h1", "h2", "h4"):
         assert fleet.upstreams(gateway) == ALL_SERVING
 
 
@@ -271,7 +278,8 @@ def test_a_ramp_refuses_a_capacity_it_cannot_keep_then_pauses_and_resumes_with_n
     record = _record(fleet)
     assert record["status"] == "done"
     assert [(h["name"], h["outcome"], h["batch"], h["before"]) for h in record["hosts"]] == [
-        ("h1", "updated", 1, before["h1"]), ("h2", "updated", 2, before["h2"]), ("h3", "updated", 2, before["h3"])]
+        ("h1", "updated", 1, before["h1"]), ("h2", "updated", 2, before["h2"]), ("h3", "updated", 2, before["h3"]),
+        ("h4", "up to date", 0, None)]
     assert load.failures == [] and load.done > 0
 
 
@@ -289,7 +297,7 @@ def test_rollback_of_a_rollout_moves_back_only_the_hosts_it_moved(fleet, answers
         time.sleep(2)
     fleet.timings["rollback_of_rollout_s"] = round(time.monotonic() - started, 1)
     assert back.returncode == 0, back.stdout + back.stderr[-3000:]
-    assert "drained h1 at h1, h2" in back.stderr and "undrained h1" in back.stderr
+    assert "drained h1 at h1, h2, h4" in back.stderr and "undrained h1" in back.stderr
     assert {host: fleet.release(host)["id"] for host in ("h1", "h2", "h3")} == before
     assert {host: fleet.runtime_pid(host) for host in ("h2", "h3")} == pids  # untouched
     record = _record(fleet)
@@ -297,17 +305,21 @@ def test_rollback_of_a_rollout_moves_back_only_the_hosts_it_moved(fleet, answers
     assert [(h["name"], h["outcome"]) for h in record["hosts"]] == [
         ("h1", "updated"), ("h2", "up to date"), ("h3", "up to date")]
     assert load.failures == [] and load.done > 0
-    for gateway in ("h1", "h2"):
+    for gateway in ("h1", "h2", "h4"):
         assert fleet.upstreams(gateway) == ALL_SERVING
 
 
 def test_a_gateway_change_restarts_the_gateways_one_at_a_time_and_failover_clients_see_no_failure(fleet, answers):
+    gateways = ("h1", "h2", "h4")
     pids = {gateway: fleet.on(gateway, "systemctl show -p MainPID --value deepfleet-gateway").strip()
-            for gateway in ("h1", "h2")}
+            for gateway in gateways}
     fleet.overrides["gateway_max_queued"] = 300
-    _on_v2(fleet, 12)  # what the rollback left them serving: only the gateways change
-    refused = fleet.deepfleet("rollout", "--batch", "2")  # h1 and h2 at once: no gateway left to clients
+    # Without h4 the gateways are h1 and h2 only: a batch of both leaves clients none (refused; nothing
+    # changes, so h4 keeps serving).
+    _on_v2(fleet, 12, groups={"gateways": ["h1", "h2"], "gpu_nodes": ["h1", "h2", "h3"]})
+    refused = fleet.deepfleet("rollout", "--batch", "2")
     assert refused.returncode == 2 and "holds every gateway (h1, h2)" in refused.stderr, refused.stderr[-3000:]
+    _on_v2(fleet, 12)  # what the rollback left them serving: only the gateways change
     started = time.monotonic()
     with FailoverLoad(fleet) as load:
         rollout = fleet.deepfleet("rollout", "--batch", "1")
@@ -315,8 +327,11 @@ def test_a_gateway_change_restarts_the_gateways_one_at_a_time_and_failover_clien
     fleet.timings["gateway_rollout_s"] = round(time.monotonic() - started, 1)
     assert rollout.returncode == 0, rollout.stdout + rollout.stderr[-3000:]
     assert [(h["name"], h["outcome"], h["batch"]) for h in _record(fleet)["hosts"]] == [
-        ("h1", "unchanged", 1), ("h2", "unchanged", 2), ("h3", "up to date", 0)]  # the gateways' config only
-    for gateway in ("h1", "h2"):
+        ("h1", "unchanged", 1), ("h2", "unchanged", 2), ("h3", "up to date", 0),  # the gateways' config only
+        ("h4", "updated", 3)]  # the gateway-only host: alone, after the replicas, h1 and h2 serving
+    assert "batch 3: gateway h4" in rollout.stderr and "h4: the other gateways (h1, h2) serve" in rollout.stderr
+    assert "h4: sees every serving replica and answered a smoke completion" in rollout.stderr
+    for gateway in gateways:
         assert fleet.on(gateway, "systemctl show -p MainPID --value deepfleet-gateway").strip() != pids[gateway]
         assert "max_queued: 300" in fleet.on(gateway, "cat /etc/deepfleet/gateway.yaml")
         assert fleet.upstreams(gateway) == ALL_SERVING

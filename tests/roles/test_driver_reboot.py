@@ -115,3 +115,19 @@ def test_a_host_drained_by_rollout_may_be_rebooted(monkeypatch):
         "roles.gpu_facts.NvidiaModuleState": {"$output": ["loaded=550.54.15", "installed=570.133.20"]}})
     monkeypatch.setenv("DEEPFLEET_DRAINED", "1")  # what deepfleet rollout sets for the hosts it drained
     assert find(plan(serving, nvidia_driver, changed=[]), "Reboot to load the new NVIDIA kernel module").change == "yes"
+
+
+def test_a_module_only_a_reboot_can_load_is_a_change_the_plan_shows_so_a_rollout_takes_the_host(monkeypatch):
+    """A host already holding a driver that only a reboot loads (another version runs: an `up` refused the
+    reboot while it served, whose message says to run `deepfleet rollout`) is a definite change in the dry
+    run: `deepfleet rollout` plans from that dry run's changes, and would skip the host as up to date."""
+    def facts(loaded):
+        return with_facts(load_case("ubuntu2204-2xa100"), **{
+            "systemd.SystemdStatus": {"*": {"deepfleet-runtime.service": True}},
+            "roles.gpu_facts.NvidiaModuleState": {"$output": [f"loaded={loaded}", "installed=570.133.20"]}})
+
+    assert find(plan(facts("550.54.15"), nvidia_driver), "refused: the host serves traffic").change == "yes"
+    monkeypatch.setenv("DEEPFLEET_DRAINED", "1")  # the rollout's converge, the host drained
+    assert find(plan(facts("550.54.15"), nvidia_driver), "Reboot to load the new NVIDIA kernel module").change == "yes"
+    # Installed, none loaded: the step before may load it in place, so the reboot is decided at run time.
+    assert find(plan(facts(""), nvidia_driver), "Reboot to load the new NVIDIA kernel module").change == "conditional"

@@ -13,7 +13,7 @@ import yaml
 
 from roles.common import RoleError
 from roles.defaults import DEFAULTS
-from roles.release import rollback
+from roles.rollback import rollback
 from roles.runtime import runtime
 from roles.runtime_container import START_SCRIPT, container_args, image_tag, spec_digest, tarball_image
 
@@ -123,11 +123,50 @@ def test_the_container_restarts_for_a_new_release_or_config(wheelhouse, control_
     assert find(ops, "Wait until the runtime container is ready").change == wait
 
 
-def test_rollback_restarts_the_container_in_docker_mode(control_data):
-    ops = plan(load_case("debian12-nogpu"), rollback, data={**control_data, **DOCKER_MODE})
+def _rollback_case(target_image, running_image="deepfleet-runtime:new", images=("deepfleet-runtime:old",)):
+    """A Docker-mode host whose container runs `running_image` and whose rollback target (what
+    `deepfleet-runtime release rollback --dry-run` answers) runs `target_image`."""
+    target = {"release": "0a1b2c3d4e5f", "previous": "f5e4d3c2b1a0", "model": "tiny@2",
+              "runtime": {"image": target_image}}
+    running = _container({"deepfleet.spec": "0123"}) if running_image else None
+    if running:
+        running[0]["Config"]["Image"] = running_image
+    return with_facts(load_case("debian12-nogpu"), **{
+        "roles.rollback.RollbackTarget": {"*": {"$output": [json.dumps(target)]}},
+        "docker.DockerContainer": {"*": running},
+        "docker.DockerImage": {**{f"object_id={image}": [{"Id": "sha256:ab"}] for image in images}, "*": None}})
+
+
+def test_rollback_restarts_the_container_when_the_release_keeps_its_image(control_data):
+    ops = plan(_rollback_case("deepfleet-runtime:new"), rollback, data={**control_data, **DOCKER_MODE})
+    assert "release rollback" in find(ops, "Switch the runtime back").shell()[0]
     restart = find(ops, "Restart the runtime on the release and wait until it is ready").shell()
     assert restart[0] == "docker restart deepfleet-runtime" and "wait-ready" in restart[1]
     assert not [op for op in ops if "systemctl" in " ".join(op.shell())]
+
+
+def test_rollback_recreates_the_container_on_the_previous_releases_image(control_data):
+    """Docker mode rolls back the image too: the container is recreated on the target release's
+    image (its spec otherwise what the deploy gives it), after the switch, and waited for."""
+    ops = plan(_rollback_case("deepfleet-runtime:old"), rollback, data={**control_data, **DOCKER_MODE})
+    names = [op.name.split(" | ")[1] for op in ops]
+    switch = names.index(next(n for n in names if n.startswith("Switch the runtime back")))
+    recreate = names.index(next(n for n in names if "Runtime container deepfleet-runtime" in n))
+    assert switch < recreate < names.index("Wait until the runtime container is ready")
+    commands = ops[recreate].shell()
+    assert commands[0] == "docker rm --force deepfleet-runtime"
+    assert " deepfleet-runtime:old -c " in commands[1] and "deepfleet-runtime:new" not in commands[1]
+    assert " serve --config /opt/deepfleet/releases/current/runtime.yaml" in commands[1]
+    assert "wait-ready http://127.0.0.1:" in find(ops, "Wait until the runtime container is ready").shell()[0]
+    assert not [op for op in ops if "docker restart" in " ".join(op.shell())]
+
+
+def test_rollback_to_an_image_gone_from_the_host_fails_before_switching(control_data):
+    ops = plan(_rollback_case("deepfleet-runtime:old", images=()), rollback, data={**control_data, **DOCKER_MODE})
+    assert not [op for op in ops if "release rollback" in " ".join(op.shell())]  # nothing switched
+    (fail,) = [op for op in ops if "exit 1" in " ".join(op.shell())]
+    assert "deepfleet-runtime:old" in fail.shell()[0] and "deepfleet up" in fail.shell()[0]
+    assert not [op for op in ops if "docker r" in " ".join(op.shell())]
 
 
 def test_unchanged_running_container_is_left_alone_and_a_changed_spec_is_recreated(wheelhouse, control_data):
@@ -208,3 +247,9 @@ def test_the_image_build_goes_through_the_sites_proxy_with_its_credentials_maske
     plain = find(plan(load_case("debian12-nogpu"), runtime, data={**control_data, **DOCKER_MODE}),
                  "Build runtime image").shell()[0]
     assert "--build-arg" not in plain
+
+
+def test_rollback_in_systemd_mode_restarts_the_unit(control_data):
+    ops = plan(load_case("debian12-nogpu"), rollback, data=control_data)  # the case holds no RollbackTarget: not asked
+    restart = find(ops, "Restart the runtime on the release and wait until it is ready").shell()
+    assert restart[0] == "systemctl restart deepfleet-runtime.service" and "--unit deepfleet-runtime" in restart[1]

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from deepfleet_runtime.cli import main
 from deepfleet_runtime.modelstore.hostreleases import ModelReleases, activate
 from deepfleet_runtime.modelstore.manifest import Manifest
 from deepfleet_runtime.releasestore import ReleaseStore
 from deepfleet_runtime.runtimereleases import (ReleaseError, activate_release, read_release, release_id,
-                                               rollback_release, use_venv)
+                                               rollback_release, rollback_target, use_venv)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="releases are handed to root, like on hosts")
 GROUP = "root"
@@ -117,6 +118,26 @@ def test_last_n_kept_with_their_venvs_and_rollback_restores_model_config_and_run
     assert rollback_release(host.releases, None, store.keys, GROUP, model_keep=3)["release"] == r3
     with pytest.raises(ReleaseError, match=f"release {r1} of the runtime is not on this host; kept releases: {r3}, {r2}"):
         rollback_release(host.releases, r1, store.keys, GROUP, model_keep=3)
+
+
+def test_the_rollback_target_names_the_release_and_its_image_and_changes_nothing(host, tmp_path, store, capsys):
+    """What the rollback deploy asks first in Docker mode: the release a rollback would switch to,
+    with its runtime (the image the container must run), without verifying or switching anything."""
+    model = host.model(tmp_path, b"a")
+    old = activate_release(host.releases, host.config(model), {"image": "deepfleet-runtime:old"}, GROUP, keep=3)
+    new = activate_release(host.releases, host.config(model), {"image": "deepfleet-runtime:new"}, GROUP, keep=3)
+    history = host.releases.history()
+    target = rollback_target(host.releases, None)
+    assert target == {"release": old["release"], "previous": new["release"], "model": f"tiny@{model}",
+                      "runtime": {"image": "deepfleet-runtime:old"}}
+    assert host.releases.current() == new["release"] and host.releases.history() == history
+    assert rollback_target(host.releases, model)["release"] == old["release"]  # by its model release: not current
+    with pytest.raises(ReleaseError, match="not on this host"):
+        rollback_target(host.releases, "0123456789ab")
+    # As the deploy asks it (roles/rollback.RollbackTarget): one JSON line.
+    assert main(["release", "rollback", "--dry-run", "--root", str(host.home / "releases")]) == 0
+    assert json.loads(capsys.readouterr().out) == target
+    assert host.releases.current() == new["release"]
 
 
 def test_a_rollback_whose_model_rotted_changes_nothing(host, tmp_path, store):

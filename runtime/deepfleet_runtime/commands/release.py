@@ -2,7 +2,8 @@
 root by deploys; see runtimereleases.py).
 
     activate  make the release of a rendered runtime.yaml + runtime version current, keep the last N
-    rollback  switch back to the previous release (or --to RELEASE), its model verified first
+    rollback  switch back to the previous release (or --to RELEASE), its model verified first;
+              --dry-run names that release and its runtime (the image, in Docker mode)
     use-venv  point <home>/venv at a freshly installed venv; remove venvs nothing refers to
     show      the current release's record and the kept ones (JSON)
 """
@@ -40,6 +41,8 @@ def register(commands) -> None:
     rollback.add_argument("--model-keep", type=int, default=3, help="model releases to keep")
     rollback.add_argument("--config", type=Path, default=None,
                           help="the deploy's rendered runtime.yaml: gets the release's config back")
+    rollback.add_argument("--dry-run", action="store_true",
+                          help="print the release it would switch to (with its runtime), changing nothing")
     rollback.set_defaults(func=rollback_command)
 
     use_venv = sub.add_parser("use-venv", help="point <home>/venv at VENV; remove unreferenced venvs")
@@ -74,8 +77,10 @@ def activate_command(args) -> int:
 def rollback_command(args) -> int:
     from ..modelstore import KeyDirectory
     from ..releasestore import ReleaseStore
-    from ..runtimereleases import rollback_release
+    from ..runtimereleases import rollback_release, rollback_target
 
+    if args.dry_run:
+        return _report(lambda: rollback_target(ReleaseStore(args.root), args.to), _errors())
     return _report(lambda: rollback_release(ReleaseStore(args.root), args.to, KeyDirectory(args.keys_dir),
                                             args.group, args.model_keep, args.config), _errors())
 
