@@ -82,6 +82,6 @@ def rollback(to: str | None = None):
                       args=runtime_container_args(role_settings(), image, has_nvidia_gpu()))
         server.shell(name="Wait until the runtime container is ready", commands=[ready_command(unit=None)])
         return
-    restart = "docker restart deepfleet-runtime" if docker else "systemctl restart deepfleet-runtime.service"
+    restart = f"docker restart {CONTAINER}" if docker else "systemctl restart deepfleet-runtime.service"
     server.shell(name="Restart the runtime on the release and wait until it is ready",
                  commands=[restart, ready_command(unit=None if docker else "deepfleet-runtime")])

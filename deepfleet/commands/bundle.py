@@ -13,6 +13,8 @@ from . import log
 
 
 def register(commands) -> None:
+    from ..bundle.signing import KEY_VALID_DAYS
+
     bundle = commands.add_parser("bundle", help="one signed offline bundle for air-gapped installs")
     sub = bundle.add_subparsers(dest="bundle_command", required=True)
 
@@ -24,8 +26,8 @@ def register(commands) -> None:
     build.add_argument("--signing-key-dir", type=Path, default=None,
                        help="the bundle signing key (default: <state>/bundle-keys, created on first use, "
                        "sealed under DEEPFLEET_KEY_PASSPHRASE when set)")
-    build.add_argument("--signing-key-valid-days", type=int, default=None, metavar="DAYS",
-                       help="how long a signing key made by this build stays valid (default: 730)")
+    build.add_argument("--signing-key-valid-days", type=int, default=KEY_VALID_DAYS, metavar="DAYS",
+                       help=f"how long a signing key made by this build stays valid (default: {KEY_VALID_DAYS})")
     build.set_defaults(func=build_command)
 
     verify = sub.add_parser("verify", help="check a bundle's signature and every file's hash")
@@ -41,7 +43,6 @@ def build_command(args) -> int:
     from roles.defaults import DEFAULTS
 
     from ..bundle.build import build_bundle
-    from ..bundle.signing import KEY_VALID_DAYS
     from ..inventoryfile import load_inventory
     from ..paths import PROJECT_ROOT, state_dir
 
@@ -56,7 +57,7 @@ def build_command(args) -> int:
                             cache=control_path(cache, "deepfleet_cache_dir"), runtime_src=PROJECT_ROOT / "runtime",
                             model_keys_dir=control_path(model_keys, "model_keys_dir") if model_keys else None,
                             lock_path=args.lock, log=log,
-                            signing_key_valid_days=args.signing_key_valid_days or KEY_VALID_DAYS)
+                            signing_key_valid_days=args.signing_key_valid_days)
     size = sum(entry["size"] for entry in manifest["files"].values())
     print(f"bundle {args.out}: {len(manifest['files'])} files, {size / 1e9:.2f} GB, signed by {manifest['signer']}")
     print(f"  packages for {', '.join(target.key for target in spec.os_targets)}; "

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from deepfleet.bundle import signing
-from deepfleet.bundle.signing import SigningError, ensure_signer, verify_detached
+from deepfleet.bundle.signing import KEY_VALID_DAYS, SigningError, ensure_signer, verify_detached
 
 PASSPHRASE = "correct horse battery staple"
 UTC = datetime.timezone.utc
@@ -154,3 +154,24 @@ def test_a_build_with_a_key_expiring_before_the_bundle_stops_before_anything_is_
                      runtime_src=tmp_path, model_keys_dir=None, log=lambda _: None)
     assert not (tmp_path / "bundle").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")] == []
+
+
+def test_bundle_build_passes_the_days_asked_to_the_key_even_zero_which_is_then_refused(monkeypatch, tmp_path):
+    import argparse
+
+    import deepfleet.bundle.build as build
+    from deepfleet.commands import bundle as bundle_command
+
+    asked = []
+    monkeypatch.setattr(build, "build_bundle", lambda *a, signing_key_valid_days, **k: asked.append(
+        signing_key_valid_days) or {"files": {}, "signer": "x"})
+    parser = argparse.ArgumentParser()
+    bundle_command.register(parser.add_subparsers(dest="command"))
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text('gpu_nodes = [("gpu1", {"ssh_hostname": "10.0.0.11", "bundle_host_os": "debian-12"})]\n')
+    for extra, expected in (([], KEY_VALID_DAYS), (["--signing-key-valid-days", "0"], 0)):
+        args = parser.parse_args(["bundle", "build", str(inventory), "--out", str(tmp_path / "b"), *extra])
+        assert args.func(args) == 0
+        assert asked.pop() == expected
+    with pytest.raises(SigningError, match="at least a day"):
+        ensure_signer(tmp_path / "keys", log=lambda _: None, valid_days=0)
