@@ -26,7 +26,7 @@ from .skip import skip_role
 _CUDA_REPO_KEYS = {"debian": "3bf863cc.pub", "rhel": "D42D0685.pub"}
 # Repositories NVIDIA signs with a newer key: debian13's 3BF863CC is refused by trixie's sqv (its
 # binding signature uses SHA-1, rejected since 2026-02-01; NVIDIA/cuda-repo-management#39).
-_CUDA_REPO_KEYS_BY_DISTRO = {"debian13": "8793F200.pub"}
+_CUDA_REPO_KEYS_BY_DISTRO = {"debian13": "8793F200.pub", "rhel10": "CDF6BA43.pub"}  # rhel10: its cuda-rhel10.repo
 
 
 def cuda_repo(os: HostOS, base_url: str, fingerprints: tuple[str, ...] = ()) -> PackageRepo:

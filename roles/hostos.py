@@ -36,6 +36,9 @@ class OsRelease:
 _DEBIAN_PYTHON = ("python3", "python3-venv")
 # RHEL 9's python3 is 3.9; AppStream's python3.11 carries venv and ensurepip itself.
 _EL9 = OsRelease("rhel", RuntimePython("python3.11", "3.11", "2.34", ("python3", "python3.11")))
+# RHEL 10's python3 is 3.12 (venv and ensurepip included), glibc 2.39. NVIDIA publishes compute/cuda/repos/
+# rhel10 (driver without dnf module streams: roles/nvidia_driver.py), Docker <centos|rhel>/10.
+_EL10 = OsRelease("rhel", RuntimePython("python3", "3.12", "2.39", ("python3",)))
 # (os id, major version) -> what the roles need to know. Everything else is refused with a clear message.
 SUPPORTED = {
     # Ubuntu 22.04's python3 is 3.10: the runtime gets 3.11 from Ubuntu's own universe component.
@@ -48,6 +51,9 @@ SUPPORTED = {
     ("rocky", "9"): _EL9,
     ("rhel", "9"): _EL9,
     ("almalinux", "9"): _EL9,
+    ("rocky", "10"): _EL10,
+    ("rhel", "10"): _EL10,
+    ("almalinux", "10"): _EL10,
 }
 _DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -108,8 +114,7 @@ def host_os() -> HostOS:
     if (os_id, found.major) not in SUPPORTED:
         supported = ", ".join(f"{name} {major}" for name, major in SUPPORTED)
         raise RoleError(f"host {host.name} runs {os_id or 'an unknown OS'} {version}; deepfleet's roles "
-                        f"support {supported} (Ubuntu 26.04 and RHEL/Rocky 10 are not supported yet: see "
-                        "docs/gpu-hosts.md)")
+                        f"support {supported} (Ubuntu 26.04 is not supported yet: see docs/gpu-hosts.md)")
     if machine not in _DEB_ARCH:
         raise RoleError(f"host {host.name} has architecture {machine!r}; deepfleet's roles support "
                         f"{', '.join(_DEB_ARCH)}")

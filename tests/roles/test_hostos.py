@@ -21,6 +21,7 @@ def _os(facts):
     ("ubuntu2204-2xa100", "debian", "ubuntu2204", "x86_64", "amd64", "jammy"),
     ("ubuntu2404-rtx4090", "debian", "ubuntu2404", "x86_64", "amd64", "noble"),
     ("rocky9-8xh100", "rhel", "rhel9", "x86_64", "amd64", ""),
+    ("rocky10-8xh100", "rhel", "rhel10", "x86_64", "amd64", ""),
     ("debian12-nogpu", "debian", "debian12", "x86_64", "amd64", "bookworm"),
     ("debian12-arm64-edge", "debian", "debian12", "sbsa", "arm64", "bookworm"),
 ])
@@ -53,7 +54,7 @@ def test_debian_13_gets_nvidias_debian13_repository_with_its_new_key_and_trixies
     assert "nvidia-driver" in find(distro, ": packages").shell()[-1]
 
 
-@pytest.mark.parametrize(("os_id", "version"), [("ubuntu", "26.04"), ("rocky", "10.1"), ("rhel", "10.1")])
+@pytest.mark.parametrize(("os_id", "version"), [("ubuntu", "26.04")])  # Rocky/RHEL 10: test_rhel10.py
 def test_releases_not_supported_yet_are_refused_naming_the_supported_ones(os_id, version):
     release = {"$output": ["/etc/os-release", f"ID={os_id}", f'VERSION_ID="{version}"', "---"]}
     with pytest.raises(RoleError, match=r"support ubuntu 22, ubuntu 24, debian 12, debian 13, rocky 9.*not supported yet"):
