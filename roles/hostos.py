@@ -45,6 +45,9 @@ SUPPORTED = {
     ("ubuntu", "22"): OsRelease("debian", RuntimePython("python3.11", "3.11", "2.35",
                                                         ("python3", "python3.11", "python3.11-venv"))),
     ("ubuntu", "24"): OsRelease("debian", RuntimePython("python3", "3.12", "2.39", _DEBIAN_PYTHON)),
+    # Ubuntu 26.04: python3 3.14, glibc 2.43 (its release notes). NVIDIA's ubuntu2604 repository is refused
+    # (roles/cuda.py: cuda_repo); the driver and CUDA come from Ubuntu's archive there.
+    ("ubuntu", "26"): OsRelease("debian", RuntimePython("python3", "3.14", "2.43", _DEBIAN_PYTHON)),
     ("debian", "12"): OsRelease("debian", RuntimePython("python3", "3.11", "2.36", _DEBIAN_PYTHON)),
     # Debian 13 (trixie): NVIDIA publishes compute/cuda/repos/debian13, signed with a new key (cuda.py).
     ("debian", "13"): OsRelease("debian", RuntimePython("python3", "3.13", "2.41", _DEBIAN_PYTHON)),
@@ -114,7 +117,7 @@ def host_os() -> HostOS:
     if (os_id, found.major) not in SUPPORTED:
         supported = ", ".join(f"{name} {major}" for name, major in SUPPORTED)
         raise RoleError(f"host {host.name} runs {os_id or 'an unknown OS'} {version}; deepfleet's roles "
-                        f"support {supported} (Ubuntu 26.04 is not supported yet: see docs/gpu-hosts.md)")
+                        f"support {supported} (docs/gpu-hosts.md)")
     if machine not in _DEB_ARCH:
         raise RoleError(f"host {host.name} has architecture {machine!r}; deepfleet's roles support "
                         f"{', '.join(_DEB_ARCH)}")
