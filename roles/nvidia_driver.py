@@ -48,7 +48,7 @@ class DriverPackages:
     repos: list[PackageRepo]  # repositories to add first ([]: the OS's configured ones)
     packages: list[str]  # kernel headers and driver packages
     dnf_module: str | None = None  # RHEL 9: the nvidia-driver module stream to install
-    driver: tuple[str, ...] = ()  # RHEL 10 (no streams): the driver, installed after `packages` (EPEL) and the branch lock
+    driver: tuple[str, ...] = ()  # RHEL 10 (no streams): installed after `packages` (EPEL) and the branch lock
     apt_pin: str | None = None  # apt: an /etc/apt/preferences.d file that holds the driver to its branch
     dkms: bool = True  # the module is built on the host (False: the OS's signed prebuilt modules)
 
@@ -162,7 +162,8 @@ def enable_crb(os_id: str, machine: str, major: str = "9"):
         host.noop("CRB is enabled")
         return
     if os_id == "rhel":
-        yield StringCommand("subscription-manager", "repos", "--enable", f"codeready-builder-for-rhel-{major}-{machine}-rpms")
+        yield StringCommand("subscription-manager", "repos", "--enable",
+                            f"codeready-builder-for-rhel-{major}-{machine}-rpms")
         return
     yield StringCommand("dnf", "config-manager", "--set-enabled", "crb")
 

@@ -27,8 +27,8 @@ from pyinfra.facts.docker import DockerSystemInfo
 from .cuda import cuda_home
 from .defaults import DEFAULTS
 from .facts import ClockOffset, JsonFile
-from .gpu_facts import (CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaFabric, NvidiaNvSwitches, NvidiaPersistence, NvidiaSmi,
-                        gpu_spec, nvidia_devices)
+from .gpu_facts import (CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaFabric, NvidiaNvSwitches,
+                        NvidiaPersistence, NvidiaSmi, gpu_spec, nvidia_devices)
 
 
 @dataclass(frozen=True)

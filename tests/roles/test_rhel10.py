@@ -6,6 +6,7 @@ published instructions, not from the reviewed plans:
   `dnf install nvidia-open` (proprietary: `cuda-drivers`, "Switching between Driver Module Flavors");
 - NVIDIA's repository `compute/cuda/repos/rhel10/<arch>/` (its `cuda-rhel10.repo` names
   `gpgkey=.../rhel10/x86_64/CDF6BA43.pub`); CRB and EPEL 10 as its pre-installation actions ask;
+- Fabric Manager where no `/fm` profile exists: `dnf install nvidia-fabric-manager` (NVIDIA's cloud-native docs);
 - Docker's `<base>/<centos|rhel>/$releasever/$basearch/stable` and the toolkit's `stable/rpm/$basearch`.
 """
 
