@@ -243,6 +243,11 @@ class GpuContainerTest(FactBase):
                 "output": "\n".join(lines)}
 
 
+# One GPU's vectorAdd container gets this long (the image's first pull included) before it counts
+# as hung: exit 124, a wedged GPU.
+CUDA_CONTAINER_TIMEOUT_S = 600
+
+
 class GpuCudaContainers(FactBase):
     """Does a container get working CUDA on each GPU? One `docker run --rm --gpus device=N IMAGE` per
     index of `gpus` ("0,1,..."), IMAGE running NVIDIA's vectorAdd sample, which prints "Test PASSED"
@@ -253,8 +258,14 @@ class GpuCudaContainers(FactBase):
         return "docker"
 
     def command(self, image: str, gpus: str) -> str:
-        runs = [f'echo "gpu={index}"; docker run --rm --gpus device={index} {shlex.quote(image)} 2>&1; '
-                'echo "exit_code=$?"' for index in gpus.split(",") if index.strip().isdigit()]
+        runs = []
+        for index in (index.strip() for index in gpus.split(",")):
+            if index.isdigit():
+                name = f"deepfleet-verify-cuda-{index}"  # named, so that a run past its deadline is removed
+                remove = f"docker rm -f {name} >/dev/null 2>&1 || true"
+                runs.append(f'{remove}; echo "gpu={index}"; timeout {CUDA_CONTAINER_TIMEOUT_S} docker run --rm '
+                            f'--name {name} --gpus device={index} {shlex.quote(image)} 2>&1; echo "exit_code=$?"; '
+                            f'{remove}')
         return "; ".join(runs) or "true"
 
     @staticmethod

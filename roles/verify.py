@@ -27,7 +27,7 @@ from pyinfra.facts.docker import DockerSystemInfo
 from .cuda import cuda_home
 from .defaults import DEFAULTS
 from .facts import ClockOffset, JsonFile
-from .gpu_facts import (CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaFabric, NvidiaNvSwitches,
+from .gpu_facts import (CUDA_CONTAINER_TIMEOUT_S, CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaFabric, NvidiaNvSwitches,
                         NvidiaPersistence, NvidiaSmi, gpu_spec, nvidia_devices)
 
 
@@ -37,6 +37,9 @@ class Check:
     ok: bool
     detail: str
 
+
+CONTAINER_TIMED_OUT = (f"no answer within {CUDA_CONTAINER_TIMEOUT_S} s: the GPU may be wedged (look for Xid errors in "
+                       "`dmesg` and at `nvidia-smi -q -d ECC,PERFORMANCE`; drain the host, then reset the GPU or reboot)")
 
 # What a failed vectorAdd container says -> the fix (the first match wins).
 CONTAINER_FIXES = (
@@ -60,6 +63,8 @@ def _container_failure(index: int, gpu: dict | None, run: dict | None, image: st
     if run is None:
         return f"{name}: no container ran"
     said = " ".join(line for line in run["output"].splitlines() if line.strip())[-300:] or "no output"
+    if run["exit_code"] == 124:  # `timeout` stopped it
+        return f"{name}: exit 124: {CONTAINER_TIMED_OUT}"
     fix = next((fix for needles, fix in CONTAINER_FIXES if any(needle in run["output"] for needle in needles)),
                f"run `docker run --rm --gpus device={index} {image}` on the host for the whole error")
     return f"{name}: exit {run['exit_code']}: {said}; {fix}"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from roles.gpu_facts import (CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaModuleState, NvidiaPciDevices, NvidiaSmi, gpu_spec,
+from roles.gpu_facts import (CUDA_CONTAINER_TIMEOUT_S, CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaModuleState, NvidiaPciDevices, NvidiaSmi, gpu_spec,
                              model_name, pci_scan_command)
 
 A100_SMI = ["0, NVIDIA A100-SXM4-80GB, 81920, 570.133.20, 8.0, 00000000:07:00.0",
@@ -106,10 +106,21 @@ VECTORADD_802 = ["Failed to allocate device vector A (error code system not yet 
 
 def test_cuda_containers_run_one_container_per_gpu_index():
     command = GpuCudaContainers().command("nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0", "0,1")
-    assert command.count("docker run --rm --gpus device=") == 2
-    assert 'echo "gpu=0"; docker run --rm --gpus device=0 nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0 2>&1' \
-        in command and "--gpus device=1 " in command
+    assert command.count("docker run --rm --name deepfleet-verify-cuda-") == 2
+    assert "docker run --rm --name deepfleet-verify-cuda-0 --gpus device=0 " \
+        "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0 2>&1" in command and "--gpus device=1 " in command
     assert GpuCudaContainers().command("img", "") == "true"  # no GPU answers: nothing to run
+
+
+def test_cuda_containers_are_bounded_in_time_and_leave_no_container_behind():
+    # a wedged GPU must not hang verify: each run has a deadline, a name, and is removed after it
+    command = GpuCudaContainers().command("img", "3")
+    assert f"timeout {CUDA_CONTAINER_TIMEOUT_S} docker run --rm --name deepfleet-verify-cuda-3 --gpus device=3 img" \
+        in command
+    assert command.index("docker rm -f deepfleet-verify-cuda-3") < command.index("docker run")  # a leftover goes first
+    assert command.rstrip().endswith("docker rm -f deepfleet-verify-cuda-3 >/dev/null 2>&1 || true")
+    runs = GpuCudaContainers().process(["gpu=3", "exit_code=124"])
+    assert runs[3] == {"exit_code": 124, "passed": False, "output": ""}
 
 
 def test_cuda_containers_parse_each_gpus_vectoradd_and_exit_code():

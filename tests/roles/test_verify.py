@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from roles.defaults import DEFAULTS
-from roles.gpu_facts import CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaFabric, NvidiaPciDevices, NvidiaPersistence, NvidiaSmi
+from roles.gpu_facts import (CUDA_CONTAINER_TIMEOUT_S, CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaFabric, NvidiaPciDevices, NvidiaPersistence,
+                             NvidiaSmi)
 from roles.verify import gpu_checks, report, verify
 
 from .factplan import find, load_case, plan, with_facts
@@ -149,6 +150,12 @@ def test_an_image_missing_on_an_air_gapped_host_names_the_bundle():
                "exit_code=125"]
     detail = _container_check(_checks(containers=["gpu=7", *missing, "gpu=8", *missing])).detail
     assert "GPU 7" in detail and "GPU 8" in detail and "bundle" in detail and "verify_cuda_container_image" in detail
+
+
+def test_a_container_that_outlives_its_deadline_names_a_wedged_gpu():
+    detail = _container_check(_checks(containers=["gpu=7", *VECTORADD_OK, "exit_code=0", "gpu=8", "exit_code=124"])).detail
+    assert "GPU 8 (00000000:08:00.0): exit 124" in detail
+    assert f"no answer within {CUDA_CONTAINER_TIMEOUT_S} s" in detail and "nvidia-smi -q -d ECC,PERFORMANCE" in detail
 
 
 def test_verify_runs_the_sample_on_each_gpu_the_driver_sees_with_the_setting_image():
