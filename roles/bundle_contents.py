@@ -107,11 +107,11 @@ def wheel_targets(settings: Mapping, os: HostOS) -> list[WheelTarget]:
 
 
 def host_images(settings: Mapping, gpu: bool) -> list[str]:
-    """Images the host's Docker must hold that it would otherwise pull: the toolkit's test image on
-    GPU hosts, the runtime image's base when Docker mode builds it on the host."""
+    """Images the host's Docker must hold that it would otherwise pull: on GPU hosts the toolkit's
+    test image and verify's CUDA sample, the runtime image's base when Docker mode builds it on the host."""
     if not docker_wanted(settings, gpu)[0]:
         return []
-    images = [settings["nvidia_container_toolkit_test_image"]] if gpu else []
+    images = [settings["nvidia_container_toolkit_test_image"], settings["verify_cuda_container_image"]] if gpu else []
     if settings["runtime_mode"] == "docker" and settings["runtime_image_source"] == "build":
         images.append(settings[_image_setting(settings, gpu)])
     return images

@@ -26,12 +26,19 @@ from .skip import skip_role
 _CUDA_REPO_KEYS = {"debian": "3bf863cc.pub", "rhel": "D42D0685.pub"}
 # Repositories NVIDIA signs with a newer key: debian13's 3BF863CC is refused by trixie's sqv (its
 # binding signature uses SHA-1, rejected since 2026-02-01; NVIDIA/cuda-repo-management#39).
-_CUDA_REPO_KEYS_BY_DISTRO = {"debian13": "8793F200.pub"}
+_CUDA_REPO_KEYS_BY_DISTRO = {"debian13": "8793F200.pub", "rhel10": "CDF6BA43.pub"}  # rhel10: its cuda-rhel10.repo
+# Repositories NVIDIA publishes that deepfleet does not install from yet, and why.
+_UNSUPPORTED_CUDA_REPOS = {"ubuntu2604": "its packages are the 590+ layout without a branch in their names, and "
+                                         "its signing key file is not pinned here"}
 
 
 def cuda_repo(os: HostOS, base_url: str, fingerprints: tuple[str, ...] = ()) -> PackageRepo:
     """NVIDIA's CUDA repository for this OS and architecture, under `base_url`, its key accepted
     only with one of `fingerprints`."""
+    if os.nvidia_distro in _UNSUPPORTED_CUDA_REPOS:
+        raise RoleError(f"{os.label}: NVIDIA's {os.nvidia_distro} CUDA repository is not supported yet "
+                        f"({_UNSUPPORTED_CUDA_REPOS[os.nvidia_distro]}); set nvidia_driver_source: distro and "
+                        "cuda_source: distro (Ubuntu's own driver and CUDA toolkit)")
     root = f"{base_url.rstrip('/')}/{os.nvidia_distro}/{os.nvidia_arch}"
     key = _CUDA_REPO_KEYS_BY_DISTRO.get(os.nvidia_distro, _CUDA_REPO_KEYS[os.family])
     # The pinned fingerprints are 3bf863cc's: a repository signed with another key is not pinned yet.

@@ -148,6 +148,9 @@ SETTINGS = {
     # --- verify (deploys/verify.py): what a provisioned host must show --------------------------------
     "verify_gpu_count": S(None,
         "GPUs nvidia-smi and a CUDA container must see (None: the PCI count)", type="int|null", example=2),
+    "verify_cuda_container_image": S("nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0",
+        "NVIDIA's CUDA vectorAdd sample, run in one container per GPU (`--gpus device=N`): it must print "
+        "\"Test PASSED\" on every GPU; air-gapped hosts load it from the bundle"),
 
     # --- model: what is served, encrypted at rest (docs/model-format.md) --------------------------
     "model_name": S("tiny-deepseek-v3", "the name clients pass as \"model\""),

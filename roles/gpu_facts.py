@@ -11,6 +11,9 @@
     NvidiaPersistence  per GPU, persistence mode: {index: "Enabled" | "Disabled"}
     CudaProbe          a CUDA context and a 1 MiB allocation on every GPU, through the host's libcuda
                        (python3 + ctypes): {"devices": N, "ok": [indexes], "error": "name (code)" | None}
+    GpuCudaContainers  per GPU index, `docker run --rm --gpus device=N IMAGE` of NVIDIA's vectorAdd sample
+                       (a context, allocations, a kernel, a checked result in a container):
+                       {index: {"exit_code", "passed", "output"}}
 
 `gpu_spec()` turns either view into the capacity planner's notation ("2xA100-80GB").
 """
@@ -238,6 +241,50 @@ class GpuContainerTest(FactBase):
         lines = output[:-1] if exit_code is not None else output
         return {"exit_code": exit_code, "gpus": [line for line in lines if re.match(r"GPU \d+:", line)],
                 "output": "\n".join(lines)}
+
+
+# One GPU's vectorAdd container gets this long (the image's first pull included) before it counts
+# as hung: exit 124, a wedged GPU.
+CUDA_CONTAINER_TIMEOUT_S = 600
+
+
+class GpuCudaContainers(FactBase):
+    """Does a container get working CUDA on each GPU? One `docker run --rm --gpus device=N IMAGE` per
+    index of `gpus` ("0,1,..."), IMAGE running NVIDIA's vectorAdd sample, which prints "Test PASSED"
+    (NVIDIA's container toolkit e2e tests and the GPU Operator's validation run the same sample):
+    {index: {"exit_code", "passed": exit 0 and "Test PASSED" printed, "output"}}."""
+
+    def requires_command(self, image: str, gpus: str) -> str:
+        return "docker"
+
+    def command(self, image: str, gpus: str) -> str:
+        runs = []
+        for index in (index.strip() for index in gpus.split(",")):
+            if index.isdigit():
+                name = f"deepfleet-verify-cuda-{index}"  # named, so that a run past its deadline is removed
+                remove = f"docker rm -f {name} >/dev/null 2>&1 || true"
+                runs.append(f'{remove}; echo "gpu={index}"; timeout {CUDA_CONTAINER_TIMEOUT_S} docker run --rm '
+                            f'--name {name} --gpus device={index} {shlex.quote(image)} 2>&1; echo "exit_code=$?"; '
+                            f'{remove}')
+        return "; ".join(runs) or "true"
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+    def process(self, output):
+        runs, index, lines = {}, None, []
+        for line in output:
+            if line.startswith("gpu=") and line[4:].isdigit():
+                index, lines = int(line[4:]), []
+            elif line.startswith("exit_code=") and index is not None:
+                code = int(line.split("=", 1)[1])
+                runs[index] = {"exit_code": code, "passed": code == 0 and "Test PASSED" in lines,
+                               "output": "\n".join(lines)}
+                index = None
+            elif index is not None:
+                lines.append(line)
+        return runs
 
 
 def nvidia_devices() -> list[dict]:

@@ -36,18 +36,27 @@ class OsRelease:
 _DEBIAN_PYTHON = ("python3", "python3-venv")
 # RHEL 9's python3 is 3.9; AppStream's python3.11 carries venv and ensurepip itself.
 _EL9 = OsRelease("rhel", RuntimePython("python3.11", "3.11", "2.34", ("python3", "python3.11")))
+# RHEL 10's python3 is 3.12 (venv and ensurepip included), glibc 2.39. NVIDIA publishes compute/cuda/repos/
+# rhel10 (driver without dnf module streams: roles/nvidia_driver.py), Docker <centos|rhel>/10.
+_EL10 = OsRelease("rhel", RuntimePython("python3", "3.12", "2.39", ("python3",)))
 # (os id, major version) -> what the roles need to know. Everything else is refused with a clear message.
 SUPPORTED = {
     # Ubuntu 22.04's python3 is 3.10: the runtime gets 3.11 from Ubuntu's own universe component.
     ("ubuntu", "22"): OsRelease("debian", RuntimePython("python3.11", "3.11", "2.35",
                                                         ("python3", "python3.11", "python3.11-venv"))),
     ("ubuntu", "24"): OsRelease("debian", RuntimePython("python3", "3.12", "2.39", _DEBIAN_PYTHON)),
+    # Ubuntu 26.04: python3 3.14, glibc 2.43 (its release notes). NVIDIA's ubuntu2604 repository is refused
+    # (roles/cuda.py: cuda_repo); the driver and CUDA come from Ubuntu's archive there.
+    ("ubuntu", "26"): OsRelease("debian", RuntimePython("python3", "3.14", "2.43", _DEBIAN_PYTHON)),
     ("debian", "12"): OsRelease("debian", RuntimePython("python3", "3.11", "2.36", _DEBIAN_PYTHON)),
     # Debian 13 (trixie): NVIDIA publishes compute/cuda/repos/debian13, signed with a new key (cuda.py).
     ("debian", "13"): OsRelease("debian", RuntimePython("python3", "3.13", "2.41", _DEBIAN_PYTHON)),
     ("rocky", "9"): _EL9,
     ("rhel", "9"): _EL9,
     ("almalinux", "9"): _EL9,
+    ("rocky", "10"): _EL10,
+    ("rhel", "10"): _EL10,
+    ("almalinux", "10"): _EL10,
 }
 _DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -108,8 +117,7 @@ def host_os() -> HostOS:
     if (os_id, found.major) not in SUPPORTED:
         supported = ", ".join(f"{name} {major}" for name, major in SUPPORTED)
         raise RoleError(f"host {host.name} runs {os_id or 'an unknown OS'} {version}; deepfleet's roles "
-                        f"support {supported} (Ubuntu 26.04 and RHEL/Rocky 10 are not supported yet: see "
-                        "docs/gpu-hosts.md)")
+                        f"support {supported} (docs/gpu-hosts.md)")
     if machine not in _DEB_ARCH:
         raise RoleError(f"host {host.name} has architecture {machine!r}; deepfleet's roles support "
                         f"{', '.join(_DEB_ARCH)}")

@@ -47,7 +47,8 @@ class DriverPackages:
 
     repos: list[PackageRepo]  # repositories to add first ([]: the OS's configured ones)
     packages: list[str]  # kernel headers and driver packages
-    dnf_module: str | None = None  # RHEL family: the nvidia-driver module stream to install
+    dnf_module: str | None = None  # RHEL 9: the nvidia-driver module stream to install
+    driver: tuple[str, ...] = ()  # RHEL 10 (no streams): installed after `packages` (EPEL) and the branch lock
     apt_pin: str | None = None  # apt: an /etc/apt/preferences.d file that holds the driver to its branch
     dkms: bool = True  # the module is built on the host (False: the OS's signed prebuilt modules)
 
@@ -69,9 +70,12 @@ def driver_packages(os: HostOS, kernel: str, settings, nvswitch: bool = False,
         # would pull the newest kernel and DKMS would build for a kernel that is not running.
         running = re.sub(r"\.(x86_64|aarch64)$", "", kernel)
         headers = [f"kernel-devel={running}", f"kernel-headers={running}"] + (["epel-release"] if os.id != "rhel" else [])
+        repos = [cuda_repo(os, settings["cuda_repo_base_url"], settings["cuda_repo_key_fingerprints"])]
+        if os.major != "9":  # RHEL 10: no module streams; NVIDIA: versionlock *nvidia*<branch>*, then install
+            driver = ["nvidia-open" if open_modules else "cuda-drivers"] + (["nvidia-fabric-manager"] if nvswitch else [])
+            return DriverPackages(repos, headers, driver=tuple(driver))
         stream = f"nvidia-driver:{branch}-{'open' if open_modules else 'dkms'}"
-        return DriverPackages([cuda_repo(os, settings["cuda_repo_base_url"], settings["cuda_repo_key_fingerprints"])], headers,
-                              stream + ("/fm" if nvswitch else ""))  # the fm profile adds Fabric Manager
+        return DriverPackages(repos, headers, stream + ("/fm" if nvswitch else ""))  # the fm profile adds Fabric Manager
     headers = [f"linux-headers-{kernel}"]
     mirror = settings["nvidia_driver_debian_mirror_url"].rstrip("/")
     if source == "cuda_repo":
@@ -144,20 +148,22 @@ def load_nvidia_module():
 
 
 @operation()
-def enable_crb(os_id: str, machine: str):
+def enable_crb(os_id: str, machine: str, major: str = "9"):
     """
     Enable CodeReady Builder (CRB), which EPEL's DKMS and NVIDIA's driver depend on (NVIDIA's CUDA
-    installation guide, RHEL 9 / Rocky 9), unless it is enabled already.
+    installation guide, RHEL 9/10, Rocky 9/10), unless it is enabled already.
 
     + os_id: "rocky"/"almalinux" (dnf config-manager) or "rhel" (subscription-manager)
     + machine: uname -m
+    + major: the RHEL major version ("9", "10")
     """
     enabled = host.get_fact(DnfEnabledRepos)
     if any(repo == "crb" or repo.startswith("codeready-builder") for repo in enabled):
         host.noop("CRB is enabled")
         return
     if os_id == "rhel":
-        yield StringCommand("subscription-manager", "repos", "--enable", f"codeready-builder-for-rhel-9-{machine}-rpms")
+        yield StringCommand("subscription-manager", "repos", "--enable",
+                            f"codeready-builder-for-rhel-{major}-{machine}-rpms")
         return
     yield StringCommand("dnf", "config-manager", "--set-enabled", "crb")
 
@@ -201,18 +207,23 @@ def nvidia_driver():
                            secure_boot=host.get_fact(SecureBoot)["enabled"])
     repo_changes = driver_sources(plan, os, str(data.nvidia_driver_branch))
     if os.family == "rhel":
-        enable_crb(name="Enable CodeReady Builder (CRB) for EPEL's DKMS", os_id=os.id, machine=os.machine)
+        enable_crb(name="Enable CodeReady Builder (CRB) for EPEL's DKMS", os_id=os.id, machine=os.machine,
+                   major=os.major)
+    hold = "Hold the NVIDIA driver packages (no unattended upgrade moves the module)"
     gpus = ", ".join(sorted({device["model"] for device in nvidia_devices()}))
     install_packages(f"NVIDIA driver {data.nvidia_driver_branch} for {gpus}", plan.packages, os, repo_changes,
                      no_recommends=False)
-    if plan.dnf_module:
+    if plan.driver:  # NVIDIA's RHEL 10 instructions: the lock picks the branch nvidia-open installs
+        hold_packages(name=hold, packages=[], dnf_pattern=f"*nvidia*{data.nvidia_driver_branch}*")
+        install_packages(f"NVIDIA driver {data.nvidia_driver_branch} ({', '.join(plan.driver)})", plan.driver, os,
+                         no_recommends=False)
+    elif plan.dnf_module:
         dnf_module_install(name=f"NVIDIA driver module {plan.dnf_module}", module=plan.dnf_module,
                            package="nvidia-driver", version_prefix=f"{data.nvidia_driver_branch}.")
-        hold_packages(name="Hold the NVIDIA driver packages (no unattended upgrade moves the module)", packages=[],
-                      dnf_pattern=f"*nvidia*{data.nvidia_driver_branch}*")
+        hold_packages(name=hold, packages=[], dnf_pattern=f"*nvidia*{data.nvidia_driver_branch}*")
     else:
-        hold_packages(name="Hold the NVIDIA driver packages (no unattended upgrade moves the module)",
-                      packages=[name for name in plan.packages if not name.startswith(("linux-headers-", "kernel-"))])
+        hold_packages(name=hold, packages=[name for name in plan.packages
+                                           if not name.startswith(("linux-headers-", "kernel-"))])
 
     blacklist = files.put(name="Blacklist nouveau", src=io.StringIO(NOUVEAU_BLACKLIST),
                           dest="/etc/modprobe.d/deepfleet-blacklist-nouveau.conf", user="root", group="root",

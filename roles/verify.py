@@ -5,10 +5,12 @@ branch, it sees the expected number of GPUs (`verify_gpu_count`, else the PCI co
 works on each (a context and an allocation through the host's libcuda: error 802 on an NVSwitch
 board without Fabric Manager fails here), the fabric is Completed where there are NVSwitches,
 persistence mode is Enabled on every GPU, the CUDA
-toolkit has the pinned version and the driver supports it, Docker has the nvidia runtime, and a
-CUDA container (`nvidia_container_toolkit_test_image`) lists the same GPUs. A host that fails any
-check fails the run, with the report as its error; a host without an NVIDIA device passes with
-that said. The only thing verify starts on a host is that throwaway `docker run --rm` container.
+toolkit has the pinned version and the driver supports it, Docker has the nvidia runtime, a CUDA
+container (`nvidia_container_toolkit_test_image`) lists the same GPUs, and a container gets working
+CUDA on every GPU: NVIDIA's vectorAdd sample (`verify_cuda_container_image`) run once per GPU with
+`--gpus device=N` must print "Test PASSED". A host that fails any check fails the run, with the
+report as its error (a failed GPU named, with the fix); a host without an NVIDIA device passes with
+that said. The only things verify starts on a host are those throwaway `docker run --rm` containers.
 Every host also reports its clock's offset from its time servers (chrony or systemd-timesyncd): more
 than `ntp_max_offset_ms`, or no synchronised source where `ntp_servers` is set, fails it.
 """
@@ -25,8 +27,8 @@ from pyinfra.facts.docker import DockerSystemInfo
 from .cuda import cuda_home
 from .defaults import DEFAULTS
 from .facts import ClockOffset, JsonFile
-from .gpu_facts import (CudaProbe, GpuContainerTest, NvidiaFabric, NvidiaNvSwitches, NvidiaPersistence, NvidiaSmi,
-                        gpu_spec, nvidia_devices)
+from .gpu_facts import (CUDA_CONTAINER_TIMEOUT_S, CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaFabric, NvidiaNvSwitches,
+                        NvidiaPersistence, NvidiaSmi, gpu_spec, nvidia_devices)
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,59 @@ class Check:
     detail: str
 
 
+CONTAINER_TIMED_OUT = (f"no answer within {CUDA_CONTAINER_TIMEOUT_S} s: the GPU may be wedged (look for Xid errors in "
+                       "`dmesg` and at `nvidia-smi -q -d ECC,PERFORMANCE`; drain the host, then reset the GPU or reboot)")
+
+# What a failed vectorAdd container says -> the fix (the first match wins).
+CONTAINER_FIXES = (
+    (("system not yet initialized", "802"),
+     "on NVSwitch boards Fabric Manager must run (systemctl status nvidia-fabricmanager)"),
+    (("could not select device driver",),
+     "Docker has no GPU support: rerun the platform deploy (nvidia container toolkit, then "
+     "`nvidia-ctk runtime configure --runtime=docker` and a docker restart)"),
+    (("Unable to find image", "pull access denied", "manifest unknown", "no such host", "dial tcp"),
+     "the image is not on the host and cannot be pulled: air-gapped hosts load it from the bundle (build the "
+     "bundle with this inventory, rerun the site deploy), else let the host reach the registry or set "
+     "verify_cuda_container_image to a mirror's copy"),
+    (("driver version is insufficient",),
+     "the driver is older than the image's CUDA: set verify_cuda_container_image to a sample of the driver's CUDA"),
+)
+
+
+def _container_failure(index: int, gpu: dict | None, run: dict | None, image: str) -> str:
+    """One GPU whose container did not pass: its index and bus id, what it printed, the fix."""
+    name = f"GPU {index}" + (f" ({gpu['pci_bus_id']})" if gpu else "")
+    if run is None:
+        return f"{name}: no container ran"
+    said = " ".join(line for line in run["output"].splitlines() if line.strip())[-300:] or "no output"
+    if run["exit_code"] == 124:  # `timeout` stopped it
+        return f"{name}: exit 124: {CONTAINER_TIMED_OUT}"
+    fix = next((fix for needles, fix in CONTAINER_FIXES if any(needle in run["output"] for needle in needles)),
+               f"run `docker run --rm --gpus device={index} {image}` on the host for the whole error")
+    return f"{name}: exit {run['exit_code']}: {said}; {fix}"
+
+
+def _cuda_containers_check(settings: Mapping, gpus: list[dict], runs: dict | None, expected: int) -> Check:
+    """Every GPU nvidia-smi lists passed NVIDIA's vectorAdd in its own container, and they are `expected`."""
+    runs = runs or {}
+    indexes = sorted({gpu["index"] for gpu in gpus} | set(runs))
+    passed = [index for index in indexes if (runs.get(index) or {}).get("passed")]
+    by_index = {gpu["index"]: gpu for gpu in gpus}
+    failures = [_container_failure(index, by_index.get(index), runs.get(index), settings["verify_cuda_container_image"])
+                for index in indexes if index not in passed]
+    detail = f"{len(passed)} of {expected} GPUs passed ({settings['verify_cuda_container_image']})"
+    return Check("CUDA in a container on every GPU (NVIDIA's vectorAdd sample)",
+                 not failures and len(passed) == expected, "; ".join([detail, *failures]))
+
+
 def _version(text: str | None) -> tuple[int, ...]:
     return tuple(int(part) for part in (text or "0").split(".")[:2] if part.isdigit())
 
 
 def gpu_checks(settings: Mapping, pci: list[dict], smi: dict | None, toolkit: dict | None,
                docker_info: dict | None, container: dict | None, *, cuda: dict | None = None,
-               switches: list[str] = (), fabric: list[dict] = (), persistence: dict | None = None) -> list[Check]:
+               switches: list[str] = (), fabric: list[dict] = (), persistence: dict | None = None,
+               cuda_containers: dict | None = None) -> list[Check]:
     """Every check for one host, from its facts (pure: tested against fixtures)."""
     if not pci:
         return [Check("NVIDIA devices on the PCI bus", True, "none: nothing GPU to verify")]
@@ -95,6 +143,7 @@ def gpu_checks(settings: Mapping, pci: list[dict], smi: dict | None, toolkit: di
         detail = f"{seen}, expected {expected}" if container["exit_code"] == 0 else container["output"][-300:]
         checks.append(Check("a CUDA container sees the GPUs", container["exit_code"] == 0 and seen == expected,
                             detail))
+    checks.append(_cuda_containers_check(settings, gpus, cuda_containers, expected))
     return checks
 
 
@@ -145,12 +194,17 @@ def verify():
             "docker_info": host.get_fact(DockerSystemInfo),
             "container": host.get_fact(GpuContainerTest, image=data.nvidia_container_toolkit_test_image),
         }
+        gpus = ",".join(str(gpu["index"]) for gpu in (facts["smi"] or {}).get("gpus") or [])
+        if gpus:
+            facts["cuda_containers"] = host.get_fact(GpuCudaContainers, image=data.verify_cuda_container_image,
+                                                     gpus=gpus)
         switches = host.get_fact(NvidiaNvSwitches) or []
         facts.update(cuda=host.get_fact(CudaProbe), persistence=host.get_fact(NvidiaPersistence),
                      switches=switches, fabric=host.get_fact(NvidiaFabric) if switches else [])
     checks = gpu_checks(settings, pci, facts.get("smi"), facts.get("toolkit"), facts.get("docker_info"),
                         facts.get("container"), cuda=facts.get("cuda"), switches=facts.get("switches", []),
-                        fabric=facts.get("fabric", []), persistence=facts.get("persistence"))
+                        fabric=facts.get("fabric", []), persistence=facts.get("persistence"),
+                        cuda_containers=facts.get("cuda_containers"))
     text = report(host.name, checks)
     logger.info(text)
     verified(name="GPU verification", report=text, ok=all(check.ok for check in checks))

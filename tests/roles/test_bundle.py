@@ -44,7 +44,8 @@ def bundle(tmp_path, signer, control_data):
              f"wheels/{wheelhouse.deps_dir.name}/{WHEEL}": b"a wheel",
              f"wheels/{wheelhouse.deps_dir.name}/.manifest.json": (json.dumps(deps, indent=1, sort_keys=True) + "\n").encode(),
              f"wheels/runtime-{'f' * 16}/deepfleet_runtime-0.1.0-py3-none-any.whl": b"runtime",
-             "images/nvidia_cuda_12.8.1-base-ubuntu24.04.tar": b"an image"}
+             "images/nvidia_cuda_12.8.1-base-ubuntu24.04.tar": b"an image",
+             "images/nvcr.io_nvidia_k8s_cuda-sample_vectoradd-cuda12.5.0.tar": b"verify's image"}
     release = tmp_path / "release"
     manifest = encrypt_model(Path(control_data["model_source"]), release, "tiny-deepseek-v3",
                              load_model_keys(Path(control_data["model_keys_dir"])), log=lambda _: None)
@@ -55,7 +56,9 @@ def bundle(tmp_path, signer, control_data):
             "os": {"debian-12-amd64": {"packages": ["python3"], "resolver_image": "debian:12", "debs": []}},
             "wheelhouses": {"cp311-x86_64-glibc2.36-cpu-transformers": entry},
             "images": {"nvidia/cuda:12.8.1-base-ubuntu24.04": {"id": "sha256:1", "sha256": "x",
-                                                                "file": "images/nvidia_cuda_12.8.1-base-ubuntu24.04.tar"}}}
+                                                                "file": "images/nvidia_cuda_12.8.1-base-ubuntu24.04.tar"},
+                       "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0": {
+                           "id": "sha256:2", "sha256": "y", "file": "images/nvcr.io_nvidia_k8s_cuda-sample_vectoradd-cuda12.5.0.tar"}}}
     root = make_bundle(tmp_path / "b", signer, files, lock)
     return {"bundle_dir": str(root), "bundle_trusted_key": str(signer.public_key_path)}
 
@@ -147,6 +150,8 @@ def test_images_the_host_would_pull_are_pushed_and_loaded(bundle, control_data):
     ops = plan(facts, bundle_images, {**control_data, **bundle})
     load = find(ops, "load image nvidia/cuda:12.8.1-base-ubuntu24.04")
     assert load.change == "yes" and "docker load --quiet --input /opt/deepfleet/images/tarball-" in load.shell()[0]
+    verify_image = find(ops, "load image nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0")  # deploys/verify.py runs it
+    assert verify_image.change == "yes" and "docker load --quiet --input" in verify_image.shell()[0]
     no_gpu = plan(with_facts(load_case("debian12-nogpu"), **NOTHING_STAGED), bundle_images, {**control_data, **bundle})
     assert changed(no_gpu) == []
 

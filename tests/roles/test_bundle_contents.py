@@ -34,7 +34,8 @@ def test_the_hospital_bundle_holds_the_gpu_stack_for_debian_12_from_the_vendors_
     # GPU nodes: vLLM under systemd; the gateway host (until issue 6's upstreams): the default engine.
     assert [wheel.key for wheel in spec.wheels] == ["cp311-x86_64-glibc2.36-cpu-transformers",
                                                     "cp311-x86_64-glibc2.36-cuda-vllm"]
-    assert spec.images == ("nvidia/cuda:12.8.1-base-ubuntu24.04",)  # the toolkit's smoke test, never pulled
+    # the toolkit's smoke test and verify's CUDA sample (deploys/verify.py), never pulled
+    assert spec.images == ("nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0", "nvidia/cuda:12.8.1-base-ubuntu24.04")
     assert [model.name for model in spec.models] == ["deepseek-r1-distill-qwen-32b"]
     assert spec.hosts == {"gpu-1": "debian-12-amd64", "gpu-2": "debian-12-amd64", "gateway-1": "debian-12-amd64"}
 

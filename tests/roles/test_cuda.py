@@ -15,6 +15,8 @@ CASES = {
     "ubuntu2204-2xa100": {},
     "ubuntu2404-rtx4090": {"nvidia_driver_source": "distro"},  # so this role adds the CUDA repository itself
     "rocky9-8xh100": {},
+    "ubuntu2604-2xh100": {"nvidia_driver_source": "distro", "nvidia_driver_branch": "595", "cuda_source": "distro"},  # Ubuntu's nvidia-cuda-toolkit
+    "rocky10-8xh100": {"nvidia_driver_branch": "580", "cuda_version": "13.0"},  # NVIDIA's rhel10 repository
     "debian12-nogpu": {},
     "debian12-arm64-edge": {},
 }

@@ -18,6 +18,8 @@ CASES = {
     "ubuntu2204-2xa100": ("ubuntu2204-2xa100", {}),
     "ubuntu2404-rtx4090": ("ubuntu2404-rtx4090", {}),
     "rocky9-8xh100": ("rocky9-8xh100", {}),
+    "rocky10-8xh100": ("rocky10-8xh100", {}),
+    "ubuntu2604-2xh100": ("ubuntu2604-2xh100", {}),
     "debian12-nogpu": ("debian12-nogpu", {}),  # nothing needs Docker there: skipped
     "debian12-nogpu-docker-mode": ("debian12-nogpu", {"runtime_mode": "docker"}),
     "debian12-arm64-edge": ("debian12-arm64-edge", {}),

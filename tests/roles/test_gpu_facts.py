@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from roles.gpu_facts import (CudaProbe, GpuContainerTest, NvidiaModuleState, NvidiaPciDevices, NvidiaSmi, gpu_spec,
+from roles.gpu_facts import (CUDA_CONTAINER_TIMEOUT_S, CudaProbe, GpuContainerTest, GpuCudaContainers, NvidiaModuleState, NvidiaPciDevices, NvidiaSmi, gpu_spec,
                              model_name, pci_scan_command)
 
 A100_SMI = ["0, NVIDIA A100-SXM4-80GB, 81920, 570.133.20, 8.0, 00000000:07:00.0",
@@ -91,6 +91,50 @@ def test_container_test_counts_gpus_and_keeps_docker_errors():
     failed = GpuContainerTest().process(['docker: Error response from daemon: could not select device driver "" '
                                          'with capabilities: [[gpu]].', "exit_code=125"])
     assert failed["exit_code"] == 125 and failed["gpus"] == [] and "could not select device driver" in failed["output"]
+
+
+# NVIDIA's CUDA vectorAdd sample (cuda-samples Samples/0_Introduction/vectorAdd), as the GPU Operator's
+# "Running Sample GPU Applications" shows its log; NVIDIA's container toolkit e2e tests expect "Test PASSED".
+VECTORADD_OK = ["[Vector addition of 50000 elements]", "Copy input data from the host memory to the CUDA device",
+                "CUDA kernel launch with 196 blocks of 256 threads",
+                "Copy output data from the CUDA device to the host memory", "Test PASSED", "Done"]
+# cudaMalloc on an NVSwitch board without Fabric Manager (cudaErrorSystemNotReady, 802), as GPU Operator
+# users report the cuda-validator's log: stderr first, since stdout is a pipe and buffered.
+VECTORADD_802 = ["Failed to allocate device vector A (error code system not yet initialized)!",
+                 "[Vector addition of 50000 elements]"]
+
+
+def test_cuda_containers_run_one_container_per_gpu_index():
+    command = GpuCudaContainers().command("nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0", "0,1")
+    assert command.count("docker run --rm --name deepfleet-verify-cuda-") == 2
+    assert "docker run --rm --name deepfleet-verify-cuda-0 --gpus device=0 " \
+        "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0 2>&1" in command and "--gpus device=1 " in command
+    assert GpuCudaContainers().command("img", "") == "true"  # no GPU answers: nothing to run
+
+
+def test_cuda_containers_are_bounded_in_time_and_leave_no_container_behind():
+    # a wedged GPU must not hang verify: each run has a deadline, a name, and is removed after it
+    command = GpuCudaContainers().command("img", "3")
+    assert f"timeout {CUDA_CONTAINER_TIMEOUT_S} docker run --rm --name deepfleet-verify-cuda-3 --gpus device=3 img" \
+        in command
+    assert command.index("docker rm -f deepfleet-verify-cuda-3") < command.index("docker run")  # a leftover goes first
+    assert command.rstrip().endswith("docker rm -f deepfleet-verify-cuda-3 >/dev/null 2>&1 || true")
+    runs = GpuCudaContainers().process(["gpu=3", "exit_code=124"])
+    assert runs[3] == {"exit_code": 124, "passed": False, "output": ""}
+
+
+def test_cuda_containers_parse_each_gpus_vectoradd_and_exit_code():
+    output = (["gpu=0", *VECTORADD_OK, "exit_code=0", "gpu=1", *VECTORADD_802, "exit_code=1", "gpu=2",
+               'docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].',
+               "exit_code=125"])
+    runs = GpuCudaContainers().process(output)
+    assert sorted(runs) == [0, 1, 2]
+    assert runs[0] == {"exit_code": 0, "passed": True, "output": "\n".join(VECTORADD_OK)}
+    assert (runs[1]["exit_code"], runs[1]["passed"]) == (1, False) and "system not yet initialized" in runs[1]["output"]
+    assert (runs[2]["exit_code"], runs[2]["passed"]) == (125, False)
+    # "Test PASSED" printed but the container failed afterwards (cudaFree): not passed
+    assert GpuCudaContainers().process(["gpu=0", "Test PASSED", "Failed to free device vector A", "exit_code=1"])[0][
+        "passed"] is False
 
 
 @pytest.mark.parametrize(("name", "short"), [

@@ -21,6 +21,8 @@ def _os(facts):
     ("ubuntu2204-2xa100", "debian", "ubuntu2204", "x86_64", "amd64", "jammy"),
     ("ubuntu2404-rtx4090", "debian", "ubuntu2404", "x86_64", "amd64", "noble"),
     ("rocky9-8xh100", "rhel", "rhel9", "x86_64", "amd64", ""),
+    ("rocky10-8xh100", "rhel", "rhel10", "x86_64", "amd64", ""),
+    ("ubuntu2604-2xh100", "debian", "ubuntu2604", "x86_64", "amd64", "resolute"),
     ("debian12-nogpu", "debian", "debian12", "x86_64", "amd64", "bookworm"),
     ("debian12-arm64-edge", "debian", "debian12", "sbsa", "arm64", "bookworm"),
 ])
@@ -34,7 +36,7 @@ def test_each_case_dispatches_to_its_family_and_vendor_layout(case, family, nvid
 def test_an_unsupported_os_is_refused_with_the_supported_list():
     facts = with_facts(load_case("ubuntu2204-2xa100"), **{"server.LinuxDistribution": {"$output": [
         "/etc/os-release", 'NAME="Ubuntu"', 'VERSION_ID="20.04"', "ID=ubuntu", "VERSION_CODENAME=focal", "---"]}})
-    with pytest.raises(RoleError, match="runs ubuntu 20.04; deepfleet's roles support ubuntu 22, ubuntu 24, debian 12"):
+    with pytest.raises(RoleError, match="runs ubuntu 20.04; deepfleet's roles support ubuntu 22, ubuntu 24, ubuntu 26, debian 12"):
         _os(facts)
 
 
@@ -53,8 +55,9 @@ def test_debian_13_gets_nvidias_debian13_repository_with_its_new_key_and_trixies
     assert "nvidia-driver" in find(distro, ": packages").shell()[-1]
 
 
-@pytest.mark.parametrize(("os_id", "version"), [("ubuntu", "26.04"), ("rocky", "10.1"), ("rhel", "10.1")])
-def test_releases_not_supported_yet_are_refused_naming_the_supported_ones(os_id, version):
+@pytest.mark.parametrize(("os_id", "version"), [("debian", "11"), ("rocky", "8.10"), ("ubuntu", "25.10")])
+def test_releases_not_supported_are_refused_naming_the_supported_ones(os_id, version):
+    # Ubuntu 26.04 and Rocky/RHEL 10 are supported (test_ubuntu2604.py, test_rhel10.py)
     release = {"$output": ["/etc/os-release", f"ID={os_id}", f'VERSION_ID="{version}"', "---"]}
-    with pytest.raises(RoleError, match=r"support ubuntu 22, ubuntu 24, debian 12, debian 13, rocky 9.*not supported yet"):
+    with pytest.raises(RoleError, match=r"support ubuntu 22, ubuntu 24, ubuntu 26, debian 12, debian 13, rocky 9.*rocky 10"):
         plan(with_facts(load_case("ubuntu2204-2xa100"), **{"server.LinuxDistribution": release}), nvidia_driver)

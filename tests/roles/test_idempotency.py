@@ -18,6 +18,8 @@ CASES = {
     "ubuntu2204-2xa100": {},
     "ubuntu2404-rtx4090": {"nvidia_driver_source": "distro"},
     "rocky9-8xh100": {},
+    "ubuntu2604-2xh100": {"nvidia_driver_source": "distro", "nvidia_driver_branch": "595", "cuda_source": "distro"},
+    "rocky10-8xh100": {"nvidia_driver_branch": "580", "cuda_version": "13.0"},
     "debian12-2xa100-stock": {},
     "debian12-2xa100-stock-distro": {"nvidia_driver_source": "distro", "nvidia_driver_branch": "535"},
     "debian13-2xa100-stock": {},

@@ -8,7 +8,8 @@ from roles.nvidia_container_toolkit import nvidia_container_toolkit
 
 from .factplan import changed, expect_plan, find, load_case, plan, with_facts
 
-CASES = ["ubuntu2204-2xa100", "ubuntu2404-rtx4090", "rocky9-8xh100", "debian12-nogpu", "debian12-arm64-edge"]
+CASES = ["ubuntu2204-2xa100", "ubuntu2404-rtx4090", "rocky9-8xh100", "rocky10-8xh100", "ubuntu2604-2xh100",
+         "debian12-nogpu", "debian12-arm64-edge"]
 DAEMON_JSON = "path=/etc/docker/daemon.json"
 
 

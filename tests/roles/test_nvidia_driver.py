@@ -16,6 +16,8 @@ CASES = {
     "ubuntu2204-2xa100": {},  # NVIDIA's CUDA repository, open kernel modules
     "ubuntu2404-rtx4090": {"nvidia_driver_source": "distro"},  # Ubuntu's nvidia-headless-570-server-open
     "rocky9-8xh100": {},  # CUDA repository, dnf module stream with DKMS
+    "ubuntu2604-2xh100": {"nvidia_driver_source": "distro", "nvidia_driver_branch": "595", "cuda_source": "distro"},  # Canonical's 595-server
+    "rocky10-8xh100": {"nvidia_driver_branch": "580", "cuda_version": "13.0"},  # no streams: versionlock, then nvidia-open
     "debian12-nogpu": {},
     "debian12-arm64-edge": {},
 }
