@@ -62,5 +62,10 @@ def test_a_cpu_host_with_runtime_engine_vllm_answers_through_the_gateway(site, r
                                   capture_output=True, text=True)
         assert rollback.returncode == 0, rollback.stderr[-2000:]
     assert 'engine: "transformers"' in site.on_host("cat /etc/deepfleet/runtime.yaml")
+    # the venv link and the unit (its decrypt tmpfs, runtime_decrypt_tmpfs_size) are no part of a runtime
+    # release: the site's deploy points them back to what its inventory asks, and restarts for the unit
     again = site.deploy()
-    assert sorted(again.changed_by_operation) == ["deepfleet runtime | Use the installed runtime venv"]
+    assert sorted(again.changed_by_operation) == [f"deepfleet runtime | {name}" for name in (
+        "Reload systemd units for deepfleet-runtime", "Restart deepfleet-runtime for new code or config",
+        "Runtime systemd unit", "Use the installed runtime venv", "Wait until deepfleet-runtime is ready")]
+    assert "TemporaryFileSystem" not in site.on_host("cat /etc/systemd/system/deepfleet-runtime.service")
