@@ -38,12 +38,6 @@ class Site:
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.host.ports['gateway_port']}/v1"
 
-    def on_host(self, command: str) -> str:
-        """Run a shell command on the host as root; its stdout."""
-        result = subprocess.run(["docker", "exec", self.host.container, "sh", "-c", command],
-                                capture_output=True, text=True, check=True)
-        return result.stdout
-
     def deploy(self, inventory: Path | None = None, **kwargs) -> DeployResult:
         env = {"DEEPFLEET_HOSTS_FILE": str(inventory or self.inventory)}
         return run_deploy(LOCAL_INVENTORY, env=env, echo=False, **kwargs)
