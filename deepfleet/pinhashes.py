@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 from .atomicfile import write_atomic
-from .wheelhouse import RUNTIME_DIST, TargetPlatform, constraints_file, control_platform, hashes_file
+from .wheelhouse import (RUNTIME_DIST, TargetPlatform, constraints_file, control_platform, hashes_file,
+                         build_runtime_wheel)
 
 # The targets each file covers: (Python, machine, glibc, extras resolved together) of the supported
 # host OSes (roles/hostos.py) that this machine can resolve for. llama-cpp-python ships only as an
@@ -117,14 +118,13 @@ def generate(runtime_src: Path, accelerator: str, runtime_wheel: Path, log=print
 
 def main(argv: list[str] | None = None) -> int:
     from .paths import PROJECT_ROOT, cache_dir
-    from .wheelhouse import _runtime_wheel
 
     parser = argparse.ArgumentParser(prog="python -m deepfleet.pinhashes", description=__doc__.splitlines()[0])
     parser.add_argument("accelerator", choices=sorted(TARGETS))
     args = parser.parse_args(argv)
     runtime_src = PROJECT_ROOT / "runtime"
     (cache_dir() / "wheelhouse").mkdir(parents=True, exist_ok=True)
-    wheel, _ = _runtime_wheel(runtime_src, cache_dir() / "wheelhouse", print)
+    wheel, _ = build_runtime_wheel(runtime_src, cache_dir() / "wheelhouse", print)
     path = hashes_file(runtime_src, args.accelerator)
     write_atomic(path, generate(runtime_src, args.accelerator, wheel))
     print(f"wrote {path}")

@@ -142,7 +142,7 @@ def build_wheelhouse(target: TargetPlatform, cache_dir: Path, runtime_src: Path,
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(cache_dir / ".lock"):  # hosts of one deploy may ask concurrently
-        wheel, runtime_digest = _runtime_wheel(Path(runtime_src), cache_dir, log)
+        wheel, runtime_digest = build_runtime_wheel(Path(runtime_src), cache_dir, log)
         requirement = f"deepfleet-runtime[{','.join(extras)}]" if extras else "deepfleet-runtime"
         deps_dir, deps_digest = _dependency_wheels(target, wheel, requirement, Path(runtime_src),
                                                    cache_dir, log)
@@ -190,7 +190,9 @@ def file_manifest(directory: Path) -> dict[str, str]:
     return {path.name: sha256_file(path) for path in sorted(directory.glob("*.whl"))}
 
 
-def _runtime_wheel(runtime_src: Path, cache_dir: Path, log) -> tuple[Path, str]:
+def build_runtime_wheel(runtime_src: Path, cache_dir: Path, log) -> tuple[Path, str]:
+    """The deepfleet-runtime wheel built from `runtime_src`, cached under `cache_dir` by the tree's digest:
+    (its path, the digest)."""
     digest = tree_digest(runtime_src)[:16]
     target = cache_dir / f"runtime-{digest}"
     if not target.exists():
