@@ -58,9 +58,14 @@ def _dnf_install(repo: Path, key: Path, root: Path) -> subprocess.CompletedProce
     repos.mkdir()
     text = dnf_repo_text("the test signer", str(repo)).replace("/etc/pki/rpm-gpg/RPM-GPG-KEY-deepfleet-bundle", str(key))
     (repos / "deepfleet-bundle.repo").write_text(text)
-    return subprocess.run(["dnf", "-y", "-q", f"--installroot={root}", "--releasever=9", f"--setopt=reposdir={repos}",
-                           f"--setopt=cachedir={root.parent / (root.name + '-cache')}", "--disableplugin=*",
-                           "install", "deepfleet-probe"], capture_output=True, text=True, timeout=120)
+    cache = root.parent / f"{root.name}-cache"
+    try:
+        return subprocess.run(["dnf", "-y", "-q", f"--installroot={root}", "--releasever=9",
+                               f"--setopt=reposdir={repos}", f"--setopt=cachedir={cache}", "--disableplugin=*",
+                               "install", "deepfleet-probe"], capture_output=True, text=True, timeout=120)
+    finally:  # librepo checks repo_gpgcheck through a gpg-agent of its own keyring, which outlives dnf
+        for keyring in cache.glob("*/pubring"):
+            subprocess.run(["gpgconf", "--homedir", str(keyring), "--kill", "gpg-agent"], capture_output=True)
 
 
 def test_dnf_installs_offline_from_the_signed_repository(probe_rpm, signer, tmp_path):
