@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from deepfleet.apikeys import create_key
 from deepfleet.demo import PORT_SETTINGS, write_local_inventory
 from deepfleet.deployrun import DeployResult, run_deploy
 from deepfleet.modelkeys import create_model_keys
-from deepfleet.paths import LOCAL_INVENTORY, cache_dir
+from deepfleet.paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir
 from deepfleet.pki import init_ca
 
 pytestmark = pytest.mark.fleet
@@ -41,6 +43,14 @@ class Site:
     def deploy(self, inventory: Path | None = None, **kwargs) -> DeployResult:
         env = {"DEEPFLEET_HOSTS_FILE": str(inventory or self.inventory)}
         return run_deploy(LOCAL_INVENTORY, env=env, echo=False, **kwargs)
+
+    def rollback(self) -> None:
+        """`deepfleet rollback` of the site: how a module that deployed a newer release of another model
+        puts the site's own back (a deploy rightly refuses to take back an older release, issue 19)."""
+        result = subprocess.run([sys.executable, "-m", "deepfleet.cli", "rollback", str(LOCAL_INVENTORY)],
+                                cwd=PROJECT_ROOT, env={**os.environ, "DEEPFLEET_HOSTS_FILE": str(self.inventory)},
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
 
     def on_host(self, command: str, check: bool = True) -> str:
         """Run a shell command as root inside the test host; its stdout."""

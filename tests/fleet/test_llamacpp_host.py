@@ -6,14 +6,11 @@ for every module that needs one)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from deepfleet.paths import LOCAL_INVENTORY, PROJECT_ROOT, cache_dir
+from deepfleet.paths import cache_dir
 from deepfleet_runtime.gguf_convert import convert, llama_cpp_sources
 
 pytestmark = pytest.mark.fleet
@@ -38,12 +35,7 @@ def test_a_host_with_runtime_engine_llamacpp_answers_through_the_gateway(site, t
         assert answer.usage.completion_tokens > 0 and answer.choices[0].message.content is not None
         assert site.deploy(inventory).changed == 0  # and it converged
     finally:
-        # the site's own engine back, for the modules that share the host: its model's release is older
-        # than the GGUF one, which a deploy rightly refuses to take back (issue 19), so by rollback
-        rollback = subprocess.run([sys.executable, "-m", "deepfleet.cli", "rollback", str(LOCAL_INVENTORY)],
-                                  cwd=PROJECT_ROOT, env={**os.environ, "DEEPFLEET_HOSTS_FILE": str(site.inventory)},
-                                  capture_output=True, text=True)
-        assert rollback.returncode == 0, rollback.stderr[-2000:]
+        site.rollback()  # the site's own engine back, for the modules that share the host
     assert 'engine: "transformers"' in site.on_host("cat /etc/deepfleet/runtime.yaml")
     # the site's own runtime release is current again; the gateway's and tools' venv link is no part of
     # a runtime release (a rollback leaves it), and the deploy points it back to what the inventory asks

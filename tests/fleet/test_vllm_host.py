@@ -8,14 +8,9 @@ for every module that needs one)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-
-from deepfleet.paths import LOCAL_INVENTORY, PROJECT_ROOT
 
 pytestmark = pytest.mark.fleet
 # What an operator of a CPU-only host sets for vLLM: its CPU build, bf16 (the checkpoint's dtype), and
@@ -55,12 +50,7 @@ def test_a_cpu_host_with_runtime_engine_vllm_answers_through_the_gateway(site, r
         assert chat.usage.completion_tokens == TOKENS and chat.choices[0].message.content
         assert site.deploy(inventory).changed == 0  # and it converged
     finally:
-        # the site's own engine back, for the modules that share the host: its model's release is older
-        # than this one, which a deploy rightly refuses to take back (issue 19), so by rollback
-        rollback = subprocess.run([sys.executable, "-m", "deepfleet.cli", "rollback", str(LOCAL_INVENTORY)],
-                                  cwd=PROJECT_ROOT, env={**os.environ, "DEEPFLEET_HOSTS_FILE": str(site.inventory)},
-                                  capture_output=True, text=True)
-        assert rollback.returncode == 0, rollback.stderr[-2000:]
+        site.rollback()  # the site's own engine back, for the modules that share the host
     assert 'engine: "transformers"' in site.on_host("cat /etc/deepfleet/runtime.yaml")
     # the venv link and the unit (its decrypt tmpfs, runtime_decrypt_tmpfs_size) are no part of a runtime
     # release: the site's deploy points them back to what its inventory asks, and restarts for the unit

@@ -139,6 +139,11 @@ def changed(ops: list[PlannedOp]) -> list[str]:
     return [op.name for op in ops if op.change != "no"]
 
 
+def shell_commands(ops: list[PlannedOp]) -> list[str]:
+    """Every shell command the planned operations would run, in order."""
+    return [command for op in ops for command in op.shell()]
+
+
 def find(ops: list[PlannedOp], name: str) -> PlannedOp:
     """The one planned operation whose name contains `name`."""
     matches = [op for op in ops if name in op.name]

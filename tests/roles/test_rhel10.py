@@ -20,16 +20,12 @@ from roles.hostos import host_os
 from roles.nvidia_container_toolkit import nvidia_container_toolkit
 from roles.nvidia_driver import nvidia_driver
 
-from .factplan import find, load_case, plan, with_facts
+from .factplan import find, load_case, plan, shell_commands, with_facts
 
 CASE = "rocky10-8xh100"
 DATA = {"nvidia_driver_branch": "580", "cuda_version": "13.0"}
 RHEL = {"$output": ["/etc/os-release", 'NAME="Red Hat Enterprise Linux"', 'ID="rhel"', 'VERSION_ID="10.1"',
                     'PLATFORM_ID="platform:el10"', "---"]}
-
-
-def _commands(ops) -> list[str]:
-    return [command for op in ops for command in op.shell()]
 
 
 def test_rocky_10_dispatches_to_the_rhel10_repository_and_its_python():
@@ -49,7 +45,7 @@ def test_the_driver_comes_from_nvidias_rhel10_repository_with_its_key():
 
 
 def test_the_branch_is_version_locked_before_nvidia_open_is_installed_without_module_streams():
-    commands = _commands(plan(load_case(CASE), nvidia_driver, data=DATA))
+    commands = shell_commands(plan(load_case(CASE), nvidia_driver, data=DATA))
     assert not [command for command in commands if command.startswith("dnf") and " module " in command]  # no streams
     lock = commands.index("dnf versionlock add '*nvidia*580*'")
     install = next(i for i, command in enumerate(commands) if command.startswith("dnf install") and "nvidia-open" in command)
@@ -67,7 +63,7 @@ def test_the_branch_is_version_locked_before_nvidia_open_is_installed_without_mo
 
 
 def test_proprietary_modules_install_cuda_drivers_instead():
-    commands = _commands(plan(load_case(CASE), nvidia_driver, data={**DATA, "nvidia_driver_open_kernel_modules": False}))
+    commands = shell_commands(plan(load_case(CASE), nvidia_driver, data={**DATA, "nvidia_driver_open_kernel_modules": False}))
     install = next(command for command in commands if command.startswith("dnf install") and "cuda-drivers" in command)
     assert "nvidia-open" not in install.split()
 
@@ -78,7 +74,7 @@ def test_crb_is_enabled_on_rocky_and_through_subscription_manager_on_rhel_10():
     rhel = plan(with_facts(load_case(CASE), **{"server.LinuxDistribution": RHEL}), nvidia_driver, data=DATA)
     assert find(rhel, "CodeReady Builder").shell() == [
         "subscription-manager repos --enable codeready-builder-for-rhel-10-x86_64-rpms"]
-    assert not [command for command in _commands(rhel) if "epel-release" in command]  # RHEL: EPEL is the owner's
+    assert not [command for command in shell_commands(rhel) if "epel-release" in command]  # RHEL: EPEL is the owner's
 
 
 def test_fabric_manager_runs_on_the_nvswitch_board():

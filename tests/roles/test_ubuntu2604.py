@@ -25,14 +25,10 @@ from roles.hostos import host_os
 from roles.nvidia_container_toolkit import nvidia_container_toolkit
 from roles.nvidia_driver import nvidia_driver
 
-from .factplan import find, load_case, plan, with_facts
+from .factplan import find, load_case, plan, shell_commands, with_facts
 
 CASE = "ubuntu2604-2xh100"
 DATA = {"nvidia_driver_source": "distro", "nvidia_driver_branch": "595", "cuda_source": "distro"}
-
-
-def _commands(ops) -> list[str]:
-    return [command for op in ops for command in op.shell()]
 
 
 def test_ubuntu_26_04_dispatches_to_resolute_and_its_python_3_14():
@@ -41,13 +37,13 @@ def test_ubuntu_26_04_dispatches_to_resolute_and_its_python_3_14():
     (os,) = found
     assert (os.family, os.codename, os.nvidia_distro, os.deb_arch) == ("debian", "resolute", "ubuntu2604", "amd64")
     assert (os.python.command, os.python.version, os.python.glibc) == ("python3", "3.14", "2.43")
-    install = next(command for command in _commands(plan(load_case(CASE), base)) if "apt-get" in command and
+    install = next(command for command in shell_commands(plan(load_case(CASE), base)) if "apt-get" in command and
                    "install" in command)
     assert "python3-venv" in install.split()  # python3 itself is installed already (the case's DebPackages)
 
 
 def test_canonicals_595_server_driver_with_open_modules_is_installed_and_held():
-    commands = _commands(plan(load_case(CASE), nvidia_driver, data=DATA))
+    commands = shell_commands(plan(load_case(CASE), nvidia_driver, data=DATA))
     install = next(command for command in commands if "apt-get" in command and "nvidia-headless" in command).split()
     assert {"linux-headers-7.0.0-15-generic", "nvidia-headless-595-server-open", "nvidia-utils-595-server"} <= set(install)
     assert "apt-mark hold nvidia-headless-595-server-open nvidia-utils-595-server" in commands
@@ -56,7 +52,7 @@ def test_canonicals_595_server_driver_with_open_modules_is_installed_and_held():
 
 def test_secure_boot_takes_canonicals_signed_595_server_modules():
     facts = with_facts(load_case(CASE), **{"roles.driver_reboot.SecureBoot": {"$output": ["SecureBoot enabled"]}})
-    commands = _commands(plan(facts, nvidia_driver, data=DATA))
+    commands = shell_commands(plan(facts, nvidia_driver, data=DATA))
     install = next(command for command in commands if "apt-get" in command and "linux-modules-nvidia" in command).split()
     assert {"linux-modules-nvidia-595-server-open-7.0.0-15-generic", "nvidia-headless-no-dkms-595-server-open"} <= set(install)
 
@@ -71,7 +67,7 @@ def test_nvidias_ubuntu2604_repository_is_refused_naming_the_distro_settings(rol
 
 
 def test_the_cuda_toolkit_comes_from_ubuntus_archive():
-    commands = _commands(plan(load_case(CASE), cuda, data=DATA))
+    commands = shell_commands(plan(load_case(CASE), cuda, data=DATA))
     assert any("nvidia-cuda-toolkit" in command.split() for command in commands if "apt-get" in command)
 
 
