@@ -32,8 +32,9 @@ from .wheelhouse import (RUNTIME_DIST, TargetPlatform, constraints_file, control
 # The targets each file covers: (Python, machine, glibc, extras resolved together) of the supported
 # host OSes (roles/hostos.py) that this machine can resolve for. llama-cpp-python ships only as an
 # sdist, so the llamacpp extra exists only where the wheel is built here (glibc 2.36, Debian 12).
-_CPU_EXTRAS = ("transformers",)
-_CUDA_EXTRAS = ("transformers", "quantization", "vllm")
+# `ray` (roles/ray.py) is installed beside the engine on every node of a Ray cluster.
+_CPU_EXTRAS = ("transformers", "ray")
+_CUDA_EXTRAS = ("transformers", "quantization", "vllm", "ray")
 TARGETS = {
     "cpu": [("3.11", "x86_64", "2.34", _CPU_EXTRAS), ("3.11", "x86_64", "2.35", _CPU_EXTRAS),
             ("3.11", "x86_64", "2.36", (*_CPU_EXTRAS, "llamacpp"))],

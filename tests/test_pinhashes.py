@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 
 import pytest
 from packaging.requirements import Requirement
@@ -19,6 +20,7 @@ from deepfleet.pinhashes import TARGETS, parse
 from deepfleet.wheelhouse import (MANIFEST, TargetPlatform, WheelhouseError, build_wheelhouse, control_platform,
                                   hashes_file, tree_digest)
 
+from roles.ray import RAY_EXTRA
 from tests.test_wheelhouse_hashes import _wheel
 
 BUILT_HERE = control_platform()
@@ -111,3 +113,16 @@ def test_the_committed_hashes_pin_the_versions_the_constraints_pin(accelerator):
              and constrained[pin.split("==")[0]] != pin.split("==")[1]}
     assert not stale, f"regenerate with `python -m deepfleet.pinhashes {accelerator}`: {sorted(stale)}"
     assert "torch" in {pin.split("==")[0] for pin in hashed}
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "cuda"])
+def test_the_ray_extra_is_pinned_for_the_accelerators_a_ray_cluster_runs_on(accelerator):
+    """Every node of a Ray group installs the `ray` extra beside its engine (roles/runtime.py); without
+    its pins the wheelhouse refuses ray in hash-checking mode (vLLM's CPU build cannot run over Ray)."""
+    runtime_src = PROJECT_ROOT / "runtime"
+    extras = tomllib.loads((runtime_src / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    ray = Requirement(extras[RAY_EXTRA][0])
+    assert ray.name == "ray" and all(RAY_EXTRA in target[3] for target in TARGETS[accelerator])
+    hashed = parse(hashes_file(runtime_src, accelerator).read_text())
+    assert f"ray=={str(ray.specifier).lstrip('=')}" in hashed
+    assert _pins(runtime_src / f"constraints-{accelerator}.txt")["ray"] == str(ray.specifier).lstrip("=")
