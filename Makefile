@@ -16,14 +16,16 @@ down: setup
 	$(BIN)/deepfleet demo --down
 
 # The suite runs as two streams at once, since fleet tests mostly wait on their hosts: the unit tests
-# then the rollout fleet (the longest module) in one, every other fleet module in the other. The first
-# stream's output is printed whole once both are done. `.venv/bin/python -m pytest` runs it all in one.
+# then the rollout fleet (the longest module) and the Ray cluster in one, every other fleet module in
+# the other (the two take about as long). The first stream's output is printed whole once both are
+# done. `.venv/bin/python -m pytest` runs it all in one.
+FIRST_STREAM_FLEET = tests/fleet/test_rollout.py tests/fleet/test_ray_cluster.py
 test: setup-test test-tools
 	@( $(BIN)/python -m pytest -p no:cacheprovider -m "not fleet"; unit=$$?; \
-	   $(BIN)/python -m pytest -p no:cacheprovider tests/fleet/test_rollout.py; exit $$(( unit || $$? )) \
+	   $(BIN)/python -m pytest -p no:cacheprovider $(FIRST_STREAM_FLEET); exit $$(( unit || $$? )) \
 	 ) > .test-stream.log 2>&1 & stream=$$!; \
-	$(BIN)/python -m pytest -m fleet --ignore=tests/fleet/test_rollout.py; fleet=$$?; \
-	wait $$stream; first=$$?; echo "==== the other stream: unit tests, then tests/fleet/test_rollout.py"; \
+	$(BIN)/python -m pytest -m fleet $(FIRST_STREAM_FLEET:%=--ignore=%); fleet=$$?; \
+	wait $$stream; first=$$?; echo "==== the other stream: unit tests, then $(FIRST_STREAM_FLEET)"; \
 	cat .test-stream.log; echo "==== exit codes: unit+rollout $$first, other fleet modules $$fleet"; \
 	[ $$first = 0 ] && [ $$fleet = 0 ]
 
