@@ -363,7 +363,7 @@ SETTINGS = {
     # head runs the runtime (vLLM with the Ray backend), the workers join its cluster.
     "ray_head": S(None, "None: this host serves its model alone", type="str|null", example="h100-a"),
     "ray_port": S(6379, "the head's GCS port"),
-    "ray_node_manager_port": S(6380, "Ray's fixed ports (the firewall opens them to the cluster only)"),
+    "ray_node_manager_port": S(6380, "Ray's fixed ports (the firewall admits the cluster's nodes only)"),
     "ray_object_manager_port": S(6381, "Ray object manager"),
     "ray_client_server_port": S(10001, "on the head"),
     "ray_metrics_export_port": S(6382, "Ray metrics export"),

@@ -1,6 +1,6 @@
 """The firewall role (nftables): a host admits SSH and the gateway port only from the networks the
-inventory lists (and the runtime port only from gateways on other hosts, Ray's ports only from the
-other nodes of its Ray cluster); the rest is dropped. New connections to the gateway port beyond
+inventory lists (and the runtime port only from gateways on other hosts; on a Ray node, every port
+from the other nodes of its Ray cluster, roles/ray.py); the rest is dropped. New connections to the gateway port beyond
 `firewall_gateway_connections_per_source` open ones from one address are dropped (`ct count`).
 On Rocky/RHEL, where firewalld runs by default, it opens those ports in firewalld instead
 (roles/firewalld.py); there the gateway's own per-client limit is the only connection cap.
@@ -25,7 +25,7 @@ from .firewalld import firewalld_open, served_ports
 from .hostos import host_os
 from .limits_store import runs_store
 from .monitoring import monitoring_hosts, node_exporter_is_remote, prometheus_is_remote
-from .ray import cluster_members, ray_ports
+from .ray import ray_peers
 from .topology import gateway_hosts, holds_model, runtime_address, runtime_needs_tls
 
 
@@ -34,8 +34,8 @@ def firewall_context(settings: Mapping) -> dict:
     admitted = [("ssh", settings["firewall_ssh_port"] or settings.get("ssh_port") or 22, "firewall_ssh_sources"),
                 ("gateway", settings["gateway_port"], "firewall_gateway_sources"),
                 ("runtime", settings["runtime_port"], "firewall_runtime_sources")]
-    if settings.get("ray_ports"):  # a Ray node: its ports, from the other nodes of its cluster only
-        admitted.append(("ray", "{ " + ", ".join(settings["ray_ports"]) + " }", "ray_sources"))
+    if settings.get("ray_peers"):  # a Ray node: every port from the other nodes of its cluster (port None)
+        admitted.append(("ray_peers", None, "ray_peers"))
     if settings.get("node_exporter_sources"):  # scraped by Prometheus on other hosts (roles/monitoring.py)
         admitted.append(("node_exporter", settings["monitoring_node_exporter_port"], "node_exporter_sources"))
     if settings.get("limits_store_sources"):  # the fleet's limits store, from the other gateways only
@@ -49,6 +49,8 @@ def firewall_context(settings: Mapping) -> dict:
             raise RoleError(f"firewall_enabled is set but {setting} is empty: list the networks allowed to "
                             f"reach {name} (port {port}), e.g. [\"10.0.0.0/24\"], or it would be unreachable")
         label = setting
+        if setting == "ray_peers":
+            label = "the runtime_address of a node of this host's Ray cluster"
         if setting == "firewall_runtime_sources" and settings.get("runtime_sources_derived"):
             label = ("the runtime_address of a gateway (firewall_runtime_sources is empty, so the gateways' "
                      "addresses are used)")
@@ -70,7 +72,8 @@ def firewall_context(settings: Mapping) -> dict:
 def fleet_sources(settings: dict) -> dict:
     """`settings` plus what the fleet's topology admits: the runtime port from the gateways on other
     hosts (unless firewall_runtime_sources lists them), the node exporter port from the monitoring
-    hosts (roles/monitoring.py), the limits store's port from the other gateways (roles/limits_store.py) and, on a Ray node, Ray's ports from the other nodes of its cluster."""
+    hosts (roles/monitoring.py), the limits store's port from the other gateways (roles/limits_store.py) and, on a
+    Ray node, every port from the other nodes of its cluster (roles/ray.py, ray_peers)."""
     if runtime_needs_tls(host) and not settings["firewall_runtime_sources"]:
         settings["firewall_runtime_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
                                                 if gateway.name != host.name]
@@ -82,9 +85,7 @@ def fleet_sources(settings: dict) -> dict:
         settings["limits_store_sources"] = [runtime_address(gateway) for gateway in gateway_hosts(host.inventory)
                                             if gateway.name != host.name]
     if settings["ray_head"] and holds_model(host):
-        peers = [member for member in cluster_members(host) if member.name != host.name]
-        settings["ray_sources"] = [runtime_address(peer) for peer in peers]
-        settings["ray_ports"] = ray_ports(settings, is_head=host.name == settings["ray_head"])
+        settings["ray_peers"] = ray_peers(host)
     return settings
 
 
@@ -92,9 +93,13 @@ def _network(source: str, setting: str):
     try:
         return ipaddress.ip_network(source, strict=False)
     except (TypeError, ValueError):
-        fix = ("set runtime_address (or ssh_hostname) of that gateway to its IP address, or list the gateways' "
-               "networks in firewall_runtime_sources" if setting.startswith("the runtime_address")
-               else "write an address or CIDR like 10.0.0.0/24 or fd00::/64")
+        if setting.startswith("the runtime_address of a node"):
+            fix = "set runtime_address (or ssh_hostname) of that node to its IP address"
+        elif setting.startswith("the runtime_address"):
+            fix = ("set runtime_address (or ssh_hostname) of that gateway to its IP address, or list the gateways' "
+                   "networks in firewall_runtime_sources")
+        else:
+            fix = "write an address or CIDR like 10.0.0.0/24 or fd00::/64"
         raise RoleError(f"{setting}: {source!r} is not a network; {fix}") from None
 
 
@@ -106,7 +111,11 @@ def firewall():
         settings = fleet_sources({key: data.get(key) for key in [*DEFAULTS, "ssh_port"]})
         settings["runtime_remote"] = runtime_needs_tls(host)
         settings["prometheus_remote"] = prometheus_is_remote(host, settings)
-        firewalld_open(name="Open deepfleet's ports in firewalld", ports=served_ports(settings))
+        peers = settings.get("ray_peers") or []
+        for peer in peers:
+            _network(peer, "the runtime_address of a node of this host's Ray cluster")
+        firewalld_open(name="Open deepfleet's ports in firewalld", ports=served_ports(settings),
+                       trusted_sources=peers)
         return
     if not data.firewall_enabled:
         host.noop("firewall_enabled is off")

@@ -3,8 +3,9 @@ cluster (the head and its workers, each a systemd unit running the venv's pinned
 runtime runs vLLM with the Ray backend, tensor parallel over each host's GPUs and pipeline parallel
 over the hosts, as the capacity planner decides (deepfleet_runtime.planner.plan_nodes) from the
 model's config.json and the hosts' GPUs. Workers hold the model (vLLM loads each stage's weights
-on its host) but run no runtime. Ray listens on the nodes' runtime_address with fixed ports, which
-the firewall role admits only from the cluster's own nodes.
+on its host) but run no runtime. Ray listens on the nodes' runtime_address with fixed ports; the
+firewall role admits every port from the cluster's own nodes and none from elsewhere (Ray has no
+authentication: whoever reaches its ports runs code on the cluster).
 
 The runtime role calls ray() once the venv is installed and before the runtime starts (vLLM needs
 the cluster). `ray` is pinned by the runtime package's `ray` extra (runtime/pyproject.toml).
@@ -60,14 +61,11 @@ def ray_start_argv(ray: str, settings: Mapping, node_ip: str, head_ip: str, is_h
     return argv + [f"--address={head_ip}:{settings['ray_port']}"]
 
 
-def ray_ports(settings: Mapping, is_head: bool) -> list[str]:
-    """The TCP ports (and the worker range) Ray listens on, for the firewall."""
-    ports = [settings[key] for key in ("ray_node_manager_port", "ray_object_manager_port", "ray_metrics_export_port",
-                                       "ray_dashboard_agent_port", "ray_runtime_env_agent_port")]
-    ports.append(settings["ray_dashboard_agent_port"] + 1)
-    if is_head:
-        ports += [settings["ray_port"], settings["ray_client_server_port"]]
-    return [str(port) for port in sorted(ports)] + [f"{settings['ray_min_worker_port']}-{settings['ray_max_worker_port']}"]
+def ray_peers(node) -> list[str]:
+    """The addresses of the other nodes of `node`'s Ray cluster: the firewall admits every port from
+    them (vLLM's torch.distributed store, NCCL and Ray's workers listen on ephemeral ports), and none
+    from elsewhere."""
+    return [runtime_address(member) for member in cluster_members(node) if member.name != node.name]
 
 
 def head_runtime_settings(settings: Mapping) -> dict:

@@ -1,6 +1,7 @@
 """The ray role forms a real two-host Ray cluster on test hosts, behind the firewall role: `ray status`
-lists both nodes, a task placed on the worker sends its result to the head, and an address that is
-not a peer reaches none of Ray's ports. Each host has its own network namespace (never this
+lists both nodes, a task placed on the worker sends its result to the head, a peer reaches any port
+(vLLM's torch.distributed store and NCCL listen on ephemeral ones), and an address that is not a
+peer reaches none. Each host has its own network namespace (never this
 machine's network); the test's own namespace joins them:
 
     namespace dray-<id>: bridge 10.252.0.9 (an outsider, not a Ray node)
@@ -30,7 +31,7 @@ from deepfleet.deployrun import run_deploy
 from deepfleet.paths import LOCAL_INVENTORY, cache_dir
 from roles.defaults import DEFAULTS
 
-from .test_firewall import _PROBE, _run
+from .test_firewall import _LISTENERS, _PROBE, _run
 
 pytestmark = pytest.mark.fleet
 
@@ -39,6 +40,7 @@ HEAD, WORKER, OUTSIDER = "10.252.0.1", "10.252.0.2", "10.252.0.9"
 RAY = f"{DEFAULTS['deepfleet_home']}/venv/bin/ray"
 PYTHON = f"{DEFAULTS['deepfleet_home']}/venv/bin/python"
 SERVICE_USER = DEFAULTS["deepfleet_user"]
+EPHEMERAL_PORT = 41234  # in Linux's default ip_local_port_range (32768-60999), where ephemeral ports come from
 
 # A Ray driver on the head, as the runtime (vLLM's engine) would be one: the nodes it sees, and a
 # task pinned to the worker whose 8 MiB result (too big to inline) comes back through the object store.
@@ -125,10 +127,18 @@ def test_two_hosts_form_a_ray_cluster_that_admits_only_its_peers(ray_hosts):
     assert ran["nodes"] == [HEAD, WORKER] and ran["bytes"] == 8 << 20
     assert ran["ran_on"] != ran["driver_on"]  # the task ran on the worker host, its result reached the head
 
-    probes = [(HEAD, 6379, False), (HEAD, 6380, False), (WORKER, 6380, False), (WORKER, 6381, False)]
+    # a listener on an ephemeral port of the head, as vLLM's driver opens for torch.distributed
+    # (vllm/v1/executor/ray_executor.py: get_open_port()), which the workers on the peers connect to
+    subprocess.run(["docker", "exec", "-d", head.container, "python3", "-c", _LISTENERS, HEAD, str(EPHEMERAL_PORT)],
+                   check=True)
+    from_peer = _on(worker, "python3", "-c", _PROBE, WORKER, "-", json.dumps([(HEAD, EPHEMERAL_PORT, False)]))
+    assert json.loads(from_peer.stdout) == {str(EPHEMERAL_PORT): "open"}, from_peer.stderr
+
+    probes = [(HEAD, 6379, False), (HEAD, 6380, False), (HEAD, EPHEMERAL_PORT, False), (WORKER, 6380, False),
+              (WORKER, 6381, False)]
     output = _run("ip", "netns", "exec", ray_hosts["namespace"], sys.executable, "-c", _PROBE, OUTSIDER, "-",
                   json.dumps(probes))
-    assert set(json.loads(output).values()) == {"dropped"}  # Ray's ports from an address that is no peer
+    assert set(json.loads(output).values()) == {"dropped"}  # no port from an address that is no peer
 
     again = run_deploy(LOCAL_INVENTORY, RAY_CLUSTER_DEPLOY, env=env, echo=False)
     assert (again.changed, again.changed_operations) == (0, [])

@@ -29,6 +29,15 @@ def test_only_ssh_and_gateway_from_their_networks():
     assert "8000" not in text and "9464" not in text  # runtime and metrics ports: no rule, dropped
 
 
+def test_a_ray_node_admits_its_peers_on_every_port_and_nobody_else_on_rays():
+    """vLLM's torch.distributed store (vllm/v1/executor/ray_executor.py: get_open_port()), NCCL and
+    Ray's workers listen on ephemeral ports that the cluster's nodes connect to."""
+    text = _render({**SETTINGS, "ray_peers": ["10.0.1.22", "fd00::22"]})
+    assert "elements = { 10.0.1.22/32 }" in text and "elements = { fd00::22/128 }" in text
+    assert "\t\tip saddr @ray_peers_v4 accept" in text and "\t\tip6 saddr @ray_peers_v6 accept" in text
+    assert "6379" not in text  # no port of Ray's for anyone else
+
+
 def test_runtime_port_opens_only_to_listed_gateways():
     text = _render({**SETTINGS, "firewall_runtime_sources": ["10.0.0.5"]})
     assert "tcp dport 8000 ip saddr @runtime_v4 accept" in text

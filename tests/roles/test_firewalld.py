@@ -49,3 +49,22 @@ def test_monitoring_ports_are_opened_where_they_are_reached_from_other_hosts():
                                                     "monitoring_prometheus_listen_address": "10.0.0.11"}),
                         "firewalld")
     assert "firewall-cmd --permanent --add-port=9090/tcp" in off_loopback.shell()
+
+
+def test_ray_peers_are_trusted_sources_and_rays_ports_stay_closed_to_the_rest():
+    """A Ray node's peers reach every port (vLLM's torch.distributed store and NCCL listen on
+    ephemeral ones): firewalld's way is the peer's address as a source of the `trusted` zone
+    (`firewall-cmd --permanent --zone=trusted --add-source=ADDRESS`). Ray has no authentication, so
+    its ports open to every address would let anyone run code on the cluster."""
+    from deepfleet.paths import PROJECT_ROOT
+
+    multinode = PROJECT_ROOT / "inventories" / "multinode.py"
+    facts = with_facts(load_case("rocky9-8xh100"), **RUNNING)
+    opened = find(plan(facts, firewall, inventory=multinode, host_name="h100-a"), "firewalld").shell()
+    assert "firewall-cmd --permanent --zone=trusted --add-source=10.0.2.22" in opened
+    assert not [command for command in opened if "6379" in command or "10002-10999" in command]
+    trusted = {"roles.firewalld.FirewalldPorts": {"$output": ["state=running", "ports=22/tcp 8443/tcp 8000/tcp",
+                                                                 "trusted=10.0.2.22"]}}
+    again = find(plan(with_facts(load_case("rocky9-8xh100"), **trusted), firewall, inventory=multinode,
+                      host_name="h100-a"), "firewalld")
+    assert again.change == "no"
