@@ -373,6 +373,8 @@ SETTINGS = {
     "ray_max_worker_port": S(10999, "... its end"),
     "ray_network_interface": S(None,
         "NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, e.g. \"ens8\" (the internal NIC)", type="str|null"),
+    "ray_node_address": S(None, "this node's IP address on the cluster network (Ray, NCCL, Gloo; the firewall "
+                          "admits the peers from theirs); None: runtime_address", type="str|null", example="10.0.3.21"),
 
     # === air-gapped installs: one signed bundle (deepfleet/bundle/, roles/bundle.py; docs/air-gapped.md) ===
     # Set bundle_dir and the site deploy verifies the bundle (refused before any host changes if a file

@@ -28,6 +28,24 @@ class HostPython(FactBase):
         return json.loads("\n".join(output))
 
 
+class InterfaceAddresses(FactBase):
+    """The IP addresses of one network interface (["10.0.3.21", "fd00::21"]), or None when the host
+    has no such interface."""
+
+    def command(self, interface: str) -> str:
+        return f"ip -o addr show dev {shlex.quote(interface)} 2>/dev/null || echo no-such-interface"
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def process(self, output):
+        if [line.strip() for line in output] == ["no-such-interface"]:
+            return None
+        fields = [line.split() for line in output]
+        return [field[3].split("/")[0] for field in fields if len(field) > 3 and field[2] in ("inet", "inet6")]
+
+
 class JsonFile(FactBase):
     """A JSON file's parsed content, or None when the file does not exist (deepfleet's markers)."""
 

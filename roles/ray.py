@@ -3,9 +3,10 @@ cluster (the head and its workers, each a systemd unit running the venv's pinned
 runtime runs vLLM with the Ray backend, tensor parallel over each host's GPUs and pipeline parallel
 over the hosts, as the capacity planner decides (deepfleet_runtime.planner.plan_nodes) from the
 model's config.json and the hosts' GPUs. Workers hold the model (vLLM loads each stage's weights
-on its host) but run no runtime. Ray listens on the nodes' runtime_address with fixed ports; the
-firewall role admits every port from the cluster's own nodes and none from elsewhere (Ray has no
-authentication: whoever reaches its ports runs code on the cluster).
+on its host) but run no runtime. Ray listens on each node's ray_node_address (default: its
+runtime_address) with fixed ports; the firewall role admits every port from the cluster's own nodes
+and none from elsewhere (Ray has no authentication: whoever reaches its ports runs code on the
+cluster).
 
 The runtime role calls ray() once the venv is installed and before the runtime starts (vLLM needs
 the cluster). `ray` is pinned by the runtime package's `ray` extra (runtime/pyproject.toml).
@@ -13,6 +14,7 @@ the cluster). `ray` is pinned by the runtime package's `ray` extra (runtime/pypr
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from collections.abc import Mapping
 
@@ -25,6 +27,7 @@ from deepfleet_runtime.planner import PlanError, load_config, parse_gpus, plan_n
 
 from .common import RoleError, control_path, template
 from .defaults import DEFAULTS
+from .facts import InterfaceAddresses
 from .gpu_facts import gpu_spec, nvidia_devices
 from .topology import gpu_nodes, runtime_address, setting
 
@@ -43,8 +46,8 @@ def cluster_members(node) -> list:
 
 def ray_start_argv(ray: str, settings: Mapping, node_ip: str, head_ip: str, is_head: bool, gpus: int,
                    temp_dir: str) -> list[str]:
-    """`ray start` for a head or a worker: fixed ports (so the firewall can name them), this node's
-    address, no dashboard, no usage reporting, in the foreground (systemd supervises it)."""
+    """`ray start` for a head or a worker: fixed ports (Ray's listeners stay where the docs say), this
+    node's address, no dashboard, no usage reporting, in the foreground (systemd supervises it)."""
     argv = [ray, "start", "--block", f"--node-ip-address={node_ip}", f"--num-gpus={gpus}",
             f"--node-manager-port={settings['ray_node_manager_port']}",
             f"--object-manager-port={settings['ray_object_manager_port']}",
@@ -61,19 +64,48 @@ def ray_start_argv(ray: str, settings: Mapping, node_ip: str, head_ip: str, is_h
     return argv + [f"--address={head_ip}:{settings['ray_port']}"]
 
 
+def node_address(node) -> str:
+    """Where the other nodes of its Ray cluster reach `node`: ray_node_address, else runtime_address."""
+    return setting(node, "ray_node_address") or runtime_address(node)
+
+
 def ray_peers(node) -> list[str]:
     """The addresses of the other nodes of `node`'s Ray cluster: the firewall admits every port from
     them (vLLM's torch.distributed store, NCCL and Ray's workers listen on ephemeral ports), and none
     from elsewhere."""
-    return [runtime_address(member) for member in cluster_members(node) if member.name != node.name]
+    return [node_address(member) for member in cluster_members(node) if member.name != node.name]
+
+
+def check_cluster_addresses(members: list, network_interface: str | None) -> None:
+    """RoleError unless every node of the cluster has an IP address for Ray and, with
+    `network_interface`, this host's is an address of that interface (NCCL and Gloo use that NIC:
+    the peers' firewalls must admit the address its traffic comes from)."""
+    for member in members:
+        try:
+            ipaddress.ip_address(node_address(member))
+        except ValueError:
+            raise RoleError(f"{member.name}: Ray needs the node's IP address, and its address is "
+                            f"{node_address(member)!r}; set ray_node_address (or runtime_address) of {member.name} "
+                            "to its IP address on the cluster network") from None
+    if not network_interface:
+        return
+    addresses = host.get_fact(InterfaceAddresses, interface=network_interface)
+    if addresses is None:
+        raise RoleError(f"{host.name}: ray_network_interface is {network_interface!r}, which is no network "
+                        "interface of this host; name the NIC of the cluster network (`ip -br addr`)")
+    if node_address(host) not in addresses:
+        raise RoleError(f"{host.name}: ray_network_interface {network_interface} has {', '.join(addresses) or 'no address'}"
+                        f", and this node's Ray address is {node_address(host)}: set ray_node_address to its address "
+                        f"on {network_interface}, so that Ray, NCCL and Gloo all use the cluster network and the "
+                        "peers' firewalls admit it")
 
 
 def head_runtime_settings(settings: Mapping) -> dict:
     """runtime_* settings of a Ray head: vLLM on the cluster, with the parallelism the planner picks
     for the model over the cluster's hosts (explicit runtime_vllm_*_parallel_size settings win)."""
     members = cluster_members(host)
-    overrides = {"runtime_vllm_ray_address": f"{runtime_address(host)}:{settings['ray_port']}",
-                 "runtime_vllm_host_ip": runtime_address(host),
+    overrides = {"runtime_vllm_ray_address": f"{node_address(host)}:{settings['ray_port']}",
+                 "runtime_vllm_host_ip": node_address(host),
                  "runtime_vllm_network_interface": settings["ray_network_interface"] or ""}
     if settings["runtime_vllm_pipeline_parallel_size"] > 1:
         return overrides
@@ -110,7 +142,8 @@ def ray(restart_inputs: list | None = None):
     is_head = host.name == data.ray_head
     venv = f"{data.deepfleet_home}/venv"
     settings = {key: data.get(key) for key in DEFAULTS}
-    node_ip, head_ip = runtime_address(host), runtime_address(members[0])
+    check_cluster_addresses(members, data.ray_network_interface)
+    node_ip, head_ip = node_address(host), node_address(members[0])
     argv = ray_start_argv(f"{venv}/bin/ray", settings, node_ip, head_ip, is_head, len(nvidia_devices()),
                           f"{data.deepfleet_state_dir}/ray")
     role = "head" if is_head else f"worker of {data.ray_head}"

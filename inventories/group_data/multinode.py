@@ -17,7 +17,8 @@ model_source = "/models/deepseek-v3"  # on the control machine: the fp8 checkpoi
 
 # --- one model over both nodes: a Ray cluster headed by h100-a ---------------------------------------
 ray_head = "h100-a"
-ray_network_interface = None  # e.g. "ens8": the NIC of the cluster network (NCCL, Gloo)
+ray_network_interface = None  # e.g. "ens8": the NIC of the cluster network (NCCL, Gloo); then give each
+# node its address there: ray_node_address in inventories/multinode.py (default: runtime_address)
 
 # --- runtime: vLLM on the Ray head; parallelism from the capacity planner ------------------------------
 runtime_mode = "systemd"
