@@ -26,7 +26,7 @@ test: setup-test test-tools
 	 ) > .test-stream.log 2>&1 & stream=$$!; \
 	$(BIN)/python -m pytest -m fleet $(FIRST_STREAM_FLEET:%=--ignore=%); fleet=$$?; \
 	wait $$stream; first=$$?; echo "==== the other stream: unit tests, then $(FIRST_STREAM_FLEET)"; \
-	cat .test-stream.log; echo "==== exit codes: unit+rollout $$first, other fleet modules $$fleet"; \
+	cat .test-stream.log; echo "==== exit codes: unit+rollout+ray $$first, other fleet modules $$fleet"; \
 	[ $$first = 0 ] && [ $$fleet = 0 ]
 
 # setup: the control venv and what the demo builds with (the tiny model needs transformers).

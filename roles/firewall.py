@@ -21,7 +21,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from .common import RoleError, template
 from .defaults import DEFAULTS
-from .firewalld import firewalld_open, served_ports
+from .firewalld import check_ray_peers_bindable, firewalld_open, served_ports
 from .hostos import host_os
 from .limits_store import runs_store
 from .monitoring import monitoring_hosts, node_exporter_is_remote, prometheus_is_remote
@@ -50,7 +50,7 @@ def firewall_context(settings: Mapping) -> dict:
                             f"reach {name} (port {port}), e.g. [\"10.0.0.0/24\"], or it would be unreachable")
         label = setting
         if setting == "ray_peers":
-            label = "the runtime_address of a node of this host's Ray cluster"
+            label = "the runtime_address of a node of this host's Ray cluster (ray_node_address)"
         if setting == "firewall_runtime_sources" and settings.get("runtime_sources_derived"):
             label = ("the runtime_address of a gateway (firewall_runtime_sources is empty, so the gateways' "
                      "addresses are used)")
@@ -94,7 +94,7 @@ def _network(source: str, setting: str):
         return ipaddress.ip_network(source, strict=False)
     except (TypeError, ValueError):
         if setting.startswith("the runtime_address of a node"):
-            fix = "set runtime_address (or ssh_hostname) of that node to its IP address"
+            fix = "set ray_node_address (or runtime_address) of that node to its IP address"
         elif setting.startswith("the runtime_address"):
             fix = ("set runtime_address (or ssh_hostname) of that gateway to its IP address, or list the gateways' "
                    "networks in firewall_runtime_sources")
@@ -113,9 +113,9 @@ def firewall():
         settings["prometheus_remote"] = prometheus_is_remote(host, settings)
         peers = settings.get("ray_peers") or []
         for peer in peers:
-            _network(peer, "the runtime_address of a node of this host's Ray cluster")
-        firewalld_open(name="Open deepfleet's ports in firewalld", ports=served_ports(settings),
-                       trusted_sources=peers)
+            _network(peer, "the runtime_address of a node of this host's Ray cluster (ray_node_address)")
+        check_ray_peers_bindable(peers)
+        firewalld_open(name="Open deepfleet's ports in firewalld", ports=served_ports(settings), ray_peers=peers)
         return
     if not data.firewall_enabled:
         host.noop("firewall_enabled is off")

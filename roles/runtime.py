@@ -210,9 +210,8 @@ def runtime():
     # the engine's extras go where the engine runs.
     extras = tuple(data.runtime_wheel_extras) if mode == "systemd" and holds_model(host) else ()
     if data.ray_head and holds_model(host):
-        extras += (RAY_EXTRA,)
-    if data.ray_head and holds_model(host):
         check_ray_engine(host.name, settings)
+        extras += (RAY_EXTRA,)
     if holds_model(host) and runs_runtime(host):
         check_wheel_extras(host.name, settings)
     install, wheelhouse, venv = install_runtime(settings, extras)

@@ -1,9 +1,13 @@
-"""Rocky/RHEL run firewalld by default, which drops the gateway, runtime and Ray ports: the firewall
-role opens exactly those there, the way firewalld's documentation does it (`firewall-cmd --permanent
---add-port=PORT/tcp`, then `firewall-cmd --reload`), and only those not open yet."""
+"""Rocky/RHEL run firewalld by default, which drops the gateway and runtime ports and a Ray cluster's
+traffic: the firewall role opens exactly those ports there, the way firewalld's documentation does it
+(`firewall-cmd --permanent --add-port=PORT/tcp`, then `firewall-cmd --reload`), only those not open
+yet, and admits a Ray node's peers through a zone of its own."""
 
 from __future__ import annotations
 
+import pytest
+
+from roles.common import RoleError
 from roles.firewall import firewall
 
 from .factplan import find, load_case, plan, with_facts
@@ -51,20 +55,39 @@ def test_monitoring_ports_are_opened_where_they_are_reached_from_other_hosts():
     assert "firewall-cmd --permanent --add-port=9090/tcp" in off_loopback.shell()
 
 
-def test_ray_peers_are_trusted_sources_and_rays_ports_stay_closed_to_the_rest():
-    """A Ray node's peers reach every port (vLLM's torch.distributed store and NCCL listen on
-    ephemeral ones): firewalld's way is the peer's address as a source of the `trusted` zone
-    (`firewall-cmd --permanent --zone=trusted --add-source=ADDRESS`). Ray has no authentication, so
-    its ports open to every address would let anyone run code on the cluster."""
+def _multinode_head(zone_output: list[str], ports="22/tcp 8443/tcp 8000/tcp", **data):
     from deepfleet.paths import PROJECT_ROOT
 
-    multinode = PROJECT_ROOT / "inventories" / "multinode.py"
-    facts = with_facts(load_case("rocky9-8xh100"), **RUNNING)
-    opened = find(plan(facts, firewall, inventory=multinode, host_name="h100-a"), "firewalld").shell()
-    assert "firewall-cmd --permanent --zone=trusted --add-source=10.0.2.22" in opened
-    assert not [command for command in opened if "6379" in command or "10002-10999" in command]
-    trusted = {"roles.firewalld.FirewalldPorts": {"$output": ["state=running", "ports=22/tcp 8443/tcp 8000/tcp",
-                                                                 "trusted=10.0.2.22"]}}
-    again = find(plan(with_facts(load_case("rocky9-8xh100"), **trusted), firewall, inventory=multinode,
-                      host_name="h100-a"), "firewalld")
-    assert again.change == "no"
+    facts = with_facts(load_case("rocky9-8xh100"),
+                       **{"roles.firewalld.FirewalldPorts": {"$output": ["state=running", f"ports={ports}"]},
+                          "roles.firewalld.FirewalldRayZone": {"*": {"$output": zone_output}}})
+    return plan(facts, firewall, data=data or None, inventory=PROJECT_ROOT / "inventories" / "multinode.py",
+                host_name="h100-a")
+
+
+def test_ray_peers_are_the_sources_of_deepfleets_own_zone_which_admits_every_tcp_port():
+    """A Ray node's peers reach every port (vLLM's torch.distributed store and NCCL listen on
+    ephemeral ones): firewalld's way is a zone whose sources are the peers. Its target stays
+    `default` (not trusted's ACCEPT, which would also forward the peers' traffic anywhere), and Ray's
+    ports are opened to nobody else: Ray has no authentication."""
+    opened = find(_multinode_head(["sources=absent", "zone 10.0.2.22=no zone"]), "firewalld").shell()
+    assert opened == ["firewall-cmd --permanent --new-zone=deepfleet-ray",
+                      "firewall-cmd --permanent --zone=deepfleet-ray --add-port=1-65535/tcp",
+                      "firewall-cmd --permanent --zone=deepfleet-ray --add-source=10.0.2.22",
+                      "firewall-cmd --reload"]
+    assert find(_multinode_head(["sources=10.0.2.22", "zone 10.0.2.22=deepfleet-ray"]), "firewalld").change == "no"
+
+
+def test_a_node_that_left_the_ray_group_is_removed_from_the_zone():
+    stale = find(_multinode_head(["sources=10.0.2.22 10.0.2.99", "zone 10.0.2.22=deepfleet-ray"]), "firewalld")
+    assert stale.shell() == ["firewall-cmd --permanent --zone=deepfleet-ray --remove-source=10.0.2.99",
+                             "firewall-cmd --reload"]
+
+
+def test_a_peer_bound_to_another_zone_is_refused_naming_the_zone_and_the_fix():
+    with pytest.raises(RoleError) as error:
+        _multinode_head(["sources=absent", "zone 10.0.2.22=internal"])
+    assert str(error.value) == ("h100-a: the Ray peer 10.0.2.22 is a source of firewalld's zone 'internal', and "
+                                "firewalld binds a source to one zone only; remove it there (firewall-cmd --permanent "
+                                "--zone=internal --remove-source=10.0.2.22) so that deepfleet's zone deepfleet-ray "
+                                "admits it on every port")
