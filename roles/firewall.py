@@ -1,7 +1,8 @@
 """The firewall role (nftables): a host admits SSH and the gateway port only from the networks the
 inventory lists (and the runtime port only from gateways on other hosts; on a Ray node, every port
-from the other nodes of its Ray cluster, roles/ray.py); the rest is dropped. New connections to the gateway port beyond
-`firewall_gateway_connections_per_source` open ones from one address are dropped (`ct count`).
+from the other nodes of its Ray cluster, roles/ray.py); the rest is dropped. New connections to the
+gateway port beyond `firewall_gateway_connections_per_source` open ones from one address are
+dropped (`ct count`).
 On Rocky/RHEL, where firewalld runs by default, it opens those ports in firewalld instead
 (roles/firewalld.py); there the gateway's own per-client limit is the only connection cap.
 
@@ -111,9 +112,7 @@ def firewall():
         settings = fleet_sources({key: data.get(key) for key in [*DEFAULTS, "ssh_port"]})
         settings["runtime_remote"] = runtime_needs_tls(host)
         settings["prometheus_remote"] = prometheus_is_remote(host, settings)
-        peers = settings.get("ray_peers") or []
-        for peer in peers:
-            _network(peer, "the runtime_address of a node of this host's Ray cluster (ray_node_address)")
+        peers = settings.get("ray_peers") or []  # IP addresses: the ray role refuses others while planning
         check_ray_peers_bindable(peers)
         firewalld_open(name="Open deepfleet's ports in firewalld", ports=served_ports(settings), ray_peers=peers)
         return

@@ -67,7 +67,7 @@ class FirewalldRayZone(FactBase):
 
 
 def served_ports(settings: dict) -> list[str]:
-    """The TCP ports this host serves to other machines, firewalld's way ("8443/tcp", "10002-10999/tcp")."""
+    """The TCP ports this host serves to other machines, firewalld's way ("8443/tcp", "8000/tcp")."""
     ports = [str(settings["gateway_port"])]
     if settings.get("runtime_remote"):
         ports.append(str(settings["runtime_port"]))
@@ -112,9 +112,10 @@ def check_ray_peers_bindable(peers: list[str]) -> None:
         return
     for peer, bound in host.get_fact(FirewalldRayZone, peers=tuple(peers))["zones"].items():
         if bound and bound != RAY_ZONE:
-            raise RoleError(f"{host.name}: the Ray peer {peer} is a source of firewalld's zone {bound!r}, and firewalld "
-                            f"binds a source to one zone only; remove it there (firewall-cmd --permanent --zone={bound} "
-                            f"--remove-source={peer}) so that deepfleet's zone {RAY_ZONE} admits it on every port")
+            raise RoleError(f"{host.name}: the Ray peer {peer} is a source of firewalld's zone {bound!r}, and "
+                            "firewalld binds a source to one zone only; remove it there (firewall-cmd --permanent "
+                            f"--zone={bound} --remove-source={peer}) so that deepfleet's zone {RAY_ZONE} admits it on "
+                            "every port")
 
 
 def _ray_zone_commands(zone: dict, peers: list[str]) -> list[StringCommand]:

@@ -94,10 +94,10 @@ def check_cluster_addresses(members: list, network_interface: str | None) -> Non
         raise RoleError(f"{host.name}: ray_network_interface is {network_interface!r}, which is no network "
                         "interface of this host; name the NIC of the cluster network (`ip -br addr`)")
     if node_address(host) not in addresses:
-        raise RoleError(f"{host.name}: ray_network_interface {network_interface} has {', '.join(addresses) or 'no address'}"
-                        f", and this node's Ray address is {node_address(host)}: set ray_node_address to its address "
-                        f"on {network_interface}, so that Ray, NCCL and Gloo all use the cluster network and the "
-                        "peers' firewalls admit it")
+        found = ", ".join(addresses) or "no address"
+        raise RoleError(f"{host.name}: ray_network_interface {network_interface} has {found}, and this node's Ray "
+                        f"address is {node_address(host)}: set ray_node_address to its address on {network_interface}, "
+                        "so that Ray, NCCL and Gloo all use the cluster network and the peers' firewalls admit it")
 
 
 def head_runtime_settings(settings: Mapping) -> dict:

@@ -36,9 +36,9 @@ def test_the_unit_uses_the_nodes_address_and_the_cluster_nic():
 def test_a_cluster_nic_without_the_nodes_address_is_refused_naming_its_addresses():
     with pytest.raises(RoleError) as error:
         _unit({"ray_network_interface": "ens8"})
-    assert str(error.value) == ("h100-a: ray_network_interface ens8 has 10.0.3.21, fe80::1, and this node's Ray address "
-                                "is 10.0.2.21: set ray_node_address to its address on ens8, so that Ray, NCCL and Gloo "
-                                "all use the cluster network and the peers' firewalls admit it")
+    assert str(error.value) == ("h100-a: ray_network_interface ens8 has 10.0.3.21, fe80::1, and this node's Ray "
+                                "address is 10.0.2.21: set ray_node_address to its address on ens8, so that Ray, NCCL "
+                                "and Gloo all use the cluster network and the peers' firewalls admit it")
 
 
 def test_a_nic_the_host_lacks_is_refused():
